@@ -1,0 +1,8 @@
+"""Simulation of system heterogeneity: device profiles and simulated clocks."""
+
+from jaxfl.sim.clock import client_times, round_time, tree_bytes
+from jaxfl.sim.profiles import (DeviceProfiles, load_profiles, sample_profiles, save_profiles,
+                                uniform_profiles)
+
+__all__ = ["DeviceProfiles", "client_times", "load_profiles", "round_time", "sample_profiles",
+           "save_profiles", "tree_bytes", "uniform_profiles"]

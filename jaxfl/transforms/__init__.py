@@ -1,0 +1,10 @@
+"""optax GradientTransformations for federated and distributed training.
+
+Reducing transforms (aggregators) are called inside the client map with one client's
+update and collect over the named client axis; per-client transforms act on one
+client's update. All chain with optax and with each other.
+"""
+
+from jaxfl.transforms._aggregate import WeightedMeanState, weighted_mean
+
+__all__ = ["WeightedMeanState", "weighted_mean"]
