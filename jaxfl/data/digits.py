@@ -37,7 +37,12 @@ _PIXEL_MAX = 16.0
 
 
 def load_source() -> tuple[np.ndarray, np.ndarray]:
-  """Return sklearn's digits as ``(images float32 [1797, 8, 8] in [0, 1], labels int32)``."""
+  """Return sklearn's digits as ``(images, labels)``.
+
+  Returns:
+    ``images`` float32 ``[1797, 8, 8]`` in ``[0, 1]`` and ``labels`` int32
+    ``[1797]``, in ``load_digits`` row order.
+  """
   # Imported here: sklearn is only needed when building, not when reading.
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
@@ -103,6 +108,7 @@ class JaxflDigits(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    """One generator per split over the in-memory sklearn arrays."""
     del dl_manager  # Nothing to download: the data ships with scikit-learn.
     images, labels = load_source()
     rows = split_indices(labels)
@@ -111,7 +117,10 @@ class JaxflDigits(tfds.core.GeneratorBasedBuilder):
         for split, idx in rows.items()
     }
 
-  def _generate_examples(self, images, labels, rows):
+  def _generate_examples(
+      self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray
+  ):
+    """Yields ``(key, example)`` for source rows ``rows``; the key is the row."""
     for i in rows:
       i = int(i)
       yield i, {"image": images[i], "label": int(labels[i]), "index": i}

@@ -4,6 +4,7 @@
 |--------|-----------------|---------------------------|
 | tiny   | 64-32-10        | 2,410                     |
 | small  | 64-128-10       | 9,610                     |
+| 2nn    | 784-200-200-10  | 199,210 (MNIST, McMahan et al. 2017) |
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-SIZES = {"tiny": (32,), "small": (128,)}
+SIZES = {"tiny": (32,), "small": (128,), "2nn": (200, 200)}
 
 
 class MLP(nnx.Module):

@@ -1,0 +1,227 @@
+"""Dataset catalog: the one entry point that turns a name into numpy arrays.
+
+``load_dataset(name)`` returns a :class:`Dataset` of whole splits as numpy arrays
+(images float32 in ``[0, 1]`` in their natural shape, labels int32); models
+flatten, partitioners split across clients. Everything goes through
+tensorflow-datasets' random-access ``data_source`` API over ``array_record``
+files, which needs no TensorFlow to *read*.
+
+Supported names (:data:`DATASETS`):
+
+* ``'digits'``: the embedded default, :mod:`jaxfl.data.digits` (scikit-learn's
+  1,797 8x8 digits, 1,438 train / 359 test, images ``[N, 8, 8]``). Built into
+  ``data_dir`` on first use from data inside the scikit-learn wheel, never from
+  the network, and read from there afterwards; ``download`` is ignored.
+* ``'mnist'``, ``'fashion_mnist'`` (``[N, 28, 28, 1]``, 10 classes),
+  ``'emnist'`` = tfds ``emnist/balanced`` (``[N, 28, 28, 1]``, 47 classes,
+  112,800 train / 18,800 test; the balanced split keeps the class distribution
+  uniform and is 6x smaller than ``byclass``), ``'cifar10'``
+  (``[N, 32, 32, 3]``, 10 classes): the real tfds catalog. They need the network
+  once: pass ``download=True`` to prepare them under ``data_dir``; later loads
+  with the default ``download=False`` read them offline. With ``download=False``
+  and nothing prepared, :class:`~jaxfl.errors.ConfigError` is raised at once
+  (an attempted download with no network hangs for minutes instead).
+
+Preparing a tfds catalog dataset needs TensorFlow: tfds' MNIST/CIFAR generators
+read their downloads with ``tf.io.gfile`` and encode images with
+``tf.image.encode_png``. Without TensorFlow, ``download=True`` on missing data
+raises ``ConfigError('download', ...)`` before touching the network; either
+``pip install tensorflow`` for the one-off preparation, or run
+``tfds build mnist --file_format=array_record --data_dir=DIR`` on a machine that
+has it and copy ``DIR`` over. Reading decodes the stored PNGs with PIL (or
+OpenCV when installed), about 0.2 ms per image with PIL.
+
+``groups_train`` (natural client ids) is ``None`` for every dataset here:
+scikit-learn does not ship the digits' writer ids, and tfds' EMNIST carries no
+writer ids either (the per-writer LEAF/FEMNIST split is not in tfds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxfl.data import digits as digits_lib
+from jaxfl.errors import ConfigError
+
+ENV_DATA_DIR = "JAXFL_DATA_DIR"
+
+
+class Dataset(NamedTuple):
+  """A whole dataset in memory.
+
+  Attributes:
+    name: catalog name (one of :data:`DATASETS`).
+    x_train: float32 ``[N, ...]`` features in ``[0, 1]``, natural image shape.
+    y_train: int32 ``[N]`` labels in ``[0, num_classes)``.
+    x_test: float32 ``[M, ...]``, like ``x_train``.
+    y_test: int32 ``[M]``.
+    num_classes: number of classes.
+    groups_train: int32 ``[N]`` natural client ids (writers, speakers) when the
+      data has them, else ``None``.
+  """
+
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  groups_train: np.ndarray | None
+
+
+class _TfdsEntry(NamedTuple):
+  tfds_name: str
+  # tfds stores EMNIST transposed (as NIST ships it); swap back to upright.
+  transposed: bool = False
+
+
+_TFDS_CATALOG = {
+    "mnist": _TfdsEntry("mnist"),
+    "fashion_mnist": _TfdsEntry("fashion_mnist"),
+    "emnist": _TfdsEntry("emnist/balanced", transposed=True),
+    "cifar10": _TfdsEntry("cifar10"),
+}
+
+DATASETS: tuple[str, ...] = tuple(sorted(["digits", *_TFDS_CATALOG]))
+"""Names :func:`load_dataset` accepts."""
+
+# Building must never reach for the network. tfds asks GCS for a prepared copy
+# before it looks at the file format, even for local builders; tfds 4.9.10 has
+# GCS switched off globally, but that is a module flag we should not rely on.
+_OFFLINE = tfds.download.DownloadConfig(try_download_gcs=False)
+
+
+def default_data_dir() -> str:
+  """``$JAXFL_DATA_DIR`` if set (and non-empty), else ``~/.cache/jaxfl/tfds``."""
+  return os.environ.get(ENV_DATA_DIR) or os.path.join(
+      os.path.expanduser("~"), ".cache", "jaxfl", "tfds"
+  )
+
+
+def load_dataset(
+    name: str, *, data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+) -> Dataset:
+  """Load dataset ``name`` as numpy arrays (see the module docstring).
+
+  Args:
+    name: one of :data:`DATASETS`.
+    data_dir: where tfds datasets are prepared and read; defaults to
+      :func:`default_data_dir`.
+    download: for the tfds catalog datasets, prepare them under ``data_dir`` if
+      missing (network once, and TensorFlow). Ignored for ``'digits'``, which is
+      always built locally.
+
+  Returns:
+    The :class:`Dataset`.
+
+  Raises:
+    ConfigError: unknown ``name`` (field ``dataset``); catalog data missing with
+      ``download=False`` (field ``dataset``); ``download=True`` on missing data
+      without TensorFlow (field ``download``); bad ``data_dir``/``download``
+      types.
+  """
+  if not isinstance(name, str) or name not in DATASETS:
+    raise ConfigError("dataset", f"one of {list(DATASETS)}", name)
+  if data_dir is None:
+    data_dir = default_data_dir()
+  if not isinstance(data_dir, (str, os.PathLike)):
+    raise ConfigError("data_dir", "a directory path", data_dir)
+  if not isinstance(download, bool):
+    raise ConfigError("download", "a bool", download)
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  if name == "digits":
+    return _load_digits(data_dir)
+  return _load_tfds(name, data_dir, download)
+
+
+def _load_digits(data_dir: str) -> Dataset:
+  """Build ``jaxfl_digits`` under ``data_dir`` once, then read it back."""
+  builder = digits_lib.JaxflDigits(data_dir=data_dir, file_format="array_record")
+  if not builder.is_prepared():
+    builder.download_and_prepare(download_config=_OFFLINE)
+  train, test = builder.as_data_source(split=["train", "test"])
+  splits = []
+  for source in (train, test):
+    cols = _read_all(source, ("image", "label", "index"))
+    # Records come back in tfds' hashed order; sklearn's row order is stable
+    # across tfds versions and makes rows traceable to load_digits.
+    order = np.argsort(cols["index"], kind="stable")
+    splits.append((cols["image"][order], cols["label"][order]))
+  (x_train, y_train), (x_test, y_test) = splits
+  return Dataset(
+      name="digits",
+      x_train=x_train.astype(np.float32, copy=False),
+      y_train=y_train.astype(np.int32),
+      x_test=x_test.astype(np.float32, copy=False),
+      y_test=y_test.astype(np.int32),
+      num_classes=digits_lib.NUM_CLASSES,
+      groups_train=None,  # sklearn ships no writer ids.
+  )
+
+
+def _load_tfds(name: str, data_dir: str, download: bool) -> Dataset:
+  """Read (after optionally preparing) a tfds catalog dataset."""
+  entry = _TFDS_CATALOG[name]
+  # array_record: the only random-access format tfds reads without TensorFlow.
+  # tfds.data_source only defaults to it when no data_dir is given.
+  builder = tfds.builder(
+      entry.tfds_name, data_dir=data_dir, file_format="array_record"
+  )
+  if not builder.is_prepared():
+    if not download:
+      raise ConfigError(
+          "dataset",
+          f"{name!r} prepared under {data_dir!r}: pass download=True once"
+          " (needs the network) to prepare it",
+          name,
+      )
+    if importlib.util.find_spec("tensorflow") is None:
+      raise ConfigError(
+          "download",
+          f"TensorFlow installed to prepare {name!r} (tfds' builder needs it;"
+          " reading does not), or files prepared elsewhere with `tfds build"
+          f" {entry.tfds_name} --file_format=array_record` under {data_dir!r}",
+          download,
+      )
+    builder.download_and_prepare()
+  train, test = builder.as_data_source(split=["train", "test"])
+  splits = []
+  for source in (train, test):
+    cols = _read_all(source, ("image", "label"))
+    x = _to_unit_float(cols["image"])
+    if entry.transposed:
+      x = np.swapaxes(x, 1, 2)
+    splits.append((np.ascontiguousarray(x), cols["label"].astype(np.int32)))
+  (x_train, y_train), (x_test, y_test) = splits
+  return Dataset(
+      name=name,
+      x_train=x_train,
+      y_train=y_train,
+      x_test=x_test,
+      y_test=y_test,
+      num_classes=int(builder.info.features["label"].num_classes),
+      groups_train=None,  # tfds has no writer ids for these.
+  )
+
+
+def _read_all(
+    source: Sequence[Any], keys: Sequence[str]
+) -> dict[str, np.ndarray]:
+  """Read every record of a tfds data source and stack the ``keys`` columns."""
+  # One record at a time: decoding dominates (the batched __getitems__ decodes
+  # one by one too), and tfds.testing.mock_data's __getitems__ is broken.
+  examples = [source[i] for i in range(len(source))]
+  return {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in keys}
+
+
+def _to_unit_float(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [0, 1]."""
+  if images.dtype != np.uint8:
+    raise TypeError(f"expected uint8 images, got {images.dtype}")
+  return images.astype(np.float32) / np.float32(255.0)

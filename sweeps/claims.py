@@ -1,0 +1,67 @@
+"""claims.json: a paper's headline result, checked at small scale (DESIGN.md contract 8).
+
+A claim compares a measured ``value`` (median over seeds) either with a baseline's
+measured value (optionally allowing a ``margin``) or with a fixed ``threshold`` from
+the config. Nothing here decides a result: it only applies the config's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+BETTER = ("higher", "lower")
+
+
+def median(values: Sequence[float | None], better: str = "higher") -> float | None:
+  """Median over seeds; a missing value (``None``, e.g. target never reached) counts as worst.
+
+  Returns ``None`` when the median itself is a missing value.
+  """
+  worst = -math.inf if better == "higher" else math.inf
+  xs = sorted(worst if v is None or not math.isfinite(v) else float(v) for v in values)
+  if not xs:
+    return None
+  n = len(xs)
+  m = xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+  return None if math.isinf(m) or math.isnan(m) else m
+
+
+def claim(*, id: str, statement: str, paper: str, metric: str, better: str, method: str,
+          per_seed: dict[str, list[float | None]], baseline: str | None = None,
+          margin: float = 0.0, threshold: float | None = None, **extra) -> dict:
+  """One claim entry.
+
+  Exactly one of ``baseline`` (compare medians, ``margin`` slack in the worse
+  direction) or ``threshold`` (compare the median with a fixed number) is given.
+  """
+  if better not in BETTER:
+    raise ValueError(f"better: expected one of {BETTER}, got {better!r}")
+  if (baseline is None) == (threshold is None):
+    raise ValueError("claim needs exactly one of baseline and threshold")
+  value = median(per_seed[method], better)
+  sign = 1.0 if better == "higher" else -1.0
+  out = dict(id=id, statement=statement, paper=paper, metric=metric, better=better,
+             method=method, value=value)
+  if baseline is not None:
+    base = median(per_seed[baseline], better)
+    out.update(baseline=baseline, baseline_value=base, margin=margin)
+    holds = value is not None and base is not None and sign * (value - base) >= -margin
+  else:
+    out.update(threshold=threshold)
+    holds = value is not None and sign * (value - threshold) >= 0
+  out.update(per_seed=per_seed, holds=bool(holds), **extra)
+  return out
+
+
+def write_claims(path: str | os.PathLike, *, experiment: str, variant: str, seeds: Sequence[int],
+                 claims: list[dict], **extra) -> dict:
+  doc = dict(experiment=experiment, variant=variant, seeds=list(seeds), claims=claims, **extra)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+  os.replace(tmp, path)
+  return doc

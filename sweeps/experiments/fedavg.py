@@ -1,0 +1,185 @@
+"""FedAvg on non-IID clients vs centralized training of the same model on the same data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxfl import data as jdata
+from jaxfl.algorithms import SERVER_OPTIMIZERS, FedAvg, server_optimizer
+from jaxfl.checkpoint import Checkpointer
+from jaxfl.errors import ConfigError, check
+from jaxfl.evaluation import make_evaluate
+from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
+from jaxfl.loop import run_rounds
+from jaxfl.models import MLP, SIZES, functional
+from jaxfl.runtime import make_client_axis
+from jaxfl.sim import load_profiles, sample_profiles
+from sweeps import claims as claims_lib
+from sweeps import report
+
+PARTITIONS = ("dirichlet", "shards", "iid")
+# Sub-keys of a seed's root key, so each consumer draws independent numbers.
+KEY_MODEL, KEY_PROFILES, KEY_ROUNDS, KEY_CENTRAL = range(4)
+
+
+def validate(c) -> None:
+  """Check every field before anything runs or is written."""
+  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
+  check(c.num_seeds >= 1, "num_seeds", "a positive integer", c.num_seeds)
+  check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
+  check(c.partition in PARTITIONS, "partition", f"one of {list(PARTITIONS)}", c.partition)
+  check(c.num_clients > 0, "num_clients", "a positive integer", c.num_clients)
+  check(math.isfinite(c.alpha) and c.alpha > 0, "alpha", "a positive finite number", c.alpha)
+  check(c.model in SIZES, "model", f"one of {list(SIZES)}", c.model)
+  check(c.batch_size > 0, "batch_size", "a positive integer", c.batch_size)
+  check(c.client_lr >= 0, "client_lr", "a non-negative learning rate", c.client_lr)
+  check(c.server_lr >= 0, "server_lr", "a non-negative learning rate", c.server_lr)
+  check(c.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
+        f"one of {list(SERVER_OPTIMIZERS)}", c.server_optimizer)
+  check(c.local_epochs > 0, "local_epochs", "a positive number", c.local_epochs)
+  check(c.max_local_steps > 0, "max_local_steps", "a positive integer", c.max_local_steps)
+  check(0 < c.clients_per_round <= c.num_clients, "clients_per_round",
+        f"between 1 and num_clients={c.num_clients}", c.clients_per_round)
+  check(c.num_rounds > 0, "num_rounds", "a positive integer", c.num_rounds)
+  check(c.eval_every > 0, "eval_every", "a positive integer", c.eval_every)
+  check(c.central_epochs > 0, "central_epochs", "a positive integer", c.central_epochs)
+  check(c.checkpoint_every > 0, "checkpoint_every", "a positive integer", c.checkpoint_every)
+  check(1 <= c.num_devices <= jax.device_count(), "num_devices",
+        f"between 1 and {jax.device_count()} (local devices)", c.num_devices)
+  check(c.clients_per_round % c.num_devices == 0, "clients_per_round",
+        f"a multiple of num_devices={c.num_devices}", c.clients_per_round)
+  check(0 < c.availability_low <= c.availability_high <= 1, "availability_low",
+        "0 < availability_low <= availability_high <= 1", c.availability_low)
+  check(c.profile_sigma >= 0, "profile_sigma", "a non-negative number", c.profile_sigma)
+  check(c.accuracy_gap_points >= 0, "accuracy_gap_points", "a non-negative number",
+        c.accuracy_gap_points)
+
+
+def partition(c, labels: np.ndarray, seed: int) -> list[np.ndarray]:
+  if c.partition == "dirichlet":
+    return jdata.partition.dirichlet(labels, c.num_clients, c.alpha, seed=seed,
+                                     min_size=c.min_client_size)
+  if c.partition == "shards":
+    return jdata.partition.shards(labels, c.num_clients, c.shards_per_client, seed=seed)
+  return jdata.partition.iid(len(labels), c.num_clients, seed=seed)
+
+
+def prepare(c):
+  """Load the data and build every seed's inputs; raises ConfigError on bad input."""
+  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
+  check(c.num_clients <= len(ds.y_train), "num_clients",
+        f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
+  profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None
+  seeds = [c.seed + i for i in range(c.num_seeds)]
+  parts = {s: partition(c, ds.y_train, s) for s in seeds}
+  return ds, seeds, parts, profiles_table
+
+
+def run_seed(c, ds, parts, profiles_table, seed: int, workdir: str | None, log=print) -> dict:
+  """One seed: FedAvg and the centralized baseline. Returns their histories and accuracies."""
+  key = jax.random.PRNGKey(seed)
+  in_features = int(np.prod(ds.x_train.shape[1:]))
+  model = MLP(in_features, SIZES[c.model], ds.num_classes,
+              rngs=nnx.Rngs(params=jax.random.fold_in(key, KEY_MODEL)))
+  apply_fn, params0 = functional(model)
+  loss_fn = softmax_cross_entropy(apply_fn)
+  evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
+
+  x_pad, y_pad, counts = jdata.partition.pad_clients(ds.x_train, ds.y_train, parts)
+  clients = ClientData(jnp.asarray(x_pad), jnp.asarray(y_pad), jnp.asarray(counts))
+  profiles = profiles_table if profiles_table is not None else sample_profiles(
+      jax.random.fold_in(key, KEY_PROFILES), c.num_clients, compute_median=c.compute_median,
+      uplink_median=c.uplink_median, downlink_median=c.downlink_median, sigma=c.profile_sigma,
+      availability_range=(c.availability_low, c.availability_high))
+  alg = FedAvg(loss_fn, optax.sgd(c.client_lr), server_optimizer(c.server_optimizer, c.server_lr),
+               batch_size=c.batch_size, clients_per_round=c.clients_per_round, profiles=profiles,
+               local_steps=None, local_epochs=c.local_epochs, max_local_steps=c.max_local_steps,
+               axis=make_client_axis(c.num_devices))
+  state = alg.init(params0, jax.random.fold_in(key, KEY_ROUNDS))
+
+  checkpointer = metrics_path = None
+  if workdir is not None:
+    seed_dir = os.path.join(workdir, f"seed_{seed}")
+    os.makedirs(seed_dir, exist_ok=True)
+    checkpointer = Checkpointer(os.path.join(seed_dir, "checkpoints"), every=c.checkpoint_every)
+    metrics_path = os.path.join(seed_dir, "metrics.jsonl")
+  try:
+    state, history = run_rounds(alg, state, clients, num_rounds=c.num_rounds, evaluate=evaluate,
+                                eval_every=c.eval_every, checkpointer=checkpointer,
+                                metrics_path=metrics_path, log=log, log_prefix=f"[seed {seed}] ")
+  finally:
+    if checkpointer is not None:
+      checkpointer.close()
+
+  # Centralized: one "client" holding all the training data, same optimizer and batch size.
+  n = len(ds.y_train)
+  steps = int(math.ceil(c.central_epochs * n / c.batch_size))
+  central = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
+                                     max_steps=steps))
+  pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
+  t0 = time.perf_counter()
+  central_params, _ = central(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))
+  central_acc = float(evaluate(central_params).accuracy)
+  if log:
+    log(f"[seed {seed}] centralized: {c.central_epochs} epochs ({steps} steps) | test acc "
+        f"{central_acc:.4f} | wall {time.perf_counter() - t0:.1f} s")
+  return dict(seed=seed, history=history, fedavg_accuracy=history[-1]["accuracy"],
+              central_accuracy=central_acc, sim_time=history[-1]["sim_time"])
+
+
+def _config_json(c) -> str:
+  return json.dumps(c.to_dict(), sort_keys=True, indent=2)
+
+
+def run(c, workdir: str, log=print) -> dict:
+  """Run every seed, write ``claims.json``, ``report.md`` and plots under ``workdir/fedavg``."""
+  validate(c)
+  ds, seeds, parts, profiles_table = prepare(c)
+  out = os.path.join(workdir, c.experiment)
+  # Checkpoints of a different config must not be resumed into this one.
+  config_path = os.path.join(out, "config.json")
+  if os.path.exists(config_path) and open(config_path).read() != _config_json(c):
+    for s in seeds:
+      shutil.rmtree(os.path.join(out, f"seed_{s}"), ignore_errors=True)
+  os.makedirs(out, exist_ok=True)
+  with open(config_path, "w") as f:
+    f.write(_config_json(c))
+
+  if log:
+    sizes = np.array([len(p) for p in parts[seeds[0]]])
+    log(f"fedavg/{c.variant}: {c.dataset} ({len(ds.y_train)} train, {len(ds.y_test)} test), "
+        f"{c.num_clients} clients ({c.partition}, alpha={c.alpha}; samples per client "
+        f"{sizes.min()}..{sizes.max()}), {c.clients_per_round} per round, {c.num_rounds} rounds, "
+        f"seeds {seeds}")
+  results = [run_seed(c, ds, parts[s], profiles_table, s, out, log) for s in seeds]
+
+  to_points = lambda acc: 100.0 * acc
+  per_seed = {"fedavg": [to_points(r["fedavg_accuracy"]) for r in results],
+              "centralized": [to_points(r["central_accuracy"]) for r in results]}
+  claim = claims_lib.claim(
+      id="accuracy_vs_centralized",
+      statement=(f"FedAvg over {c.num_clients} non-IID clients (Dirichlet alpha={c.alpha}) ends "
+                 f"within {c.accuracy_gap_points} accuracy points of centralized training"),
+      paper="FedAvg trains on non-IID client data to nearly the accuracy of centralized "
+            "training (McMahan et al. 2017, arXiv 1602.05629)",
+      metric="test_accuracy_points", better="higher", method="fedavg", baseline="centralized",
+      margin=c.accuracy_gap_points, per_seed=per_seed)
+  doc = claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=c.experiment,
+                                variant=c.variant, seeds=seeds, claims=[claim])
+  report.write_fedavg_report(out, c, results, doc)
+  if log:
+    verdict = "holds" if claim["holds"] else "DOES NOT HOLD"
+    log(f"claim accuracy_vs_centralized {verdict}: fedavg {claim['value']:.2f} vs centralized "
+        f"{claim['baseline_value']:.2f} points (margin {c.accuracy_gap_points}) -> "
+        f"{os.path.join(out, 'claims.json')}")
+  return doc

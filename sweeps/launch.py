@@ -1,0 +1,99 @@
+"""The experiment launcher.
+
+  python -m sweeps.launch --config sweeps/configs/<name>.py[:variant] [--config.key=value ...]
+                          [--workdir DIR] [--backend local]
+
+Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
+``--config.key=value`` overrides), validates it, and runs the experiment named by
+``config.experiment``. Results go under ``<workdir>/<experiment>/``. Bad input ends
+with one line naming the field and what was expected, exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxfl.errors import ConfigError
+
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="ml_collections")
+
+BACKENDS = ("local",)
+
+
+def _define_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", "runs", "where results, reports and checkpoints go", flag_values=fv)
+  flags.DEFINE_string("backend", "local", f"one of {list(BACKENDS)}", flag_values=fv)
+  return fv
+
+
+def fail(message: str) -> int:
+  print(f"error: {message}", file=sys.stderr)
+  return 2
+
+
+def _config_path(argv: list[str]) -> str | None:
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _flag_error(e: Exception) -> str:
+  """One line from a flag-parsing error (config_flags embeds tracebacks and bare keys)."""
+  if isinstance(e, (KeyError, AttributeError, flags.UnrecognizedFlagError)):
+    found = re.search(r"'([^'\"]+)'", str(e))
+    name = (found.group(1) if found else str(e)).removeprefix("config.")
+    return f"--config.{name}: expected a field of the config (see its get_config)"
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  last = lines[-1] if lines else repr(e)
+  # "ValueError: variant: expected ..." -> "variant: expected ..."
+  head, _, rest = last.partition(": ")
+  return rest if head.endswith(("Error", "Exception")) and rest else last
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  spec = _config_path(argv)
+  if spec is None:
+    return fail("--config: expected a config file, e.g. sweeps/configs/fedavg.py:quick")
+  path = spec.split(":", 1)[0]
+  if not os.path.isfile(path):
+    configs = os.path.join(os.path.dirname(__file__), "configs")
+    names = sorted(f[:-3] for f in os.listdir(configs) if f.endswith(".py") and f != "__init__.py")
+    return fail(f"--config: expected an experiment config file (one of {names} under "
+                f"sweeps/configs/), got {path!r}")
+  fv = _define_flags()
+  try:
+    fv(argv)
+    config = fv.config
+  except ConfigError as e:
+    return fail(f"config.{e}")
+  except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as e:
+    return fail(_flag_error(e))
+  if fv.backend not in BACKENDS:
+    return fail(f"--backend: expected one of {list(BACKENDS)}, got {fv.backend!r}")
+
+  from sweeps import experiments
+
+  try:
+    runner = experiments.get(config.experiment)
+    runner.validate(config)
+    runner.run(config, fv.workdir)
+  except ConfigError as e:
+    return fail(f"config.{e}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
