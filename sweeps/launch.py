@@ -26,10 +26,11 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="ml_collec
 BACKENDS = ("local",)
 
 
-def _define_flags() -> flags.FlagValues:
+def _define_flags(argv: list[str]) -> flags.FlagValues:
   fv = flags.FlagValues()
+  # config_flags discovers the --config.* overrides in sys_argv (default: sys.argv).
   config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", "runs", "where results, reports and checkpoints go", flag_values=fv)
   flags.DEFINE_string("backend", "local", f"one of {list(BACKENDS)}", flag_values=fv)
   return fv
@@ -55,6 +56,10 @@ def _flag_error(e: Exception) -> str:
     found = re.search(r"'([^'\"]+)'", str(e))
     name = (found.group(1) if found else str(e)).removeprefix("config.")
     return f"--config.{name}: expected a field of the config (see its get_config)"
+  bad_value = re.match(r"flag (--[\w.]+)=(.*?): (.*)$", str(e))
+  if bad_value and "Traceback" not in str(e):
+    flag, value, why = bad_value.groups()
+    return f"{flag}: expected a value of the field's type, got {value!r} ({why})"
   lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
   last = lines[-1] if lines else repr(e)
   # "ValueError: variant: expected ..." -> "variant: expected ..."
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(f[:-3] for f in os.listdir(configs) if f.endswith(".py") and f != "__init__.py")
     return fail(f"--config: expected an experiment config file (one of {names} under "
                 f"sweeps/configs/), got {path!r}")
-  fv = _define_flags()
+  fv = _define_flags(argv)
   try:
     fv(argv)
     config = fv.config

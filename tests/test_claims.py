@@ -1,0 +1,49 @@
+"""claims.json helpers: medians with missing values and the holds rule."""
+
+import json
+
+import pytest
+
+from sweeps import claims
+
+
+def test_median_odd_even_and_missing():
+  assert claims.median([3.0, 1.0, 2.0]) == 2.0
+  assert claims.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+  # Missing counts as worst: for "lower", None is +inf.
+  assert claims.median([1.0, None, 2.0], better="lower") == 2.0
+  assert claims.median([1.0, None, None], better="lower") is None
+  assert claims.median([5.0, None, 7.0], better="higher") == 5.0
+
+
+def test_baseline_claim_with_margin():
+  c = claims.claim(id="x", statement="s", paper="p", metric="acc", better="higher", method="a",
+                   baseline="b", margin=3.0, per_seed={"a": [90.0, 91.0, 92.0], "b": [93.0, 94.0, 95.0]})
+  assert c["value"] == 91.0 and c["baseline_value"] == 94.0 and c["holds"] is True
+  c = claims.claim(id="x", statement="s", paper="p", metric="acc", better="higher", method="a",
+                   baseline="b", margin=2.9, per_seed={"a": [91.0], "b": [94.0]})
+  assert c["holds"] is False
+
+
+def test_threshold_claim_lower_is_better_and_null():
+  c = claims.claim(id="t", statement="s", paper="p", metric="time", better="lower", method="a",
+                   threshold=10.0, per_seed={"a": [9.0, 12.0, 8.0]})
+  assert c["value"] == 9.0 and c["holds"] is True
+  c = claims.claim(id="t", statement="s", paper="p", metric="time", better="lower", method="a",
+                   threshold=10.0, per_seed={"a": [None, None, 1.0]})
+  assert c["value"] is None and c["holds"] is False
+
+
+def test_claim_needs_exactly_one_reference():
+  with pytest.raises(ValueError):
+    claims.claim(id="t", statement="s", paper="p", metric="m", better="higher", method="a",
+                 per_seed={"a": [1.0]})
+
+
+def test_write_claims(tmp_path):
+  path = tmp_path / "claims.json"
+  c = claims.claim(id="t", statement="s", paper="p", metric="m", better="higher", method="a",
+                   threshold=0.5, per_seed={"a": [1.0]})
+  claims.write_claims(path, experiment="e", variant="quick", seeds=[0], claims=[c])
+  doc = json.loads(path.read_text())
+  assert doc == {"experiment": "e", "variant": "quick", "seeds": [0], "claims": [c]}

@@ -1,0 +1,88 @@
+"""The launcher: bad input ends with one line naming the field, exit 2, nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sweeps import launch
+
+CONFIG = "sweeps/configs/fedavg.py:quick"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def at_root(monkeypatch):
+  monkeypatch.chdir(ROOT)
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--config", "sweeps/configs/nope.py"], "--config"),
+    (["--config", "sweeps/configs/fedavg.py:bogus"], "variant"),
+    ([f"--config={CONFIG}", "--config.num_clients=0"], "num_clients"),
+    ([f"--config={CONFIG}", "--config.num_clients=-3"], "num_clients"),
+    ([f"--config={CONFIG}", "--config.alpha=0"], "alpha"),
+    ([f"--config={CONFIG}", "--config.alpha=-0.5"], "alpha"),
+    ([f"--config={CONFIG}", "--config.num_clients=5000"], "num_clients"),
+    ([f"--config={CONFIG}", "--config.dataset=imagenet"], "dataset"),
+    ([f"--config={CONFIG}", "--config.client_lr=-0.1"], "client_lr"),
+    ([f"--config={CONFIG}", "--config.server_lr=-1"], "server_lr"),
+    ([f"--config={CONFIG}", "--config.experiment=nope"], "experiment"),
+    ([f"--config={CONFIG}", "--config.no_such_field=1"], "no_such_field"),
+    ([f"--config={CONFIG}", "--config.num_clients=abc"], "num_clients"),
+    ([f"--config={CONFIG}", "--config.clients_per_round=30"], "clients_per_round"),
+    ([f"--config={CONFIG}", "--backend=mars"], "--backend"),
+    ([], "--config"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field):
+  workdir = tmp_path / "runs"
+  code = launch.main(["launch", *args, f"--workdir={workdir}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith("error: ") and field in err and "expected" in err, err
+  assert not workdir.exists()
+
+
+def test_more_clients_than_samples_names_the_limit(tmp_path, capsys):
+  code = launch.main(["launch", f"--config={CONFIG}", "--config.num_clients=5000",
+                      "--config.clients_per_round=10", f"--workdir={tmp_path / 'w'}"])
+  assert code == 2
+  assert "at most 1438" in capsys.readouterr().err  # digits' training split
+
+
+def test_subprocess_exit_code_and_no_traceback(tmp_path):
+  workdir = tmp_path / "runs"
+  proc = subprocess.run([sys.executable, "-m", "sweeps.launch", f"--config={CONFIG}",
+                         "--config.alpha=-1", f"--workdir={workdir}"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: config.alpha: expected a positive finite number, got -1.0"]
+  assert "Traceback" not in proc.stdout + proc.stderr
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_fedavg_quick_end_to_end(tmp_path):
+  """The README's main command (quick variant, as is) writes claims.json; the claim holds."""
+  workdir = tmp_path / "runs"
+  proc = subprocess.run([sys.executable, "-m", "sweeps.launch", f"--config={CONFIG}",
+                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "round  200/200" in proc.stdout
+  doc = json.loads((workdir / "fedavg" / "claims.json").read_text())
+  assert doc["experiment"] == "fedavg" and doc["variant"] == "quick"
+  assert doc["seeds"] == [0, 1, 2, 3, 4]
+  (claim,) = doc["claims"]
+  assert claim["id"] == "accuracy_vs_centralized"
+  assert len(claim["per_seed"]["fedavg"]) == 5
+  # The quick run's accuracies are measured, not assumed; the digits MLP reaches > 90%.
+  assert claim["baseline_value"] > 90.0 and claim["value"] > 85.0
+  assert claim["holds"] == (claim["value"] >= claim["baseline_value"] - 3.0)
+  assert claim["holds"], "FedAvg fell more than 3 points behind centralized training"
+  for name in ("report.md", "accuracy.png", "config.json"):
+    assert (workdir / "fedavg" / name).exists()
