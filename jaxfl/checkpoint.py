@@ -27,13 +27,21 @@ class Checkpointer:
     self.every = every
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=every,
+        # The interval is applied in `save` (orbax's default policy would also save the first
+        # round it sees, off the interval).
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=False),
     )
 
+  def due(self, round_: int) -> bool:
+    """Whether round ``round_`` falls on the save interval."""
+    return round_ % self.every == 0
+
   def save(self, round_: int, state, *, force: bool = False) -> bool:
     """Save ``state`` as round ``round_`` if it falls on the interval (or ``force``)."""
-    return self._manager.save(round_, args=ocp.args.StandardSave(state), force=force)
+    if not (force or self.due(round_)) or round_ == self.latest_round():
+      return False
+    return self._manager.save(round_, args=ocp.args.StandardSave(state), force=True)
 
   def latest_round(self) -> int | None:
     return self._manager.latest_step()

@@ -15,8 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jaxfl.checkpoint import Checkpointer
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 class DivergenceError(RuntimeError):
@@ -38,7 +44,9 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
     evaluate: ``evaluate(params) -> (accuracy, loss)``, called every ``eval_every``
       rounds and after the last.
     eval_every: evaluation interval in rounds.
-    checkpointer: saves the state on its interval and after the last round.
+    checkpointer: saves the state of each round on its interval (and the last round)
+      once the following round has trained from it with a finite loss, so a saved state
+      is always one that trains.
     metrics_path: JSON-lines file of per-evaluation records; on resume, records past
       the restored round are dropped.
     log: progress printer (``None`` for silence).
@@ -61,20 +69,27 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
       f.writelines(json.dumps(r) + "\n" for r in history)
 
   wall0 = time.perf_counter() - (history[-1]["wall_time"] if history else 0.0)
-  train_loss, participants = math.nan, 0
+  pending = None  # (round, state) to save once the next round shows it trains finitely
   for r in range(int(state.round), num_rounds):
     state, metrics = algorithm.jit_round(state, clients)
+    done = r + 1
     train_loss = float(metrics.loss)
     participants = int(metrics.participants)
-    if not math.isfinite(train_loss):
-      last = checkpointer.latest_round() if checkpointer else None
-      raise DivergenceError(f"training loss is {train_loss} at round {r + 1}; "
-                            f"last good checkpoint: round {last}")
-    done = r + 1
-    if checkpointer is not None:
-      checkpointer.save(done, state, force=done == num_rounds)
+    if not (math.isfinite(train_loss) and bool(_all_finite(state.params))):
+      last_good = checkpointer.latest_round() if checkpointer else None
+      raise DivergenceError(f"training loss {train_loss}, or non-finite parameters, at round "
+                            f"{done}; last good checkpoint: round {last_good}")
+    # Finite parameters can still be garbage (one huge step overflows the logits); the round
+    # that trains from a state with a finite loss is what shows the state is good.
+    if pending is not None:
+      checkpointer.save(*pending, force=True)
+      pending = None
     if evaluate is not None and (done % eval_every == 0 or done == num_rounds):
       accuracy, loss = (float(v) for v in evaluate(state.params))
+      if not math.isfinite(loss):
+        last_good = checkpointer.latest_round() if checkpointer else None
+        raise DivergenceError(f"evaluation loss {loss} at round {done}; last good checkpoint: "
+                              f"round {last_good}")
       record = dict(round=done, sim_time=float(state.sim_time),
                     wall_time=time.perf_counter() - wall0, train_loss=train_loss,
                     participants=participants, accuracy=accuracy, loss=loss)
@@ -86,5 +101,10 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
         log(f"{log_prefix}round {done:4d}/{num_rounds} | train loss {train_loss:.4f} | "
             f"test acc {accuracy:.4f} | sim {record['sim_time']:8.1f} s | "
             f"wall {record['wall_time']:6.1f} s")
+    if checkpointer is not None and (checkpointer.due(done) or done == num_rounds):
+      pending = (done, state)
+  # The last round has no successor: finite parameters (and evaluation, if any) must do.
+  if pending is not None:
+    checkpointer.save(*pending, force=True)
   jax.block_until_ready(state)
   return state, history

@@ -20,6 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxfl.errors import ConfigError
+from jaxfl.loop import DivergenceError
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="ml_collections")
 
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     runner.run(config, fv.workdir)
   except ConfigError as e:
     return fail(f"config.{e}")
+  except DivergenceError as e:
+    print(f"error: diverged: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

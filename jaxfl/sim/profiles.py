@@ -10,6 +10,7 @@ from a table file with one row per client.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from typing import NamedTuple
 
@@ -69,8 +70,12 @@ def sample_profiles(key: jax.Array, num_clients: int, *, compute_median: float =
   lo, hi = availability_range
   if not 0 < lo <= hi <= 1:
     raise ConfigError("availability_range", "0 < low <= high <= 1", availability_range)
-  if sigma < 0:
-    raise ConfigError("sigma", "a non-negative number", sigma)
+  if not (math.isfinite(sigma) and sigma >= 0):
+    raise ConfigError("sigma", "a non-negative finite number", sigma)
+  for name, median in (("compute_median", compute_median), ("uplink_median", uplink_median),
+                       ("downlink_median", downlink_median)):
+    if not (math.isfinite(median) and median > 0):
+      raise ConfigError(name, "a positive finite number", median)
   kc, ku, kd, ka = jax.random.split(key, 4)
   lognormal = lambda k, median: median * jnp.exp(sigma * jax.random.normal(k, [num_clients]))
   availability = jax.random.uniform(ka, [num_clients], minval=lo, maxval=hi)
@@ -100,11 +105,15 @@ def load_profiles(path: str | os.PathLike, num_clients: int | None = None) -> De
   except ValueError as e:
     raise ConfigError("profiles_file", "numeric values in every column", str(e)) from e
   for c in ("compute", "uplink", "downlink"):
-    if not np.all(table[c] > 0):
-      raise ConfigError(f"profiles_file.{c}", "positive values", float(table[c].min()))
+    bad = ~(np.isfinite(table[c]) & (table[c] > 0))
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise ConfigError(f"profiles_file.{c}", f"positive values (row {row + 1})", float(table[c][row]))
   a = table["availability"]
-  if not np.all((a > 0) & (a <= 1)):
-    raise ConfigError("profiles_file.availability", "values in (0, 1]", float(a.min()))
+  bad = ~((a > 0) & (a <= 1))
+  if bad.any():
+    row = int(np.argmax(bad))
+    raise ConfigError("profiles_file.availability", f"values in (0, 1] (row {row + 1})", float(a[row]))
   return DeviceProfiles(*(jnp.asarray(table[c]) for c in COLUMNS))
 
 

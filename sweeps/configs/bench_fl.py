@@ -45,7 +45,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
 
   # Timing: warm-up calls (compile + caches), then timed calls; the median is reported.
   c.warmup = 2
-  c.repeats = 7
+  c.repeats = 11
   c.matmul_size = 2048  # float32 n x n @ n x n, 2 n^3 flops: the practical peak
 
   # K-scaling of the round on synthetic clients of a fixed size (drawn with replacement
