@@ -12,11 +12,14 @@ calls ending in ``jax.block_until_ready``; medians reported), on K clients x
 (iii) ``client_loop``: the same round as a Python loop over clients, each calling a
       jitted one-client ``local_train``, then a jitted weighted mean and server update
       (the per-client pattern of fedjax / Flower);
-(iv)  FLOP utilisation: FLOP/s of (i) over the FLOP/s of a large float32 matmul
-      measured in the same process;
+(iv)  FLOP utilisation: FLOP/s of (i) (analytic matmul FLOPs, :func:`mlp_train_flops`;
+      XLA's cost analysis reported beside it) over the FLOP/s of a large float32
+      matmul timed in the same process, interleaved with the rounds;
 (v)   ``plain_vmap``: the round written by hand, with no jaxfl runtime (a ``jax.vmap``
       over clients of a ``lax.scan`` of SGD steps, weighted mean, update);
-(vi)  time per client-step of (i) as K grows, on synthetic clients of a fixed size.
+(vi)  time per client-step of (i) as K grows (``scaling_clients``), on synthetic
+      clients of ``scaling_samples_per_client`` samples drawn with replacement from
+      the training set (digits has fewer samples than 512 clients need).
 
 (i), (iii) and (v) do the same work: from the same parameters and round key they
 compute the same new parameters (tests check it to 1e-5), because each client
@@ -139,7 +142,7 @@ def compiled_flops(jitted: Callable, *args) -> float | None:
 
 
 class Setup(NamedTuple):
-  """Everything one repeat times: inputs and the four compiled round functions."""
+  """One repeat's inputs (the compiled functions are in :class:`Programs`)."""
 
   params: Any  # initial server parameters
   state: ServerState  # FedAvg server state at round 0
@@ -147,7 +150,6 @@ class Setup(NamedTuple):
   pooled: ClientData  # all training data as one client
   central_key: jax.Array
   k_train: jax.Array  # the round's training key, as FedAvg.round derives it
-  alg: FedAvg
 
 
 def round_train_key(state: ServerState) -> jax.Array:
@@ -273,14 +275,13 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, repeats:
   return times
 
 
-def matmul_flops_per_s(n: int, *, warmup: int, repeats: int, key: jax.Array) -> float:
-  """Achieved FLOP/s of a jitted float32 ``[n, n] @ [n, n]`` (``2 n^3`` flops), median."""
+def make_matmul(n: int, key: jax.Array) -> Callable[[], jax.Array]:
+  """A zero-argument jitted float32 ``[n, n] @ [n, n]`` (``2 n^3`` flops): the practical peak."""
   ka, kb = jax.random.split(key)
   a = jax.random.normal(ka, (n, n), jnp.float32)
   b = jax.random.normal(kb, (n, n), jnp.float32)
   mm = jax.jit(jnp.matmul)
-  t = time_interleaved({"matmul": lambda: mm(a, b)}, warmup=warmup, repeats=repeats)["matmul"]
-  return 2.0 * n**3 / statistics.median(t)
+  return lambda: mm(a, b)
 
 
 # ----------------------------------------------------------------------------- repeats
@@ -302,15 +303,14 @@ def partition(c, ds, seed: int) -> list[np.ndarray]:
 def make_setup(c, ds, alg: FedAvg, seed: int) -> Setup:
   """One repeat's inputs: model init, partition and keys all come from ``seed``."""
   key = jax.random.PRNGKey(seed)
-  apply_fn, params = init_model(c, ds, jax.random.fold_in(key, KEY_MODEL))
-  del apply_fn
+  _, params = init_model(c, ds, jax.random.fold_in(key, KEY_MODEL))
   x, y, counts = jdata.partition.pad_clients(ds.x_train, ds.y_train, partition(c, ds, seed))
   clients = ClientData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(counts))
   n = len(ds.y_train)
   pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
   state = alg.init(params, jax.random.fold_in(key, KEY_ROUNDS))
   return Setup(params, state, clients, pooled, jax.random.fold_in(key, KEY_CENTRAL),
-               round_train_key(state), alg)
+               round_train_key(state))
 
 
 def init_model(c, ds, key: jax.Array):
@@ -335,6 +335,7 @@ class Programs(NamedTuple):
   loop_round: Callable
   plain_round: Callable
   scaling_algs: dict[int, FedAvg]
+  matmul: Callable[[], jax.Array]
 
 
 def build_programs(c, ds) -> Programs:
@@ -342,7 +343,8 @@ def build_programs(c, ds) -> Programs:
   loss_fn = softmax_cross_entropy(apply_fn)
   return Programs(loss_fn, make_fedavg(loss_fn, c, c.num_clients), make_centralized(loss_fn, c),
                   make_client_loop_round(loss_fn, c), make_plain_vmap_round(apply_fn, c),
-                  {k: make_fedavg(loss_fn, c, k) for k in c.scaling_clients})
+                  {k: make_fedavg(loss_fn, c, k) for k in c.scaling_clients},
+                  make_matmul(c.matmul_size, jax.random.PRNGKey(c.seed)))
 
 
 def round_functions(c, prog: Programs, s: Setup) -> dict[str, Callable[[], Any]]:
@@ -359,8 +361,8 @@ def round_functions(c, prog: Programs, s: Setup) -> dict[str, Callable[[], Any]]
   }
 
 
-def run_repeat(c, ds, prog: Programs, seed: int, peak: float, log=print) -> dict:
-  """One repeat: times of (i), (ii), (iii), (v) and the K-scaling. Returns numbers."""
+def run_repeat(c, ds, prog: Programs, seed: int, log=print) -> dict:
+  """One repeat: times of (i), (ii), (iii), (v), the matmul peak and the K-scaling."""
   s = make_setup(c, ds, prog.alg, seed)
   samples = c.num_clients * c.local_steps * c.batch_size
   if log:
@@ -368,13 +370,16 @@ def run_repeat(c, ds, prog: Programs, seed: int, peak: float, log=print) -> dict
         f"{c.batch_size} = {samples} samples; clients hold "
         f"{int(s.clients.count.min())}..{int(s.clients.count.max())} samples "
         f"(n_max {s.clients.x.shape[1]})")
-  times = time_interleaved(round_functions(c, prog, s), warmup=c.warmup, repeats=c.repeats,
-                           log=log)
+  # The peak is timed among the rounds, so it sees the same machine load as they do.
+  times = time_interleaved({**round_functions(c, prog, s), "matmul": prog.matmul},
+                           warmup=c.warmup, repeats=c.repeats, log=log)
+  peak = 2.0 * c.matmul_size**3 / statistics.median(times.pop("matmul"))
   med = {m: statistics.median(t) for m, t in times.items()}
   sps = {m: samples / t for m, t in med.items()}
   if log:
     log(f"[repeat {seed}] " + " | ".join(f"{m} {1e3 * med[m]:.2f} ms ({sps[m]:,.0f} samples/s)"
-                                         for m in METHODS))
+                                         for m in METHODS) +
+        f" | matmul {c.matmul_size}^3 {peak / 1e9:.1f} GFLOP/s")
 
   # (vi) the runtime's round at growing K, on fixed-size synthetic clients.
   key = jax.random.PRNGKey(seed)
@@ -404,7 +409,7 @@ def run_repeat(c, ds, prog: Programs, seed: int, peak: float, log=print) -> dict
               round_vs_client_loop=sps["runtime"] / sps["client_loop"],
               runtime_overhead=med["plain_vmap"] / med["runtime"],
               flops_per_round=flops, flops_per_s=flops / med["runtime"],
-              flop_utilisation=flops / med["runtime"] / peak,
+              peak_flops_per_s=peak, flop_utilisation=flops / med["runtime"] / peak,
               time_per_client_step_ms={str(k): v for k, v in step_ms.items()},
               time_per_client_step_growth=growth,
               time_per_client_step_growth_from_fastest=growth_from_fastest,
@@ -424,15 +429,11 @@ def run(c, workdir: str, log=print) -> dict:
     log(f"bench_fl/{c.variant}: {jax.default_backend()} ({jax.devices()[0].device_kind}), "
         f"{c.num_devices} device(s) for the round, repeats {seeds}")
 
-  peak = matmul_flops_per_s(c.matmul_size, warmup=c.warmup, repeats=c.repeats,
-                            key=jax.random.PRNGKey(c.seed))
-  if log:
-    log(f"matmul {c.matmul_size}^3 float32: {peak / 1e9:.1f} GFLOP/s (practical peak)")
   prog = build_programs(c, ds)
   s0 = make_setup(c, ds, prog.alg, seeds[0])
   xla_flops = compiled_flops(prog.alg.jit_round, s0.state, s0.clients)
-  results = [run_repeat(c, ds, prog, s, peak, log) for s in seeds]
-  doc = write_claims(c, out, seeds, results, peak, xla_flops)
+  results = [run_repeat(c, ds, prog, s, log) for s in seeds]
+  doc = write_claims(c, out, seeds, results, xla_flops)
   write_report(out, c, results, doc)
   if log:
     for cl in doc["claims"]:
@@ -442,14 +443,14 @@ def run(c, workdir: str, log=print) -> dict:
     rep = doc["reported"]
     log(f"runtime_overhead {rep['runtime_overhead']:.3f} (plain vmap time / runtime time) | "
         f"FLOP utilisation {100 * rep['flop_utilisation']:.2f}% of "
-        f"{peak / 1e9:.1f} GFLOP/s -> {os.path.join(out, 'claims.json')}")
+        f"{rep['peak_flops_per_s'] / 1e9:.1f} GFLOP/s -> {os.path.join(out, 'claims.json')}")
   return doc
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_claims(c, out: str, seeds: list[int], results: list[dict], peak: float,
+def write_claims(c, out: str, seeds: list[int], results: list[dict],
                  xla_flops: float | None) -> dict:
   per = lambda name: [r[name] for r in results]
   per_method = lambda field: {m: [r[field][m] for r in results] for m in METHODS}
@@ -495,12 +496,14 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict], peak: float
                             "(= samples/s (i) / (v)); 1 = no overhead, < 1 = runtime slower",
       flop_utilisation=med(per("flop_utilisation")),
       flops_per_s=med(per("flops_per_s")),
-      peak_flops_per_s=peak,
+      peak_flops_per_s=med(per("peak_flops_per_s")),
       flops_per_round_analytic=results[0]["flops_per_round"],
       flops_per_round_xla_cost_analysis=xla_flops,
-      flops_per_round_xla_times_local_steps=None if xla_flops is None else xla_flops * c.local_steps,
+      flops_per_round_xla_times_local_steps=(None if xla_flops is None
+                                             else xla_flops * c.local_steps),
       flop_utilisation_xla=None if xla_flops is None else
-      med([xla_flops * c.local_steps / (r["ms"]["runtime"] / 1e3) / peak for r in results]),
+      med([xla_flops * c.local_steps / (r["ms"]["runtime"] / 1e3) / r["peak_flops_per_s"]
+           for r in results]),
       flops_note="analytic: matmul flops, forward 2ab per layer and sample, backward 2ab "
                  "(weight gradient) + 2ab (input gradient, not for the first layer); XLA's cost "
                  "analysis counts a scan body once, so it is about 1/local_steps of the executed "
@@ -512,7 +515,8 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict], peak: float
       samples_per_s={m: med(v) for m, v in per_method("samples_per_s").items()},
       per_repeat=[{k: r[k] for k in ("seed", "ms", "samples_per_s", "round_vs_centralized",
                                      "round_vs_client_loop", "runtime_overhead",
-                                     "flop_utilisation", "time_per_client_step_ms",
+                                     "peak_flops_per_s", "flop_utilisation",
+                                     "time_per_client_step_ms",
                                      "time_per_client_step_growth",
                                      "time_per_client_step_growth_from_fastest")}
                   for r in results],
@@ -560,26 +564,31 @@ def write_report(out: str, c, results: list[dict], doc: dict) -> None:
   for m in METHODS:
     lines.append(f"| {names[m]} | {rep['ms_per_round'][m]:.3f} | {rep['samples_per_s'][m]:,.0f} |")
   xla = rep["flops_per_round_xla_cost_analysis"]
-  util_xla = rep["flop_utilisation_xla"]
-  lines += ["", "| quantity | value |", "|---|---|",
-            f"| (i)/(ii) samples/s, round vs centralized | {med([r['round_vs_centralized'] for r in results]):.3f} |",
-            f"| (i)/(iii) samples/s, round vs client loop | {med([r['round_vs_client_loop'] for r in results]):.3f} |",
-            f"| (i)/(v) samples/s, runtime vs hand-written (runtime_overhead) | {rep['runtime_overhead']:.3f} |",
-            f"| FLOPs per round, analytic (matmuls, forward + backward) | {rep['flops_per_round_analytic']:.4g} |",
-            f"| FLOPs per round, XLA cost analysis (scan body counted once) | "
-            f"{'—' if xla is None else f'{xla:.4g}'} |",
-            f"| FLOPs per round, XLA cost analysis x local_steps | "
-            f"{'—' if xla is None else f'{xla * c.local_steps:.4g}'} |",
-            f"| achieved FLOP/s of (i), analytic | {rep['flops_per_s'] / 1e9:.3f} G |",
-            f"| matmul {c.matmul_size}^3 float32 FLOP/s (practical peak) | {rep['peak_flops_per_s'] / 1e9:.1f} G |",
-            f"| FLOP utilisation of (i), analytic | {100 * rep['flop_utilisation']:.2f} % |",
-            f"| FLOP utilisation of (i), XLA x local_steps | "
-            f"{'—' if xla is None else f'{100 * util_xla:.2f} %'} |",
-            f"| time per client-step growth from the fastest smaller K | "
-            f"{rep['time_per_client_step_growth_from_fastest']:.3f} |",
-            "", f"K-scaling on synthetic clients ({c.scaling_samples_per_client} samples each, "
+  na = lambda v, fmt: "—" if v is None else format(v, fmt)
+  ratio = lambda name: med([r[name] for r in results])
+  quantities = [
+      ("(i)/(ii) samples/s, round vs centralized", f"{ratio('round_vs_centralized'):.3f}"),
+      ("(i)/(iii) samples/s, round vs client loop", f"{ratio('round_vs_client_loop'):.3f}"),
+      ("(i)/(v) samples/s, runtime vs hand-written (runtime_overhead)",
+       f"{rep['runtime_overhead']:.3f}"),
+      ("FLOPs per round, analytic (matmuls, forward + backward)",
+       f"{rep['flops_per_round_analytic']:.4g}"),
+      ("FLOPs per round, XLA cost analysis (scan body counted once)", na(xla, ".4g")),
+      ("FLOPs per round, XLA cost analysis x local_steps",
+       na(rep["flops_per_round_xla_times_local_steps"], ".4g")),
+      ("achieved FLOP/s of (i), analytic", f"{rep['flops_per_s'] / 1e9:.3f} G"),
+      (f"matmul {c.matmul_size}^3 float32 FLOP/s (practical peak)",
+       f"{rep['peak_flops_per_s'] / 1e9:.1f} G"),
+      ("FLOP utilisation of (i), analytic", f"{rep['flop_utilisation']:.2%}"),
+      ("FLOP utilisation of (i), XLA x local_steps", na(rep["flop_utilisation_xla"], ".2%")),
+      ("time per client-step growth from the fastest smaller K",
+       f"{rep['time_per_client_step_growth_from_fastest']:.3f}"),
+  ]
+  lines += ["", "| quantity | value |", "|---|---|"]
+  lines += [f"| {label} | {value} |" for label, value in quantities]
+  lines += ["", f"K-scaling on synthetic clients ({c.scaling_samples_per_client} samples each, "
             "drawn with replacement from the training set):", "",
-            "| K | ms / round | time per client-step (µs) | ratio to K=" + str(ks[0]) + " |",
+            f"| K | ms / round | time per client-step (µs) | ratio to K={ks[0]} |",
             "|---|---|---|---|"]
   for k in ks:
     step = med([r["time_per_client_step_ms"][str(k)] for r in results], "lower")
