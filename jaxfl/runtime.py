@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -92,6 +93,26 @@ class ClientAxis:
     )
 
 
+def client_weighted_sum(tree: Any, weight: jax.Array, axis_name: AxisName) -> Any:
+  """``sum_k weight_k * tree_k`` over the client axis, the same on every client.
+
+  The innermost name of ``axis_name`` must be the vmap axis (as in
+  :attr:`ClientAxis.axis_name`); outer names (a device mesh) are reduced with ``psum``.
+  Under vmap the per-client values already sit stacked, so ``all_gather`` costs nothing
+  and the reduction is one ``tensordot`` (a matmul) per leaf: on CPU this is several
+  times faster than the multiply-then-sum that a ``psum`` of weighted values lowers to.
+  """
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  inner, outer = names[-1], names[:-1]
+  weights = jax.lax.all_gather(weight, inner)
+
+  def reduce(x):
+    return jnp.tensordot(weights.astype(x.dtype), jax.lax.all_gather(x, inner), axes=1)
+
+  out = jax.tree.map(reduce, tree)
+  return jax.lax.psum(out, outer) if outer else out
+
+
 def _specs(axes: Any) -> Any:
   def spec(a):
     if a is None:
@@ -112,6 +133,18 @@ def client_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.array(devices[:n]), (DEVICES,))
 
 
+def resolve_num_devices(num_devices: int) -> int:
+  """``0`` means every local device; other values are checked against the local count."""
+  available = jax.device_count()
+  if num_devices == 0:
+    return available
+  if not (isinstance(num_devices, int) and 1 <= num_devices <= available):
+    raise ConfigError("num_devices", f"0 (all) or between 1 and {available} (local devices)",
+                      num_devices)
+  return num_devices
+
+
 def make_client_axis(num_devices: int) -> ClientAxis:
-  """``num_devices == 1`` gives the vmap runtime, larger the shard_map one."""
-  return ClientAxis() if num_devices == 1 else ClientAxis(client_mesh(num_devices))
+  """One device (``1``) gives the vmap runtime, more the shard_map one; ``0`` = all devices."""
+  n = resolve_num_devices(num_devices)
+  return ClientAxis() if n == 1 else ClientAxis(client_mesh(n))

@@ -68,6 +68,21 @@ def _flag_error(e: Exception) -> str:
   return rest if head.endswith(("Error", "Exception")) and rest else last
 
 
+def _use_cpu_cores(config) -> None:
+  """Give JAX one CPU device per core when the config asks for all devices (num_devices=0).
+
+  The client axis shards clients over devices; on a CPU host, XLA exposes one device
+  unless told otherwise, so a round would use one core's worth of parallelism. This
+  must run before JAX's first operation; an explicit XLA_FLAGS setting wins.
+  """
+  if config.get("num_devices", None) != 0 or "host_platform_device_count" in os.environ.get(
+      "XLA_FLAGS", ""):
+    return
+  import jax
+
+  jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   spec = _config_path(argv)
@@ -90,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
   if fv.backend not in BACKENDS:
     return fail(f"--backend: expected one of {list(BACKENDS)}, got {fv.backend!r}")
 
+  _use_cpu_cores(config)
   from sweeps import experiments
 
   try:

@@ -98,3 +98,20 @@ def test_padding_never_enters_a_batch():
                             max_steps=4)(params, data, jnp.int32(4), jax.random.PRNGKey(0))
   assert np.isfinite(float(m.loss))
   assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(out))
+
+
+def test_unmasked_scan_equals_masked_when_all_steps_run():
+  apply_fn, params, data = small_problem()
+  loss_fn = softmax_cross_entropy(apply_fn)
+  key = jax.random.PRNGKey(4)
+  kw = dict(batch_size=8, max_steps=5)
+  a, ma = make_local_train(loss_fn, optax.sgd(0.1), **kw)(params, data, jnp.int32(5), key)
+  b, mb = make_local_train(loss_fn, optax.sgd(0.1), mask_steps=False, **kw)(params, data,
+                                                                             jnp.int32(5), key)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  np.testing.assert_allclose(ma.loss, mb.loss, rtol=1e-6)
+  # A discarded client (num_steps 0) reports no loss and no samples.
+  _, m0 = make_local_train(loss_fn, optax.sgd(0.1), mask_steps=False, **kw)(params, data,
+                                                                            jnp.int32(0), key)
+  assert float(m0.loss) == 0.0 and int(m0.samples) == 0

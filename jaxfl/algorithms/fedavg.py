@@ -150,13 +150,17 @@ class FedAvg:
     # A client's key depends on its id, not its slot, so it is the same under any mapping.
     client_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_train, ids)
 
+    # With a fixed number of local steps every client runs the whole scan; a non-participant's
+    # work is discarded below instead of masked step by step.
     local_train = make_local_train(self.loss_fn, self.client_tx, batch_size=self.batch_size,
-                                   max_steps=self._scan_length)
+                                   max_steps=self._scan_length,
+                                   mask_steps=self.local_steps is None)
     aggregator = self._aggregator
 
     def client(params, agg_state, data, num_steps, weight, k):
       new_params, metrics = local_train(params, data, num_steps, k)
-      delta = jax.tree.map(jnp.subtract, new_params, params)
+      # where, not multiply: a discarded client's delta may be non-finite and 0 * inf is nan.
+      delta = jax.tree.map(lambda new, old: jnp.where(weight > 0, new - old, 0), new_params, params)
       mean_delta, agg_state = aggregator.update(delta, agg_state, params, weight=weight)
       return mean_delta, agg_state, metrics
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfl.runtime import CLIENTS, AxisName
+from jaxfl.runtime import CLIENTS, AxisName, client_weighted_sum
 
 
 class WeightedMeanState(NamedTuple):
@@ -35,6 +35,7 @@ def weighted_mean(axis_name: AxisName = CLIENTS) -> optax.GradientTransformation
   server keeps its parameters.
 
   Reduces the client axis: call it inside the client map with one client's update.
+  The innermost axis name must be a vmap axis (:func:`jaxfl.runtime.client_weighted_sum`).
 
   Args:
     axis_name: the client axis name(s), e.g. ``ClientAxis.axis_name``.
@@ -64,7 +65,7 @@ def weighted_mean(axis_name: AxisName = CLIENTS) -> optax.GradientTransformation
     total = jax.lax.psum(weight, axis_name)
     # Guard the all-zero round: the mean of nothing is taken to be no update.
     scale = jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 0.0)
-    mean = jax.tree.map(lambda u: jax.lax.psum(scale.astype(u.dtype) * u, axis_name), updates)
+    mean = client_weighted_sum(updates, scale, axis_name)
     return mean, WeightedMeanState(count=state.count + 1)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

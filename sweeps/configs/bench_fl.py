@@ -41,7 +41,9 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.local_steps = 5
   c.batch_size = 32
   c.client_lr = 0.05
-  c.num_devices = 1  # 1: vmap runtime on the default device; > 1: shard_map over devices
+  # 0: shard_map over all local devices (on CPU the launcher makes one per core, so the
+  # round uses every core, as clients are independent); 1: vmap on one device.
+  c.num_devices = 0
 
   # Timing: warm-up calls (compile + caches), then timed calls; the median is reported.
   c.warmup = 2
@@ -65,6 +67,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.matmul_size = 8192
     c.scaling_clients = (8, 64, 512, 4096)
   elif variant != "quick":
+    # A plain ValueError: config_flags re-raises it with its own message prepended.
     raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c
 

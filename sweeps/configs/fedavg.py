@@ -44,7 +44,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.server_lr = 1.0
   c.num_rounds = 200
   c.eval_every = 10
-  c.num_devices = 1  # > 1: shard_map clients over that many local devices
+  c.num_devices = 1  # > 1: shard_map clients over that many local devices; 0: all (CPU: one per core)
 
   # Centralized baseline: the same model, optimizer and batch size on the pooled data.
   c.central_epochs = 60
@@ -76,6 +76,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.max_local_steps = 256
     c.checkpoint_every = 100
   elif variant != "quick":
+    # A plain ValueError: config_flags re-raises it with its own message prepended.
     raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c
 

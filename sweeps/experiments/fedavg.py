@@ -22,7 +22,7 @@ from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
 from jaxfl.loop import run_rounds
 from jaxfl.models import MLP, SIZES, functional
-from jaxfl.runtime import make_client_axis
+from jaxfl.runtime import make_client_axis, resolve_num_devices
 from jaxfl.sim import load_profiles, sample_profiles
 from sweeps import claims as claims_lib
 from sweeps import report
@@ -54,10 +54,9 @@ def validate(c) -> None:
   check(c.eval_every > 0, "eval_every", "a positive integer", c.eval_every)
   check(c.central_epochs > 0, "central_epochs", "a positive integer", c.central_epochs)
   check(c.checkpoint_every > 0, "checkpoint_every", "a positive integer", c.checkpoint_every)
-  check(1 <= c.num_devices <= jax.device_count(), "num_devices",
-        f"between 1 and {jax.device_count()} (local devices)", c.num_devices)
-  check(c.clients_per_round % c.num_devices == 0, "clients_per_round",
-        f"a multiple of num_devices={c.num_devices}", c.clients_per_round)
+  devices = resolve_num_devices(c.num_devices)
+  check(c.clients_per_round % devices == 0, "clients_per_round",
+        f"a multiple of the {devices} devices", c.clients_per_round)
   check(0 < c.availability_low <= c.availability_high <= 1, "availability_low",
         "0 < availability_low <= availability_high <= 1", c.availability_low)
   check(c.profile_sigma >= 0, "profile_sigma", "a non-negative number", c.profile_sigma)
