@@ -117,8 +117,8 @@ def test_configs_and_sweep_validate():
 
 def test_run_writes_claims_and_report(tmp_path):
   c = get_config("quick")
-  c.update(dict(num_seeds=2, num_clients=8, local_steps=2, warmup=1, repeats=1, matmul_size=64,
-                scaling_clients=(4, 8), scaling_samples_per_client=8))
+  c.update(dict(num_seeds=2, num_clients=8, num_devices=2, local_steps=2, warmup=1, repeats=1,
+                matmul_size=64, scaling_clients=(4, 8), scaling_samples_per_client=8))
   doc = bench_fl.run(c, str(tmp_path), log=None)
   out = tmp_path / "bench_fl"
   assert json.loads((out / "claims.json").read_text()) == doc
