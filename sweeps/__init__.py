@@ -1,0 +1,1 @@
+"""The experiment launcher, experiment configs and runners, claims and reports."""
