@@ -1,0 +1,519 @@
+"""The results database: ``<workdir>/results.sqlite`` (DESIGN.md contract 7).
+
+One SQLite file holds every run of every experiment launched into a workdir and every
+metric those runs logged::
+
+  runs(id, experiment, variant, method, config_json, config_hash, seed, status, host, pid,
+       start_time, end_time, error, attempts)
+    UNIQUE(experiment, config_hash, method, seed); status in ('running', 'done', 'failed')
+  metrics(run_id -> runs.id, step, sim_time, name, value)
+    PRIMARY KEY(run_id, step, name); index metrics_by_name(name, run_id, step)
+  final_metrics  (view) each run's row at its largest step, per metric name
+
+``PRAGMA user_version`` holds ``SCHEMA_VERSION``.
+
+Semantics a user relies on:
+
+* A run is identified by (experiment, config_hash, method, seed). ``start_run`` on an
+  existing identity returns the same id: a ``done`` run is reported so the caller skips it;
+  a ``running`` (crashed, or live in another process: the caller decides from
+  ``status_before``) or ``failed`` run is marked ``running`` again and resumed.
+* Metric writes are upserts on (run_id, step, name): a run resumed from a checkpoint that
+  logs some steps again ends with exactly the rows of an uninterrupted run.
+* Metric values are finite floats, or ``None`` (stored NULL) for "no value", e.g. a
+  target that was never reached. NaN and inf are rejected with ``ValueError`` naming the
+  metric: a diverging run stops before logging (DESIGN.md, Errors) and a NaN in the table
+  would silently poison means and medians.
+* ``sim_time`` is the simulated clock (contract 5), or ``None`` for experiments without one;
+  ``start_time``/``end_time`` are real wall-clock epoch seconds.
+
+Concurrency: WAL journal, a 30 s busy timeout, every write in one short ``BEGIN IMMEDIATE``
+transaction (so writers queue on the lock instead of failing on a stale read snapshot), and
+one connection per process. Any number of processes on one host may write at once without
+losing rows. WAL needs shared memory, so all writers must be on the same host as the file
+(not over NFS): multi-host backends should send results back to one writer. With
+``synchronous=NORMAL`` a committed write survives a killed process (SIGKILL); only an OS
+crash or power loss can drop the last commits.
+
+All SQL is parameterized; no value is ever formatted into a statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import operator
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Self
+
+FILENAME = "results.sqlite"
+SCHEMA_VERSION = 1
+HASH_CHARS = 16  # hex chars of sha256 kept: 64 bits, collision-free for any sweep size.
+BUSY_TIMEOUT_S = 30.0
+STATUSES = ("running", "done", "failed")
+FINISHED = ("done", "failed")
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  id INTEGER PRIMARY KEY,
+  experiment TEXT NOT NULL,
+  variant TEXT,
+  method TEXT NOT NULL,
+  config_json TEXT NOT NULL,
+  config_hash TEXT NOT NULL,
+  seed INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK(status IN ('running', 'done', 'failed')),
+  host TEXT,
+  pid INTEGER,
+  start_time REAL,
+  end_time REAL,
+  error TEXT,
+  attempts INTEGER NOT NULL DEFAULT 1,
+  UNIQUE(experiment, config_hash, method, seed)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+  run_id INTEGER NOT NULL REFERENCES runs(id),
+  step INTEGER NOT NULL,
+  sim_time REAL,
+  name TEXT NOT NULL,
+  value REAL,
+  PRIMARY KEY(run_id, step, name)
+);
+-- Serves "all values of metric X" and the per-run largest-step lookups of final_metrics.
+CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics(name, run_id, step);
+CREATE VIEW IF NOT EXISTS final_metrics AS
+  SELECT r.id AS run_id, r.experiment, r.variant, r.method, r.config_hash, r.seed, r.status,
+         m.name, m.step, m.sim_time, m.value
+  FROM metrics m JOIN runs r ON r.id = m.run_id
+  WHERE m.step = (SELECT MAX(step) FROM metrics m2
+                  WHERE m2.run_id = m.run_id AND m2.name = m.name);
+"""
+
+_RUN_COLUMNS = ("id", "experiment", "variant", "method", "config_json", "config_hash", "seed",
+                "status", "host", "pid", "start_time", "end_time", "error", "attempts")
+
+
+def results_path(workdir: str | os.PathLike) -> str:
+  """The database path inside a launcher workdir."""
+  return os.path.join(os.fspath(workdir), FILENAME)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _text(field: str, value: Any, *, optional: bool = False) -> str | None:
+  if value is None and optional:
+    return None
+  if not isinstance(value, str) or not value:
+    expected = "a non-empty string" + (" or None" if optional else "")
+    raise ValueError(f"{field}: expected {expected}, got {value!r}")
+  return value
+
+
+def _int(field: str, value: Any, *, minimum: int | None = None) -> int:
+  # operator.index accepts numpy/JAX integer scalars but not floats or strings; bools are
+  # ints to Python but always a mistake here.
+  try:
+    if isinstance(value, bool):
+      raise TypeError
+    n = operator.index(value)
+  except TypeError:
+    raise ValueError(f"{field}: expected an integer, got {value!r}") from None
+  low = _INT64[0] if minimum is None else minimum
+  if not low <= n <= _INT64[1]:
+    raise ValueError(f"{field}: expected an integer in [{low}, {_INT64[1]}], got {n}")
+  return n
+
+
+def _float(field: str, value: Any) -> float | None:
+  """A finite float, or None. Strings are refused although float() would parse them."""
+  if value is None:
+    return None
+  if isinstance(value, (str, bytes, bool)):
+    raise ValueError(f"{field}: expected a finite number or None, got {value!r}")
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{field}: expected a finite number or None, got {value!r}") from None
+  if not math.isfinite(x):
+    raise ValueError(f"{field}: expected a finite number or None, got {x!r} "
+                     "(a diverging run should stop before logging)")
+  return x
+
+
+def _json_default(obj: Any) -> Any:
+  # numpy / JAX scalars and arrays, which configs and sweeps often carry.
+  if hasattr(obj, "tolist"):
+    return obj.tolist()
+  raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+  """The canonical JSON text of a config: sorted keys, no whitespace, no NaN.
+
+  Accepts a mapping or anything with ``to_dict()`` (``ml_collections.ConfigDict``).
+  Tuples become lists, numpy/JAX values become Python numbers or lists.
+
+  Raises:
+    ValueError: naming ``config`` when it is not a mapping or not JSON-serializable.
+  """
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  if not isinstance(config, Mapping):
+    raise ValueError(f"config: expected a mapping (dict or ConfigDict), got "
+                     f"{type(config).__name__}")
+  try:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                      default=_json_default)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config: expected JSON-serializable values with finite numbers and "
+                     f"string keys ({e})") from None
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+  """``HASH_CHARS`` (16) hex chars of the sha256 of ``canonical_json(config)``.
+
+  Stable under key order and across processes and Python versions; ``1`` and ``1.0`` hash
+  differently (they are different JSON).
+  """
+  return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:HASH_CHARS]
+
+
+# ---------------------------------------------------------------------------- database
+
+
+class ResultsDB:
+  """A connection to a results database; one per process.
+
+  Usable as a context manager (closes on exit). Pickling carries only the path, so an
+  instance sent to another process (Ray, submitit, multiprocessing) reopens its own
+  connection there. Using an instance after ``fork`` raises, since SQLite connections
+  must not cross a fork.
+
+  Args:
+    path: the database file (created with its parent directories if missing); see
+      ``results_path(workdir)``.
+    timeout: seconds a writer waits for the lock held by other processes.
+  """
+
+  def __init__(self, path: str | os.PathLike, timeout: float = BUSY_TIMEOUT_S):
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+      raise ValueError(f"path: expected a file path, got {path!r}")
+    self.path = os.fspath(path)
+    self.timeout = float(timeout)
+    parent = os.path.dirname(os.path.abspath(self.path))
+    os.makedirs(parent, exist_ok=True)
+    self._pid = os.getpid()
+    # isolation_level=None: no implicit transactions; every write opens its own
+    # BEGIN IMMEDIATE below, so transactions stay short and explicit.
+    self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+    try:
+      self._setup()
+    except BaseException:
+      self._conn.close()
+      raise
+
+  def _setup(self) -> None:
+    c = self._conn
+    c.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")  # an int literal, not data
+    c.execute("PRAGMA foreign_keys = ON")
+    # Switching to WAL takes an exclusive lock; under a crowd of first openers it can be
+    # refused without the busy handler, so retry until the timeout.
+    deadline = time.monotonic() + self.timeout
+    while True:
+      try:
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        break
+      except sqlite3.OperationalError as e:
+        if "locked" not in str(e) or time.monotonic() > deadline:
+          raise
+        time.sleep(0.01)
+    if mode.lower() != "wal" and self.path != ":memory:":
+      raise RuntimeError(f"{self.path}: the filesystem refused WAL mode (got {mode!r}); "
+                         "put the workdir on a local disk")
+    c.execute("PRAGMA synchronous = NORMAL")  # durable against a killed process in WAL
+    version = c.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+      return
+    if version > SCHEMA_VERSION:
+      raise RuntimeError(f"{self.path}: schema version {version} is newer than this code's "
+                         f"{SCHEMA_VERSION}; update jaxfl")
+    with self._write() as c:
+      # Re-read under the write lock: another process may have created it meanwhile.
+      if c.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        for statement in _SCHEMA.split(";"):
+          if statement.strip():
+            c.execute(statement)
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # a constant, not data
+
+  # -- plumbing
+
+  def _check_process(self) -> sqlite3.Connection:
+    if self._conn is None:
+      raise RuntimeError(f"{self.path}: the ResultsDB is closed")
+    if os.getpid() != self._pid:
+      raise RuntimeError(f"{self.path}: a ResultsDB opened in process {self._pid} was used in "
+                         f"process {os.getpid()}; open one per process")
+    return self._conn
+
+  @contextlib.contextmanager
+  def _write(self) -> Iterator[sqlite3.Connection]:
+    """One write transaction: commits on success, rolls back on any exception."""
+    conn = self._check_process()
+    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so a
+    # read-then-write transaction never fails on a snapshot another writer made stale.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+      yield conn
+    except BaseException:
+      if conn.in_transaction:  # SQLite may have rolled back already (e.g. on I/O errors)
+        conn.execute("ROLLBACK")
+      raise
+    conn.execute("COMMIT")
+
+  def _read(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+    conn = self._check_process()
+    cur = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+  def close(self) -> None:
+    """Closes the connection (idempotent)."""
+    if self._conn is not None and os.getpid() == self._pid:
+      self._conn.close()
+    self._conn = None
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __getstate__(self) -> dict:
+    return {"path": self.path, "timeout": self.timeout}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state["path"], state["timeout"])
+
+  def __repr__(self) -> str:
+    return f"ResultsDB({self.path!r})"
+
+  # -- writes
+
+  def start_run(self, experiment: str, variant: str | None, method: str,
+                config: Mapping[str, Any], seed: int) -> tuple[int, str | None]:
+    """Creates a run, or resumes it if it exists and is not done.
+
+    Args:
+      experiment: experiment name (e.g. ``"fedavg"``).
+      variant: config variant (``"quick"``, ``"full"``) or None.
+      method: the method this run trains (e.g. ``"fedavg"``, ``"air_fedga"``).
+      config: the run's full config (dict or ConfigDict); stored as canonical JSON and
+        hashed into the run's identity.
+      seed: the run's seed.
+
+    Returns:
+      ``(run_id, status_before)``: ``status_before`` is None for a new run (now
+      ``running``); ``"running"`` or ``"failed"`` for an existing run, now ``running``
+      again with this host, pid and start time (a ``"running"`` run may be a crashed one
+      or one live in another process); ``"done"`` for a finished run, left untouched so
+      the caller can skip it.
+    """
+    experiment = _text("experiment", experiment)
+    variant = _text("variant", variant, optional=True)
+    method = _text("method", method)
+    seed = _int("seed", seed)
+    config_json = canonical_json(config)
+    digest = hashlib.sha256(config_json.encode()).hexdigest()[:HASH_CHARS]
+    host, pid, now = socket.gethostname(), os.getpid(), time.time()
+    with self._write() as c:
+      row = c.execute(
+          "SELECT id, status FROM runs WHERE experiment = ? AND config_hash = ? "
+          "AND method = ? AND seed = ?", (experiment, digest, method, seed)).fetchone()
+      if row is None:
+        cur = c.execute(
+            "INSERT INTO runs (experiment, variant, method, config_json, config_hash, seed, "
+            "status, host, pid, start_time) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            (experiment, variant, method, config_json, digest, seed, host, pid, now))
+        return cur.lastrowid, None
+      run_id, status = row
+      if status != "done":
+        c.execute(
+            "UPDATE runs SET status = 'running', host = ?, pid = ?, start_time = ?, "
+            "end_time = NULL, error = NULL, attempts = attempts + 1 WHERE id = ?",
+            (host, pid, now, run_id))
+      return run_id, status
+
+  def log_metrics(self, run_id: int, step: int, sim_time: float | None,
+                  values: Mapping[str, float | None]) -> None:
+    """Upserts one step's metrics in one transaction.
+
+    Args:
+      run_id: from ``start_run``.
+      step: round/step index, >= 0.
+      sim_time: simulated time at this step, or None.
+      values: ``{name: value}``, each value a finite number or None.
+
+    Raises:
+      ValueError: naming the field or metric on bad input (nothing is written).
+    """
+    self.log_metrics_many(run_id, [(step, sim_time, values)])
+
+  def log_metrics_many(self, run_id: int,
+                       rows: Iterable[tuple[int, float | None, Mapping[str, float | None]]]
+                       ) -> None:
+    """Upserts many steps' metrics in one transaction.
+
+    Args:
+      run_id: from ``start_run``.
+      rows: ``(step, sim_time, {name: value})`` tuples, as in ``log_metrics``.
+
+    Raises:
+      ValueError: naming the field or metric on bad input (nothing is written).
+    """
+    run_id = _int("run_id", run_id)
+    params = []
+    for i, row in enumerate(rows):
+      try:
+        step, sim_time, values = row
+      except (TypeError, ValueError):
+        raise ValueError(f"rows[{i}]: expected (step, sim_time, {{name: value}}), "
+                         f"got {row!r}") from None
+      step = _int("step", step, minimum=0)
+      sim_time = _float("sim_time", sim_time)
+      if not isinstance(values, Mapping):
+        raise ValueError(f"values: expected a mapping of metric name to value, got "
+                         f"{type(values).__name__}")
+      for name, value in values.items():
+        name = _text("metric name", name)
+        params.append((run_id, step, sim_time, name, _float(f"metric {name!r}", value)))
+    if not params:
+      return
+    with self._write() as c:
+      if c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+        raise ValueError(f"run_id: no run with id {run_id}")
+      c.executemany(
+          "INSERT INTO metrics (run_id, step, sim_time, name, value) VALUES (?, ?, ?, ?, ?) "
+          "ON CONFLICT(run_id, step, name) DO UPDATE SET "
+          "sim_time = excluded.sim_time, value = excluded.value", params)
+
+  def finish_run(self, run_id: int, status: str = "done", error: str | None = None) -> None:
+    """Marks a run ``done`` or ``failed`` (with an error message) and stamps its end time."""
+    run_id = _int("run_id", run_id)
+    if status not in FINISHED:
+      raise ValueError(f"status: expected one of {list(FINISHED)}, got {status!r}")
+    if error is not None and not isinstance(error, str):
+      raise ValueError(f"error: expected a string or None, got {type(error).__name__}")
+    with self._write() as c:
+      cur = c.execute("UPDATE runs SET status = ?, end_time = ?, error = ? WHERE id = ?",
+                      (status, time.time(), error, run_id))
+      if cur.rowcount == 0:
+        raise ValueError(f"run_id: no run with id {run_id}")
+
+  # -- queries
+
+  def runs(self, experiment: str | None = None, status: str | None = None, *,
+           method: str | None = None, variant: str | None = None) -> list[dict]:
+    """Runs matching every given filter, by id; ``config`` is the parsed config dict."""
+    where, params = _filters(experiment=experiment, status=_status(status), method=method,
+                             variant=variant)
+    rows = self._read(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs{where} ORDER BY id", params)
+    for r in rows:
+      r["config"] = json.loads(r.pop("config_json"))
+    return rows
+
+  def metrics(self, run_id: int | None = None, experiment: str | None = None,
+              name: str | None = None) -> list[dict]:
+    """Metric rows ``{run_id, step, sim_time, name, value}``, by run, step and name."""
+    if run_id is not None:
+      run_id = _int("run_id", run_id)
+    where, params = _filters(**{"m.run_id": run_id, "r.experiment": experiment,
+                                "m.name": name})
+    return self._read(
+        "SELECT m.run_id, m.step, m.sim_time, m.name, m.value FROM metrics m "
+        f"JOIN runs r ON r.id = m.run_id{where} ORDER BY m.run_id, m.step, m.name", params)
+
+  def series(self, experiment: str, method: str, name: str, *, variant: str | None = None,
+             config_hash: str | None = None, status: str | None = "done"
+             ) -> dict[int, tuple[list[int], list[float | None], list[float | None]]]:
+    """One metric over steps, per seed: ``{seed: (steps, sim_times, values)}``.
+
+    Lists are in step order (``np.asarray(values, float)`` turns None into NaN for
+    plotting). Only runs with ``status`` (default ``"done"``; None for all) count.
+
+    Raises:
+      ValueError: when two matching runs share a seed (a hyperparameter grid or several
+        variants): pass ``variant`` or ``config_hash`` to pick one.
+    """
+    experiment, method = _text("experiment", experiment), _text("method", method)
+    name = _text("name", name)
+    where, params = _filters(**{"r.experiment": experiment, "r.method": method,
+                                "m.name": name, "r.variant": variant,
+                                "r.config_hash": config_hash, "r.status": _status(status)})
+    rows = self._read(
+        "SELECT m.run_id, r.seed, m.step, m.sim_time, m.value FROM metrics m "
+        f"JOIN runs r ON r.id = m.run_id{where} ORDER BY r.seed, m.run_id, m.step", params)
+    out: dict[int, tuple[list, list, list]] = {}
+    owner: dict[int, int] = {}
+    for r in rows:
+      if owner.setdefault(r["seed"], r["run_id"]) != r["run_id"]:
+        raise ValueError(_ambiguous(experiment, method, r["seed"]))
+      steps, sim_times, values = out.setdefault(r["seed"], ([], [], []))
+      steps.append(r["step"])
+      sim_times.append(r["sim_time"])
+      values.append(r["value"])
+    return out
+
+  def final_values(self, experiment: str, name: str, *, variant: str | None = None,
+                   config_hash: str | None = None, status: str | None = "done"
+                   ) -> dict[str, dict[int, float | None]]:
+    """Each run's value of a metric at its largest logged step: ``{method: {seed: value}}``.
+
+    Only runs with ``status`` (default ``"done"``; None for all) count.
+
+    Raises:
+      ValueError: when two matching runs share a method and seed: pass ``variant`` or
+        ``config_hash`` to pick one.
+    """
+    experiment, name = _text("experiment", experiment), _text("name", name)
+    where, params = _filters(experiment=experiment, name=name, variant=variant,
+                             config_hash=config_hash, status=_status(status))
+    rows = self._read(f"SELECT run_id, method, seed, value FROM final_metrics{where} "
+                      "ORDER BY method, seed, run_id", params)
+    out: dict[str, dict[int, float | None]] = {}
+    seen: set[tuple[str, int]] = set()
+    for r in rows:
+      if (r["method"], r["seed"]) in seen:
+        raise ValueError(_ambiguous(experiment, r["method"], r["seed"]))
+      seen.add((r["method"], r["seed"]))
+      out.setdefault(r["method"], {})[r["seed"]] = r["value"]
+    return out
+
+
+def _status(status: str | None) -> str | None:
+  if status is not None and status not in STATUSES:
+    raise ValueError(f"status: expected one of {list(STATUSES)} or None, got {status!r}")
+  return status
+
+
+def _filters(**columns: Any) -> tuple[str, list[Any]]:
+  """A WHERE clause over the non-None filters. Column names are code constants; values
+  are always bound parameters."""
+  given = [(col, v) for col, v in columns.items() if v is not None]
+  if not given:
+    return "", []
+  return (" WHERE " + " AND ".join(f"{col} = ?" for col, _ in given),
+          [v for _, v in given])
+
+
+def _ambiguous(experiment: str, method: str, seed: int) -> str:
+  return (f"config_hash: several {experiment!r} runs of method {method!r} have seed {seed} "
+          "(different configs); pass variant= or config_hash= to pick one")
