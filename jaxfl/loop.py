@@ -32,6 +32,7 @@ class DivergenceError(RuntimeError):
 def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable | None = None,
                eval_every: int = 10, checkpointer: Checkpointer | None = None,
                metrics_path: str | os.PathLike | None = None,
+               on_record: Callable[[dict], Any] | None = None,
                log: Callable[[str], Any] | None = print, log_prefix: str = "") -> tuple[Any, list[dict]]:
   """Run rounds until ``state.round == num_rounds``, resuming from a checkpoint if any.
 
@@ -49,6 +50,7 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
       is always one that trains.
     metrics_path: JSON-lines file of per-evaluation records; on resume, records past
       the restored round are dropped.
+    on_record: called with each evaluation record (e.g. to write it to a database).
     log: progress printer (``None`` for silence).
     log_prefix: text before each progress line (e.g. the seed).
 
@@ -94,6 +96,8 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
                     wall_time=time.perf_counter() - wall0, train_loss=train_loss,
                     participants=participants, accuracy=accuracy, loss=loss)
       history.append(record)
+      if on_record is not None:
+        on_record(record)
       if metrics_path is not None:
         with open(metrics_path, "a") as f:
           f.write(json.dumps(record) + "\n")

@@ -107,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
 
   _use_cpu_cores(config)
   from sweeps import experiments
+  from sweeps.sweep import run_local
 
   try:
     runner = experiments.get(config.experiment)
     runner.validate(config)
-    runner.run(config, fv.workdir)
+    if hasattr(runner, "execute"):
+      run_local(runner, config, fv.workdir)
+    else:  # experiments that keep their own outputs (benchmarks)
+      runner.run(config, fv.workdir)
   except ConfigError as e:
     return fail(f"config.{e}")
   except DivergenceError as e:

@@ -1,13 +1,20 @@
-"""Reports: ``report.md`` with the claims table and PNG plots beside it."""
+"""Reports: ``report.md`` (claims, a table per method) and PNG plots beside it.
+
+Everything here works from values read back from the results database, so
+``python -m sweeps.report --workdir DIR`` can rebuild every report without rerunning.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def _fmt(v) -> str:
@@ -29,38 +36,139 @@ def claims_table(doc: dict) -> str:
   return "\n".join(rows)
 
 
-def write_fedavg_report(out: str, c, results: list[dict], doc: dict) -> None:
+def mean_std(values) -> str:
+  xs = [v for v in values if v is not None and math.isfinite(v)]
+  if not xs:
+    return "—"
+  sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+  missing = len(values) - len(xs)
+  return f"{statistics.fmean(xs):.4g} ± {sd:.2g}" + (f" ({missing} missing)" if missing else "")
+
+
+def method_table(per_seed: dict[str, list], metric: str) -> str:
+  """A row per method: mean ± std over seeds, then each seed's value."""
+  n = max(len(v) for v in per_seed.values())
+  rows = [f"| method | {metric} (mean ± std) | " + " | ".join(f"seed {i}" for i in range(n)) + " |",
+          "|---|---|" + "---|" * n]
+  for m, vs in per_seed.items():
+    rows.append(f"| {m} | {mean_std(vs)} | " + " | ".join(_fmt(v) for v in vs) + " |")
+  return "\n".join(rows)
+
+
+def plot_curves(path: str, curves: dict[str, dict[int, tuple]], *, ylabel: str, title: str,
+                references: dict[str, list] | None = None) -> None:
+  """Metric against rounds and against simulated time: a line per method, a band over seeds.
+
+  Args:
+    curves: ``{method: {seed: (steps, sim_times, values)}}``; seeds are aligned on steps
+      (runs of one config evaluate at the same rounds). Against simulated time the line is
+      drawn at the mean simulated time of each step over seeds.
+    references: ``{method: [final values per seed]}`` drawn as horizontal mean lines with
+      a band (e.g. a centralized baseline).
+  """
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for i, r in enumerate(results):
-    rounds = [h["round"] for h in r["history"]]
-    sim = [h["sim_time"] for h in r["history"]]
-    acc = [100 * h["accuracy"] for h in r["history"]]
+  for i, (method, by_seed) in enumerate(curves.items()):
+    if not by_seed:
+      continue
+    n = min(len(v[0]) for v in by_seed.values())
+    steps = np.asarray(next(iter(by_seed.values()))[0][:n], float)
+    sims = np.array([[np.nan if t is None else t for t in v[1][:n]] for v in by_seed.values()], float)
+    ys = np.array([v[2][:n] for v in by_seed.values()], float)
+    mean, lo, hi = ys.mean(0), ys.min(0), ys.max(0)
     color = f"C{i % 10}"
-    axes[0].plot(rounds, acc, color=color, label=f"FedAvg seed {r['seed']}")
-    axes[1].plot(sim, acc, color=color)
+    label = f"{method} (mean, band: min-max over {len(by_seed)} seeds)"
+    for ax, x in ((axes[0], steps), (axes[1], np.nanmean(sims, 0))):
+      ax.plot(x, mean, color=color, label=label)
+      ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+  for j, (method, values) in enumerate((references or {}).items()):
+    xs = [v for v in values if v is not None]
+    if not xs:
+      continue
+    color = f"C{(len(curves) + j) % 10}"
     for ax in axes:
-      ax.axhline(100 * r["central_accuracy"], color=color, ls=":", lw=1)
-  axes[0].set(xlabel="round", ylabel="test accuracy (%)",
-              title=f"FedAvg, {c.num_clients} clients, Dirichlet α={c.alpha}")
-  axes[1].set(xlabel="simulated time (s)", title="dotted: centralized, same seed")
+      ax.axhline(statistics.fmean(xs), color=color, ls="--", label=f"{method} (mean)")
+      ax.axhspan(min(xs), max(xs), color=color, alpha=0.12, lw=0)
+  axes[0].set(xlabel="round", ylabel=ylabel, title=title)
+  axes[1].set(xlabel="simulated time (s)")
   axes[0].legend(fontsize=8)
   for ax in axes:
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "accuracy.png"), dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
+
+def write_fedavg_report(out: str, c, series: dict[int, tuple], per_seed: dict[str, list],
+                        doc: dict) -> None:
+  scaled = {s: (st, t, [100.0 * v for v in vs]) for s, (st, t, vs) in series.items()}
+  plot_curves(os.path.join(out, "accuracy.png"), {"fedavg": scaled},
+              ylabel="test accuracy (%)",
+              title=f"FedAvg, {c.num_clients} clients, Dirichlet α={c.alpha}",
+              references={"centralized": per_seed["centralized"]})
+  sim_final = {s: t[-1] for s, (_, t, _) in series.items() if t}
   lines = [f"# fedavg ({c.variant})", "", claims_table(doc), "",
-           "| seed | FedAvg acc (%) | centralized acc (%) | simulated time (s) | wall (s) |",
-           "|---|---|---|---|---|"]
-  for r in results:
-    lines.append(f"| {r['seed']} | {100 * r['fedavg_accuracy']:.2f} | "
-                 f"{100 * r['central_accuracy']:.2f} | {r['sim_time']:.1f} | "
-                 f"{r['history'][-1]['wall_time']:.1f} |")
-  lines += ["", "![accuracy](accuracy.png)", "",
-            f"Data {c.dataset}, {c.num_clients} clients ({c.partition}, α={c.alpha}), "
-            f"{c.clients_per_round} per round, {c.local_epochs} local epochs, batch "
-            f"{c.batch_size}, client lr {c.client_lr}, server {c.server_optimizer} "
-            f"(lr {c.server_lr}), {c.num_rounds} rounds; centralized {c.central_epochs} epochs.", ""]
+           method_table(per_seed, "test accuracy (%)"), "",
+           "FedAvg simulated time to the last round (s): "
+           + mean_std(list(sim_final.values())), "",
+           "![accuracy](accuracy.png)", "",
+           f"Data {c.dataset}, {c.num_clients} clients ({c.partition}, α={c.alpha}), "
+           f"{c.clients_per_round} per round, {c.local_epochs} local epochs, batch "
+           f"{c.batch_size}, client lr {c.client_lr}, server {c.server_optimizer} "
+           f"(lr {c.server_lr}), {c.num_rounds} rounds; centralized {c.central_epochs} epochs.", ""]
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write("\n".join(lines))
+
+
+def rebuild(workdir: str) -> list[dict]:
+  """Rebuild every experiment's report and claims in ``workdir`` from the database alone.
+
+  For each experiment the config of its most recently started finished run is reported
+  (a workdir holding several configs of one experiment reports the newest).
+  """
+  import ml_collections
+
+  from sweeps import experiments
+  from sweeps.results import ResultsDB, results_path
+
+  path = results_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(path)
+  docs = []
+  with ResultsDB(path) as db:
+    newest: dict[str, dict] = {}
+    for run in db.runs(status="done"):
+      best = newest.get(run["experiment"])
+      if best is None or run["start_time"] > best["start_time"]:
+        newest[run["experiment"]] = run
+    for name, run in sorted(newest.items()):
+      runner = experiments.get(name)
+      config = ml_collections.ConfigDict(run["config"])
+      out = os.path.join(workdir, name)
+      os.makedirs(out, exist_ok=True)
+      docs.append(runner.report(config, db, out, run["config_hash"]))
+  return docs
+
+
+def main(argv: list[str] | None = None) -> int:
+  import argparse
+  import sys
+
+  parser = argparse.ArgumentParser(prog="python -m sweeps.report",
+                                   description="Rebuild reports and claims from results.sqlite")
+  parser.add_argument("--workdir", default="runs")
+  args = parser.parse_args(argv)
+  try:
+    docs = rebuild(args.workdir)
+  except FileNotFoundError as e:
+    print(f"error: --workdir: expected a folder holding results.sqlite, got {args.workdir!r} "
+          f"({e} does not exist)", file=sys.stderr)
+    return 2
+  for doc in docs:
+    held = sum(c["holds"] for c in doc["claims"])
+    print(f"{doc['experiment']}/{doc['variant']}: {held}/{len(doc['claims'])} claims hold -> "
+          f"{os.path.join(args.workdir, doc['experiment'])}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

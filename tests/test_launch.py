@@ -73,7 +73,7 @@ def test_fedavg_quick_end_to_end(tmp_path):
                          f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "round  200/200" in proc.stdout
+  assert "[fedavg seed 4] round 200/200" in proc.stdout
   doc = json.loads((workdir / "fedavg" / "claims.json").read_text())
   assert doc["experiment"] == "fedavg" and doc["variant"] == "quick"
   assert doc["seeds"] == [0, 1, 2, 3, 4]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +18,16 @@ from jaxfl.checkpoint import Checkpointer
 from jaxfl.errors import ConfigError, check
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
-from jaxfl.loop import run_rounds
+from jaxfl.loop import DivergenceError, run_rounds
 from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import make_client_axis, resolve_num_devices
-from jaxfl.sim import load_profiles, sample_profiles
+from jaxfl.sim import DeviceProfiles, load_profiles, sample_profiles
 from sweeps import claims as claims_lib
-from sweeps import report
+from sweeps import report as report_lib
+from sweeps.sweep import RunSpec
 
 PARTITIONS = ("dirichlet", "shards", "iid")
+METHODS = ("fedavg", "centralized")
 # Sub-keys of a seed's root key, so each consumer draws independent numbers.
 KEY_MODEL, KEY_PROFILES, KEY_ROUNDS, KEY_CENTRAL = range(4)
 
@@ -73,30 +73,56 @@ def partition(c, labels: np.ndarray, seed: int) -> list[np.ndarray]:
   return jdata.partition.iid(len(labels), c.num_clients, seed=seed)
 
 
-def prepare(c):
-  """Load the data and build every seed's inputs; raises ConfigError on bad input."""
+class Context(NamedTuple):
+  ds: jdata.Dataset
+  parts: dict[int, list[np.ndarray]]  # seed -> client index arrays
+  profiles_table: DeviceProfiles | None
+
+
+def prepare(c) -> Context:
+  """Load the data and partition it for every seed; raises ConfigError on bad input."""
   ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
   profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None
-  seeds = [c.seed + i for i in range(c.num_seeds)]
-  parts = {s: partition(c, ds.y_train, s) for s in seeds}
-  return ds, seeds, parts, profiles_table
+  parts = {s: partition(c, ds.y_train, s) for s in seeds(c)}
+  return Context(ds, parts, profiles_table)
 
 
-def run_seed(c, ds, parts, profiles_table, seed: int, workdir: str | None, log=print) -> dict:
-  """One seed: FedAvg and the centralized baseline. Returns their histories and accuracies."""
-  key = jax.random.PRNGKey(seed)
+def seeds(c) -> list[int]:
+  return [c.seed + i for i in range(c.num_seeds)]
+
+
+def run_specs(c) -> list[RunSpec]:
+  return [RunSpec(m, s) for s in seeds(c) for m in METHODS]
+
+
+def rounds(c, spec: RunSpec) -> int:
+  return c.num_rounds if spec.method == "fedavg" else 1
+
+
+def _model(c, ds, key):
   in_features = int(np.prod(ds.x_train.shape[1:]))
   model = MLP(in_features, SIZES[c.model], ds.num_classes,
               rngs=nnx.Rngs(params=jax.random.fold_in(key, KEY_MODEL)))
   apply_fn, params0 = functional(model)
+  return apply_fn, params0
+
+
+def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> None:
+  """One run: FedAvg for ``num_rounds`` rounds, or the centralized baseline."""
+  key = jax.random.PRNGKey(spec.seed)
+  ds = ctx.ds
+  apply_fn, params0 = _model(c, ds, key)
   loss_fn = softmax_cross_entropy(apply_fn)
   evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
+  if spec.method == "centralized":
+    _centralized(c, ds, loss_fn, params0, evaluate, key, log_metrics, progress)
+    return
 
-  x_pad, y_pad, counts = jdata.partition.pad_clients(ds.x_train, ds.y_train, parts)
+  x_pad, y_pad, counts = jdata.partition.pad_clients(ds.x_train, ds.y_train, ctx.parts[spec.seed])
   clients = ClientData(jnp.asarray(x_pad), jnp.asarray(y_pad), jnp.asarray(counts))
-  profiles = profiles_table if profiles_table is not None else sample_profiles(
+  profiles = ctx.profiles_table if ctx.profiles_table is not None else sample_profiles(
       jax.random.fold_in(key, KEY_PROFILES), c.num_clients, compute_median=c.compute_median,
       uplink_median=c.uplink_median, downlink_median=c.downlink_median, sigma=c.profile_sigma,
       availability_range=(c.availability_low, c.availability_high))
@@ -106,65 +132,40 @@ def run_seed(c, ds, parts, profiles_table, seed: int, workdir: str | None, log=p
                axis=make_client_axis(c.num_devices))
   state = alg.init(params0, jax.random.fold_in(key, KEY_ROUNDS))
 
-  checkpointer = metrics_path = None
-  if workdir is not None:
-    seed_dir = os.path.join(workdir, f"seed_{seed}")
-    os.makedirs(seed_dir, exist_ok=True)
-    checkpointer = Checkpointer(os.path.join(seed_dir, "checkpoints"), every=c.checkpoint_every)
-    metrics_path = os.path.join(seed_dir, "metrics.jsonl")
-  try:
-    state, history = run_rounds(alg, state, clients, num_rounds=c.num_rounds, evaluate=evaluate,
-                                eval_every=c.eval_every, checkpointer=checkpointer,
-                                metrics_path=metrics_path, log=log, log_prefix=f"[seed {seed}] ")
-  finally:
-    if checkpointer is not None:
-      checkpointer.close()
+  def record(r):
+    values = {k: r[k] for k in ("accuracy", "loss", "train_loss", "participants")}
+    log_metrics(r["round"], r["sim_time"], values)
+    progress.update(r["round"], sim_time=r["sim_time"], acc=r["accuracy"])
 
-  # Centralized: one "client" holding all the training data, same optimizer and batch size.
+  os.makedirs(run_dir, exist_ok=True)
+  with Checkpointer(os.path.join(run_dir, "checkpoints"), every=c.checkpoint_every) as ckpt:
+    if ckpt.latest_round() is not None:
+      progress.log(f"resuming from the checkpoint of round {ckpt.latest_round()}")
+    run_rounds(alg, state, clients, num_rounds=c.num_rounds, evaluate=evaluate,
+               eval_every=c.eval_every, checkpointer=ckpt, on_record=record, log=None)
+
+
+def _centralized(c, ds, loss_fn, params0, evaluate, key, log_metrics, progress) -> None:
+  """One "client" holding all the training data, with the same optimizer and batch size."""
   n = len(ds.y_train)
   steps = int(math.ceil(c.central_epochs * n / c.batch_size))
-  central = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
-                                     max_steps=steps))
+  train = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
+                                   max_steps=steps))
   pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
-  t0 = time.perf_counter()
-  central_params, _ = central(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))
-  central_acc = float(evaluate(central_params).accuracy)
-  if log:
-    log(f"[seed {seed}] centralized: {c.central_epochs} epochs ({steps} steps) | test acc "
-        f"{central_acc:.4f} | wall {time.perf_counter() - t0:.1f} s")
-  return dict(seed=seed, history=history, fedavg_accuracy=history[-1]["accuracy"],
-              central_accuracy=central_acc, sim_time=history[-1]["sim_time"])
+  params, _ = train(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))
+  accuracy, loss = (float(v) for v in evaluate(params))
+  if not math.isfinite(loss):
+    raise DivergenceError(f"centralized training ended with evaluation loss {loss}")
+  log_metrics(steps, None, {"accuracy": accuracy, "loss": loss})
+  progress.update(1, acc=accuracy)
+  progress.log(f"centralized: {c.central_epochs} epochs ({steps} steps), test acc {accuracy:.4f}")
 
 
-def _config_json(c) -> str:
-  return json.dumps(c.to_dict(), sort_keys=True, indent=2)
-
-
-def run(c, workdir: str, log=print) -> dict:
-  """Run every seed, write ``claims.json``, ``report.md`` and plots under ``workdir/fedavg``."""
-  validate(c)
-  ds, seeds, parts, profiles_table = prepare(c)
-  out = os.path.join(workdir, c.experiment)
-  # Checkpoints of a different config must not be resumed into this one.
-  config_path = os.path.join(out, "config.json")
-  if os.path.exists(config_path) and open(config_path).read() != _config_json(c):
-    for s in seeds:
-      shutil.rmtree(os.path.join(out, f"seed_{s}"), ignore_errors=True)
-  os.makedirs(out, exist_ok=True)
-  with open(config_path, "w") as f:
-    f.write(_config_json(c))
-
-  if log:
-    sizes = np.array([len(p) for p in parts[seeds[0]]])
-    log(f"fedavg/{c.variant}: {c.dataset} ({len(ds.y_train)} train, {len(ds.y_test)} test), "
-        f"{c.num_clients} clients ({c.partition}, alpha={c.alpha}; samples per client "
-        f"{sizes.min()}..{sizes.max()}), {c.clients_per_round} per round, {c.num_rounds} rounds, "
-        f"seeds {seeds}")
-  results = [run_seed(c, ds, parts[s], profiles_table, s, out, log) for s in seeds]
-
-  to_points = lambda acc: 100.0 * acc
-  per_seed = {"fedavg": [to_points(r["fedavg_accuracy"]) for r in results],
-              "centralized": [to_points(r["central_accuracy"]) for r in results]}
+def report(c, db, out: str, digest: str) -> dict:
+  """claims.json, report.md and accuracy.png from the database alone."""
+  final = db.final_values(c.experiment, "accuracy", config_hash=digest)
+  per_seed = {m: [100.0 * final.get(m, {}).get(s, math.nan) for s in seeds(c)] for m in METHODS}
+  per_seed = {m: [None if math.isnan(v) else v for v in vs] for m, vs in per_seed.items()}
   claim = claims_lib.claim(
       id="accuracy_vs_centralized",
       statement=(f"FedAvg over {c.num_clients} non-IID clients (Dirichlet alpha={c.alpha}) ends "
@@ -174,11 +175,7 @@ def run(c, workdir: str, log=print) -> dict:
       metric="test_accuracy_points", better="higher", method="fedavg", baseline="centralized",
       margin=c.accuracy_gap_points, per_seed=per_seed)
   doc = claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=c.experiment,
-                                variant=c.variant, seeds=seeds, claims=[claim])
-  report.write_fedavg_report(out, c, results, doc)
-  if log:
-    verdict = "holds" if claim["holds"] else "DOES NOT HOLD"
-    log(f"claim accuracy_vs_centralized {verdict}: fedavg {claim['value']:.2f} vs centralized "
-        f"{claim['baseline_value']:.2f} points (margin {c.accuracy_gap_points}) -> "
-        f"{os.path.join(out, 'claims.json')}")
+                                variant=c.variant, seeds=seeds(c), claims=[claim])
+  series = db.series(c.experiment, "fedavg", "accuracy", config_hash=digest)
+  report_lib.write_fedavg_report(out, c, series, per_seed, doc)
   return doc

@@ -1,0 +1,87 @@
+"""Running an experiment's runs: skip finished ones, resume unfinished ones, record results.
+
+An experiment module (``sweeps/experiments/<name>.py``) that stores its results in the
+database exposes
+
+* ``validate(config)`` -- raise :class:`~jaxfl.errors.ConfigError` on bad input;
+* ``prepare(config) -> ctx`` -- load data etc.; may raise ConfigError (e.g. more clients
+  than samples), so it runs before anything is written;
+* ``run_specs(config) -> list[RunSpec]`` -- the runs: one per (method, seed);
+* ``rounds(config, spec) -> int`` -- steps a run reports, for progress bars;
+* ``execute(config, spec, ctx, run_dir, log_metrics, progress)`` -- train one run,
+  resuming from its checkpoints in ``run_dir``, calling ``log_metrics(step, sim_time,
+  {name: value})`` as it goes and ``progress.update(...)``/``progress.log(...)``;
+* ``report(config, db, out, config_hash) -> claims doc`` -- claims.json, report.md and
+  plots from the database alone.
+
+A run is identified by (experiment, config hash, method, seed): relaunching the same
+config skips runs that are done and resumes the rest from their latest checkpoint.
+Metric writes are idempotent upserts, so a resumed run ends with exactly the rows of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from sweeps.progress import Progress
+from sweeps.results import ResultsDB, config_hash, results_path
+
+
+class RunSpec(NamedTuple):
+  method: str
+  seed: int
+
+
+def run_dir(workdir: str, experiment: str, digest: str, spec: RunSpec) -> str:
+  """Where one run keeps its checkpoints: ``<workdir>/<experiment>/runs/<hash>/<method>-seed<seed>``."""
+  return os.path.join(workdir, experiment, "runs", digest, f"{spec.method}-seed{spec.seed}")
+
+
+def run_local(runner, config, workdir: str, *, stream=None) -> dict:
+  """Run (or resume) every run of ``config`` in this process, then write its report.
+
+  Returns the claims document.
+  """
+  runner.validate(config)
+  ctx = runner.prepare(config)  # may still reject the config: nothing is written before it
+  specs = runner.run_specs(config)
+  cfg = config.to_dict()
+  digest = config_hash(cfg)
+  experiment, variant = config.experiment, config.get("variant")
+  out = os.path.join(workdir, experiment)
+  with ResultsDB(results_path(workdir)) as db:
+    done = {(r["method"], r["seed"]) for r in db.runs(experiment, status="done")
+            if r["config_hash"] == digest}
+    todo = [s for s in specs if (s.method, s.seed) not in done]
+    with Progress(len(specs), desc=f"{experiment}/{variant}", done=len(specs) - len(todo),
+                  stream=stream) as sweep:
+      for spec in todo:
+        run_id, before = db.start_run(experiment, variant, spec.method, cfg, spec.seed)
+        if before == "done":  # finished by a concurrent launcher meanwhile
+          continue
+
+        def log_metrics(step, sim_time, values, run_id=run_id):
+          db.log_metrics(run_id, step, sim_time, values)
+
+        with sweep.run(f"{spec.method} seed {spec.seed}", runner.rounds(config, spec)) as prog:
+          try:
+            runner.execute(config, spec, ctx, run_dir(workdir, experiment, digest, spec),
+                           log_metrics, prog)
+          except BaseException as e:
+            db.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+            raise
+          db.finish_run(run_id, "done")
+    os.makedirs(out, exist_ok=True)
+    doc = runner.report(config, db, out, digest)
+  for cl in doc["claims"]:
+    reference = (f"{cl['baseline']} {_fmt(cl['baseline_value'])} (margin {cl['margin']})"
+                 if "baseline" in cl else f"threshold {cl['threshold']}")
+    print(f"claim {cl['id']} {'holds' if cl['holds'] else 'DOES NOT HOLD'}: {cl['method']} "
+          f"{_fmt(cl['value'])} vs {reference} -> {os.path.join(out, 'claims.json')}", file=stream)
+  return doc
+
+
+def _fmt(v) -> str:
+  return "null" if v is None else f"{v:.4g}"
