@@ -24,7 +24,7 @@ from jaxfl.loop import DivergenceError
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="ml_collections")
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray", "slurm")
 
 
 def _define_flags(argv: list[str]) -> flags.FlagValues:
@@ -34,6 +34,9 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", "runs", "where results, reports and checkpoints go", flag_values=fv)
   flags.DEFINE_string("backend", "local", f"one of {list(BACKENDS)}", flag_values=fv)
+  from sweeps import backends
+
+  backends.define_flags(fv)  # --ray.* and --slurm.* options
   return fv
 
 
@@ -107,17 +110,20 @@ def main(argv: list[str] | None = None) -> int:
 
   _use_cpu_cores(config)
   from sweeps import experiments
-  from sweeps.sweep import run_local
+  from sweeps.sweep import run_sweep
 
   try:
     runner = experiments.get(config.experiment)
     runner.validate(config)
     if hasattr(runner, "execute"):
-      run_local(runner, config, fv.workdir)
+      from sweeps import backends
+
+      run_sweep(runner, config, fv.workdir, backend=fv.backend,
+                backend_options=backends.options_from_flags(fv, fv.backend))
     else:  # experiments that keep their own outputs (benchmarks)
       runner.run(config, fv.workdir)
   except ConfigError as e:
-    return fail(f"config.{e}")
+    return fail(str(e) if e.field.startswith("-") else f"config.{e}")
   except DivergenceError as e:
     print(f"error: diverged: {e}", file=sys.stderr)
     return 1
