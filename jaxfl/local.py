@@ -59,8 +59,12 @@ def batch_indices(order: jax.Array, count: jax.Array, step: jax.Array, batch_siz
 
 
 def local_epochs_to_steps(count: jax.Array, epochs: float, batch_size: int) -> jax.Array:
-  """Steps for ``epochs`` passes over ``count`` samples: ``ceil(epochs * count / batch_size)``."""
-  return jnp.ceil(epochs * count / batch_size).astype(jnp.int32)
+  """Steps for ``epochs`` passes over ``count`` samples: ``ceil(epochs * count / batch_size)``.
+
+  float32 rounding can push an exact integer quotient (0.3 * 50 / 5 = 3) just above it,
+  so quotients within 1e-4 above an integer count as that integer.
+  """
+  return jnp.ceil(epochs * count / batch_size - 1e-4).astype(jnp.int32)
 
 
 def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_size: int,

@@ -25,6 +25,11 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _last_good(checkpointer) -> str:
+  last = checkpointer.latest_round() if checkpointer is not None else None
+  return "no checkpoint kept" if last is None else f"last good checkpoint: round {last}"
+
+
 class DivergenceError(RuntimeError):
   """The training loss became NaN or Inf; the last good checkpoint is kept."""
 
@@ -77,10 +82,11 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
     done = r + 1
     train_loss = float(metrics.loss)
     participants = int(metrics.participants)
-    if not (math.isfinite(train_loss) and bool(_all_finite(state.params))):
-      last_good = checkpointer.latest_round() if checkpointer else None
-      raise DivergenceError(f"training loss {train_loss}, or non-finite parameters, at round "
-                            f"{done}; last good checkpoint: round {last_good}")
+    finite_params = bool(_all_finite(state.params))
+    if not (math.isfinite(train_loss) and finite_params):
+      what = (f"training loss {train_loss}" if not math.isfinite(train_loss) else
+              "non-finite parameters")
+      raise DivergenceError(f"{what} at round {done}; {_last_good(checkpointer)}")
     # Finite parameters can still be garbage (one huge step overflows the logits); the round
     # that trains from a state with a finite loss is what shows the state is good.
     if pending is not None:
@@ -89,9 +95,8 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
     if evaluate is not None and (done % eval_every == 0 or done == num_rounds):
       accuracy, loss = (float(v) for v in evaluate(state.params))
       if not math.isfinite(loss):
-        last_good = checkpointer.latest_round() if checkpointer else None
-        raise DivergenceError(f"evaluation loss {loss} at round {done}; last good checkpoint: "
-                              f"round {last_good}")
+        raise DivergenceError(f"evaluation loss {loss} at round {done}; "
+                              f"{_last_good(checkpointer)}")
       record = dict(round=done, sim_time=float(state.sim_time),
                     wall_time=time.perf_counter() - wall0, train_loss=train_loss,
                     participants=participants, accuracy=accuracy, loss=loss)

@@ -10,7 +10,7 @@ def sample_clients(key: jax.Array, availability: jax.Array, num_sampled: int) ->
   """Sample ``num_sampled`` distinct clients uniformly among those online this round.
 
   Client k is online with probability ``availability[k]``, independently (resolved to
-  float32's uniform grid, 2**-24). Sampling is
+  float32's uniform grid, 2**-23). Sampling is
   uniform without replacement among online clients; if fewer than ``num_sampled``
   are online, the extra slots hold offline clients marked as not participating
   (the round's shapes stay static).
@@ -26,9 +26,9 @@ def sample_clients(key: jax.Array, availability: jax.Array, num_sampled: int) ->
   """
   k_online, k_pick = jax.random.split(key)
   n = availability.shape[0]
-  # 1 - U lies in (0, 1], so an availability below float32's uniform resolution (2**-24) is
-  # never online, instead of being online whenever U happens to be exactly 0.
-  online = (1.0 - jax.random.uniform(k_online, [n])) < availability
+  # 1 - U lies in (0, 1] on a 2**-23 grid: availability 1 is always online, and one below
+  # the grid's first step is never online (a plain U < p would be online whenever U == 0).
+  online = (1.0 - jax.random.uniform(k_online, [n])) <= availability
   # Online clients get scores in [0, 1), offline ones in [-2, -1): top-k takes online first.
   score = jax.random.uniform(k_pick, [n]) - 2.0 * (~online)
   _, ids = jax.lax.top_k(score, num_sampled)

@@ -72,18 +72,20 @@ def _flag_error(e: Exception) -> str:
 
 
 def _use_cpu_cores(config) -> None:
-  """Give JAX one CPU device per core when the config asks for all devices (num_devices=0).
+  """Give JAX the CPU devices a config asks for: ``num_devices`` of them, or one per core for 0.
 
   The client axis shards clients over devices; on a CPU host, XLA exposes one device
   unless told otherwise, so a round would use one core's worth of parallelism. This
   must run before JAX's first operation; an explicit XLA_FLAGS setting wins.
   """
-  if config.get("num_devices", None) != 0 or "host_platform_device_count" in os.environ.get(
+  wanted = config.get("num_devices", 1)
+  if not isinstance(wanted, int) or wanted == 1 or "host_platform_device_count" in os.environ.get(
       "XLA_FLAGS", ""):
     return
   import jax
 
-  jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  jax.config.update("jax_num_cpu_devices", wanted if wanted > 0 else (cores or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     config = fv.config
   except ConfigError as e:
     return fail(f"config.{e}")
-  except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as e:
+  except Exception as e:  # noqa: BLE001 -- anything wrong with the config file or a flag
+    if isinstance(e, SyntaxError) or "SyntaxError" in str(e) or "get_config" in str(e):
+      return fail(f"--config: expected a Python file defining get_config(variant), got {path!r}")
     return fail(_flag_error(e))
   if fv.backend not in BACKENDS:
     return fail(f"--backend: expected one of {list(BACKENDS)}, got {fv.backend!r}")
+  if os.path.exists(fv.workdir) and not os.path.isdir(fv.workdir):
+    return fail(f"--workdir: expected a directory, got {fv.workdir!r} (an existing file)")
 
   _use_cpu_cores(config)
   from sweeps import experiments
@@ -114,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     runner = experiments.get(config.experiment)
-    runner.validate(config)
+    try:
+      runner.validate(config)
+    except (AttributeError, KeyError) as e:  # a field the experiment needs is missing
+      missing = re.search(r"([A-Za-z_]\w*)\\?'", str(e))
+      return fail(f"config.experiment: expected the experiment this config file was written "
+                  f"for, got {config.experiment!r} (the config has no field "
+                  f"{missing.group(1) if missing else e!r})")
     if hasattr(runner, "execute"):
       from sweeps import backends
 

@@ -1,4 +1,4 @@
-"""Test configuration: 8 host CPU devices (for shard_map), strict dtype promotion, keys."""
+"""Test configuration: 8 host CPU devices (for shard_map), rank promotion errors, keys."""
 
 import os
 

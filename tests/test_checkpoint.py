@@ -99,7 +99,7 @@ def test_restore_empty_dir_returns_none(tmp_path):
 
 def test_round_trip_of_server_state_with_adam(tmp_path):
   tx = server_optimizer("fedadam", 0.01)
-  agg = weighted_mean()
+  agg = weighted_mean("clients")
   rng = np.random.default_rng(0)
   update = jax.jit(lambda g, s: tx.update(g, s, PARAMS)[1])  # one compile, not one per op
   opt_state = tx.init(PARAMS)

@@ -34,6 +34,16 @@ def at_root(monkeypatch):
     ([f"--config={CONFIG}", "--config.num_clients=abc"], "num_clients"),
     ([f"--config={CONFIG}", "--config.clients_per_round=30"], "clients_per_round"),
     ([f"--config={CONFIG}", "--backend=mars"], "--backend"),
+    ([f"--config={CONFIG}", "--config.compute_median=0"], "compute_median"),
+    ([f"--config={CONFIG}", "--config.client_lr=inf"], "client_lr"),
+    ([f"--config={CONFIG}", "--config.min_client_size=0"], "min_client_size"),
+    ([f"--config={CONFIG}", "--config.data_dir=README.md"], "data_dir"),
+    ([f"--config={CONFIG}", "--config.experiment=bench_fl"], "experiment"),
+    ([f"--config={CONFIG}", "--config.num_devices=-1"], "num_devices"),
+    (["--config=README.md"], "--config"),
+    (["--config=sweeps/configs/bench_fl.py:quick", "--config.num_clients=0"], "num_clients"),
+    (["--config=sweeps/configs/bench_fl.py:quick", "--config.partition=dirichlet",
+      "--config.alpha=0.0001"], "alpha"),
     ([], "--config"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field):
@@ -44,6 +54,13 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field
   assert len(err.splitlines()) == 1, err
   assert err.startswith("error: ") and field in err and "expected" in err, err
   assert not workdir.exists()
+
+
+def test_workdir_that_is_a_file(tmp_path, capsys):
+  path = tmp_path / "file"
+  path.write_text("x")
+  assert launch.main(["launch", f"--config={CONFIG}", f"--workdir={path}"]) == 2
+  assert capsys.readouterr().err.startswith("error: --workdir: expected a directory")
 
 
 def test_more_clients_than_samples_names_the_limit(tmp_path, capsys):

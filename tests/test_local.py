@@ -115,3 +115,8 @@ def test_unmasked_scan_equals_masked_when_all_steps_run():
   _, m0 = make_local_train(loss_fn, optax.sgd(0.1), mask_steps=False, **kw)(params, data,
                                                                             jnp.int32(0), key)
   assert float(m0.loss) == 0.0 and int(m0.samples) == 0
+
+
+def test_fractional_epochs_round_exactly():
+  # 0.3 * 50 / 5 = 3 exactly; float32 gives 3.0000002, which a plain ceil turns into 4.
+  np.testing.assert_array_equal(local_epochs_to_steps(jnp.array([50, 10, 11]), 0.3, 5), [3, 1, 1])

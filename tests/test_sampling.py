@@ -194,3 +194,10 @@ def test_fedavg_offline_slots_get_no_steps_and_no_weight():
                              local.loss, rtol=1e-6)
   # The round loss is the sample-weighted mean over participants only.
   np.testing.assert_allclose(metrics.loss, np.mean(local.loss), rtol=1e-6)  # equal samples
+
+
+def test_availability_one_is_always_online():
+  # Seed 2 draws U == 0 exactly for one of 2**20 clients; 1 - U = 1 must still count as online.
+  n = 2**20
+  _, part = sample_clients(jax.random.PRNGKey(2), jnp.ones([n]), n)
+  assert bool(part.all())

@@ -39,7 +39,11 @@ def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float =
                      b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3) -> optax.GradientTransformation:
   """The server optimizer of a FedOpt algorithm, applied to the pseudo-gradient.
 
-  ``eps`` is the adaptivity :math:`\\tau` of Reddi et al. (their default range 1e-3..1e-1).
+  ``eps`` is the adaptivity :math:`\\tau` of Reddi et al. (arXiv 2003.00295; their range
+  1e-3..1e-1). Two departures from their pseudo-code, both optax's: FedAdam and FedYogi
+  use bias-corrected moments, and FedAdagrad divides by :math:`\\sqrt{v_t}` with
+  :math:`v_{-1} = \\tau^2` (their :math:`\\sqrt{v_t} + \\tau` differs from it by a factor
+  of at most 2, since :math:`v_t \\geq \\tau^2`).
   """
   if learning_rate < 0:
     raise ConfigError("server_lr", "a non-negative number", learning_rate)
@@ -52,7 +56,7 @@ def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float =
   if name == "fedyogi":
     return optax.yogi(learning_rate, b1=b1, b2=b2, eps=eps)
   if name == "fedadagrad":
-    return optax.adagrad(learning_rate, eps=eps)
+    return optax.adagrad(learning_rate, initial_accumulator_value=eps**2, eps=0.0)
   raise ConfigError("server_optimizer", f"one of {list(SERVER_OPTIMIZERS)}", name)
 
 

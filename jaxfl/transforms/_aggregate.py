@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfl.runtime import CLIENTS, AxisName, client_weighted_sum
+from jaxfl.runtime import AxisName, client_weighted_sum
 
 
 class WeightedMeanState(NamedTuple):
@@ -23,7 +23,7 @@ class WeightedMeanState(NamedTuple):
   count: jax.Array
 
 
-def weighted_mean(axis_name: AxisName = CLIENTS) -> optax.GradientTransformationExtraArgs:
+def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
   r"""Weighted mean of the clients' updates over the client axis.
 
   .. math::
@@ -38,7 +38,8 @@ def weighted_mean(axis_name: AxisName = CLIENTS) -> optax.GradientTransformation
   The innermost axis name must be a vmap axis (:func:`jaxfl.runtime.client_weighted_sum`).
 
   Args:
-    axis_name: the client axis name(s), e.g. ``ClientAxis.axis_name``.
+    axis_name: the client axis name(s): ``ClientAxis.axis_name`` (required, since under
+      ``shard_map`` the client axis is two names and a partial reduction would be silent).
 
   Returns:
     A transform whose ``update(updates, state, params=None, *, weight=1.0)`` takes one
@@ -46,7 +47,7 @@ def weighted_mean(axis_name: AxisName = CLIENTS) -> optax.GradientTransformation
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> agg = weighted_mean()
+    >>> agg = weighted_mean('clients')
     >>> def client(u, w):
     ...   out, _ = agg.update(u, agg.init(u), weight=w)
     ...   return out

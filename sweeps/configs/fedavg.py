@@ -4,6 +4,9 @@ Claim (McMahan et al. 2017, arXiv 1602.05629): federated averaging over clients
 with label-skewed data (Dirichlet alpha = 0.5) reaches nearly the accuracy of
 centralized training on the pooled data: within ``accuracy_gap_points``.
 
+Measured (quick, 2 CPU cores, median of seeds 0-4): FedAvg 94.43% and centralized
+96.66% test accuracy, a gap of 2.23 points (threshold 3.0); about 75 s.
+
 Launch:
   python -m sweeps.launch --config sweeps/configs/fedavg.py:quick
   python -m sweeps.launch --config sweeps/configs/fedavg.py:full --workdir /tmp/runs
@@ -46,8 +49,10 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.eval_every = 10
   c.num_devices = 1  # > 1: shard_map clients over that many local devices; 0: all (CPU: one per core)
 
-  # Centralized baseline: the same model, optimizer and batch size on the pooled data.
-  c.central_epochs = 60
+  # Centralized baseline: the same model, optimizer and batch size on the pooled data, for
+  # at least as many sample visits as FedAvg makes (200 rounds x ~8.5 online clients x 2
+  # epochs x ~72 samples is ~170 epochs of the pooled data).
+  c.central_epochs = 200
 
   # Device heterogeneity for the simulated clock.
   c.profiles_file = ""  # CSV table (jaxfl.sim.load_profiles); "" = sample lognormal

@@ -52,7 +52,7 @@ from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import FedAvg, ServerState, server_optimizer
-from jaxfl.errors import check
+from jaxfl.errors import ConfigError, check
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy, visiting_order
 from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import make_client_axis, resolve_num_devices
@@ -173,8 +173,9 @@ def make_client_loop_round(loss_fn, c) -> Callable:
   aggregation (stack, mean weighted by counts, FedAvg server step): the same math as
   ``FedAvg.round`` with full participation.
   """
+  # Every step runs, as in the runtime's fixed-steps round: no per-step select either side.
   local = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
-                                   max_steps=c.local_steps))
+                                   max_steps=c.local_steps, mask_steps=False))
   server_tx = server_optimizer("fedavg", 1.0)
   steps = jnp.int32(c.local_steps)
 
@@ -246,7 +247,7 @@ def make_plain_vmap_round(apply_fn, c) -> Callable:
 def make_centralized(loss_fn, c) -> Callable:
   """(ii) ``K * local_steps`` sequential steps of ``batch_size`` on one pooled client."""
   return jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
-                                  max_steps=c.num_clients * c.local_steps))
+                                  max_steps=c.num_clients * c.local_steps, mask_steps=False))
 
 
 # ----------------------------------------------------------------------------- timing
@@ -288,7 +289,11 @@ def make_matmul(n: int, key: jax.Array) -> Callable[[], jax.Array]:
 
 
 def load(c):
-  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None)
+  try:
+    ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None)
+  except OSError as e:
+    raise ConfigError("data_dir", "a directory that can be created and written",
+                      c.data_dir or jdata.default_data_dir()) from e
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
   return ds
@@ -423,6 +428,8 @@ def run(c, workdir: str, log=print) -> dict:
   """Run every repeat, write ``claims.json`` and ``report.md`` under ``workdir/bench_fl``."""
   validate(c)
   ds = load(c)
+  for seed in range(c.seed, c.seed + c.num_seeds):  # a partition may still reject the config
+    partition(c, ds, seed)
   out = os.path.join(workdir, c.experiment)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "config.json"), "w") as f:

@@ -39,11 +39,19 @@ def validate(c) -> None:
   check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
   check(c.partition in PARTITIONS, "partition", f"one of {list(PARTITIONS)}", c.partition)
   check(c.num_clients > 0, "num_clients", "a positive integer", c.num_clients)
+  check(c.min_client_size >= 1, "min_client_size", "a positive integer (no empty clients)",
+        c.min_client_size)
   check(math.isfinite(c.alpha) and c.alpha > 0, "alpha", "a positive finite number", c.alpha)
   check(c.model in SIZES, "model", f"one of {list(SIZES)}", c.model)
   check(c.batch_size > 0, "batch_size", "a positive integer", c.batch_size)
-  check(c.client_lr >= 0, "client_lr", "a non-negative learning rate", c.client_lr)
-  check(c.server_lr >= 0, "server_lr", "a non-negative learning rate", c.server_lr)
+  check(math.isfinite(c.client_lr) and c.client_lr >= 0, "client_lr",
+        "a non-negative finite learning rate", c.client_lr)
+  check(math.isfinite(c.server_lr) and c.server_lr >= 0, "server_lr",
+        "a non-negative finite learning rate", c.server_lr)
+  for field in ("compute_median", "uplink_median", "downlink_median"):
+    check(math.isfinite(c[field]) and c[field] > 0, field, "a positive finite number", c[field])
+  check(not c.data_dir or not os.path.exists(c.data_dir) or os.path.isdir(c.data_dir),
+        "data_dir", "a directory (or '' for the default)", c.data_dir)
   check(c.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
         f"one of {list(SERVER_OPTIMIZERS)}", c.server_optimizer)
   check(c.local_epochs > 0, "local_epochs", "a positive number", c.local_epochs)
@@ -59,7 +67,8 @@ def validate(c) -> None:
         f"a multiple of the {devices} devices", c.clients_per_round)
   check(0 < c.availability_low <= c.availability_high <= 1, "availability_low",
         "0 < availability_low <= availability_high <= 1", c.availability_low)
-  check(c.profile_sigma >= 0, "profile_sigma", "a non-negative number", c.profile_sigma)
+  check(math.isfinite(c.profile_sigma) and c.profile_sigma >= 0, "profile_sigma",
+        "a non-negative finite number", c.profile_sigma)
   check(c.accuracy_gap_points >= 0, "accuracy_gap_points", "a non-negative number",
         c.accuracy_gap_points)
 
@@ -81,7 +90,11 @@ class Context(NamedTuple):
 
 def prepare(c) -> Context:
   """Load the data and partition it for every seed; raises ConfigError on bad input."""
-  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
+  try:
+    ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
+  except OSError as e:
+    raise ConfigError("data_dir", "a directory that can be created and written",
+                      c.data_dir or jdata.default_data_dir()) from e
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
   profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None
@@ -150,7 +163,7 @@ def _centralized(c, ds, loss_fn, params0, evaluate, key, log_metrics, progress) 
   n = len(ds.y_train)
   steps = int(math.ceil(c.central_epochs * n / c.batch_size))
   train = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
-                                   max_steps=steps))
+                                   max_steps=steps, mask_steps=False))
   pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
   params, _ = train(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))
   accuracy, loss = (float(v) for v in evaluate(params))

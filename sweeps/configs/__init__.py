@@ -1,0 +1,1 @@
+"""Experiment configs, loaded by path: sweeps/configs/<name>.py[:variant]."""

@@ -1,0 +1,379 @@
+"""Remote backends: Ray and submitit run real sweeps with the local backend's exact rows;
+bad backend input fails fast with one line; the multi-host helper."""
+
+import importlib.util
+import io
+import json
+import os
+import pickle
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from absl import flags
+
+from jaxfl.errors import ConfigError
+from sweeps import backends, experiments, launch
+from sweeps.results import results_path
+from sweeps.sweep import RunSpec, execute_run, run_sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "sweeps/configs/fedavg.py:quick"
+# A closed port on loopback: connections are refused at once.
+CLOSED = "127.0.0.1:1"
+
+
+def tiny_config(**overrides):
+  """FedAvg quick, shrunk to 2 runs (fedavg and centralized, one seed) of a few seconds."""
+  spec = importlib.util.spec_from_file_location(
+      "fedavg_config", os.path.join(ROOT, "sweeps", "configs", "fedavg.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("quick")
+  c.update(dict(num_seeds=1, num_rounds=4, eval_every=2, checkpoint_every=2, central_epochs=1,
+                num_clients=8, clients_per_round=4, **overrides))
+  return c
+
+
+def sweep(workdir, backend="local", options=None):
+  config = tiny_config()
+  out = io.StringIO()
+  run_sweep(experiments.get(config.experiment), config, str(workdir), backend=backend,
+            backend_options=options, stream=out)
+  return out.getvalue()
+
+
+def metric_rows(workdir):
+  con = sqlite3.connect(results_path(workdir))
+  rows = con.execute("SELECT r.method, r.seed, m.step, m.name, m.sim_time, m.value FROM metrics m "
+                     "JOIN runs r ON r.id = m.run_id ORDER BY 1, 2, 3, 4").fetchall()
+  runs = con.execute("SELECT method, seed, status FROM runs ORDER BY 1, 2").fetchall()
+  con.close()
+  return rows, runs
+
+
+@pytest.fixture(scope="module")
+def local_rows(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("local")
+  sweep(workdir)
+  rows, runs = metric_rows(workdir)
+  assert runs == [("centralized", 0, "done"), ("fedavg", 0, "done")]
+  assert len(rows) == 2 + 2 * 4  # centralized: accuracy, loss; fedavg: 4 metrics at rounds 2, 4
+  return rows, runs
+
+
+def descendants(names=("raylet", "gcs_server", "ray::", "plasma", "dashboard")):
+  """Processes below this one whose command line mentions any of ``names`` (Linux /proc)."""
+  parent = {}
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        parent[int(pid), "cmd"] = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError, ValueError):
+      continue
+  found = []
+  for pid in [p for p in parent if isinstance(p, int)]:
+    p, chain = pid, set()
+    while p in parent and p not in chain and p != os.getpid():
+      chain.add(p)
+      p = parent[p]
+    if p == os.getpid() and pid != os.getpid():
+      cmd = parent.get((pid, "cmd"), "")
+      if any(n in cmd for n in names):
+        found.append(f"{pid} {cmd[:120]}")
+  return found
+
+
+def assert_no_ray_processes(timeout=15.0):
+  if not os.path.isdir("/proc"):
+    return
+  deadline = time.monotonic() + timeout
+  while (left := descendants()) and time.monotonic() < deadline:
+    time.sleep(0.5)
+  assert not left, left
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_ray_sweep_has_the_local_rows_and_stops_its_ray(tmp_path, local_rows):
+  ray = pytest.importorskip("ray")
+  assert not ray.is_initialized()
+  t0 = time.monotonic()
+  # address "" starts a Ray instance here (it ships the code to its workers, as for a
+  # remote cluster), one task per run with one CPU each, then shuts it down.
+  out = sweep(tmp_path, "ray", {"address": "", "num_cpus": 1})
+  print(f"ray sweep: {time.monotonic() - t0:.1f} s")
+  assert metric_rows(tmp_path) == local_rows  # bit-identical values on CPU
+  assert "claim accuracy_vs_centralized" in out
+  assert not ray.is_initialized()
+  assert_no_ray_processes()
+
+
+@pytest.mark.slow
+def test_slurm_local_executor_sweep_has_the_local_rows(tmp_path, local_rows):
+  pytest.importorskip("submitit")
+  t0 = time.monotonic()
+  sweep(tmp_path, "slurm", {"cluster": "local", "timeout_min": 10})
+  print(f"submitit local sweep: {time.monotonic() - t0:.1f} s")
+  assert metric_rows(tmp_path) == local_rows
+  jobs = os.listdir(tmp_path / "slurm")  # default folder: <workdir>/slurm/<job id>
+  assert len(jobs) == 2 and all(os.listdir(tmp_path / "slurm" / j) for j in jobs)
+
+
+@pytest.mark.slow
+def test_ray_failures_come_back_as_the_workers_exception(tmp_path):
+  pytest.importorskip("ray")
+  # More devices than a worker has: the FedAvg run fails in the worker with a ConfigError,
+  # whose (field, expected, got) signature plain pickling cannot rebuild; centralized
+  # ignores num_devices and succeeds.
+  cfg = tiny_config(num_devices=64).to_dict()
+  fed, central = RunSpec("fedavg", 0), RunSpec("centralized", 0)
+  submit = backends.get("ray", {"num_cpus": 1})
+  outcomes = dict(submit(execute_run, cfg, [fed, central], str(tmp_path)))
+  assert isinstance(outcomes[fed], ConfigError) and outcomes[fed].field == "num_devices"
+  assert "raised in Ray task" in outcomes[fed].__notes__[0]
+  assert [r[0] for r in outcomes[central]] == [4]  # its one row: (step, sim_time, values)
+  assert_no_ray_processes()
+
+
+@pytest.mark.slow
+def test_submitit_failures_come_back_as_the_workers_exception(tmp_path):
+  pytest.importorskip("submitit")
+  cfg = tiny_config(num_devices=64).to_dict()
+  fed = RunSpec("fedavg", 0)
+  submit = backends.get("slurm", {"cluster": "local", "folder": str(tmp_path / "jobs")})
+  [(spec, outcome)] = list(submit(execute_run, cfg, [fed], str(tmp_path)))
+  assert spec == fed
+  assert isinstance(outcome, ConfigError) and outcome.field == "num_devices", outcome
+  assert "raised in local job" in outcome.__notes__[0]
+
+
+def test_submitit_debug_executor_runs_in_process(tmp_path):
+  pytest.importorskip("submitit")
+  submit = backends.get("slurm", {"cluster": "debug"})
+  # pow(config, spec, workdir) raises TypeError: a cheap failing "run" that needs no JAX.
+  [(spec, outcome)] = list(submit(pow, {}, [RunSpec("m", 0)], str(tmp_path)))
+  assert spec == RunSpec("m", 0) and isinstance(outcome, TypeError)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_unreachable_ray_address_fails_fast_naming_the_flag():
+  pytest.importorskip("ray")
+  t0 = time.monotonic()
+  with pytest.raises(ConfigError) as e:
+    backends.get("ray", {"address": CLOSED})
+  assert time.monotonic() - t0 < backends.CONNECT_TIMEOUT_S
+  assert e.value.field == "--ray.address" and "refused" in str(e.value)
+  assert CLOSED in str(e.value) and "\n" not in str(e.value)
+  import ray
+
+  assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("address", ["nohost", "127.0.0.1:99999", "ray://127.0.0.1"])
+def test_malformed_ray_address(address):
+  pytest.importorskip("ray")
+  with pytest.raises(ConfigError, match="--ray.address.*not host:port"):
+    backends.get("ray", {"address": address})
+
+
+@pytest.mark.parametrize("backend,options,field", [
+    ("ray", {"num_cpus": -1}, "--ray.num_cpus"),
+    ("ray", {"num_cpus": "two"}, "--ray.num_cpus"),
+    ("ray", {"num_gpus": float("nan")}, "--ray.num_gpus"),
+    ("ray", {"num_gpus": 1.5}, "--ray.num_gpus"),
+    ("ray", {"num_gpus": 0.00001}, "--ray.num_gpus"),
+    ("ray", {"adress": CLOSED}, "--ray.adress"),
+    ("slurm", {"cluster": "pbs"}, "--slurm.cluster"),
+    ("slurm", {"cluster": "local", "timeout_min": 0}, "--slurm.timeout_min"),
+    ("slurm", {"cluster": "local", "timeout_min": 1.5}, "--slurm.timeout_min"),
+    ("slurm", {"cluster": "local", "gpus_per_node": -1}, "--slurm.gpus_per_node"),
+    ("slurm", {"cluster": "local", "cpus_per_task": 0}, "--slurm.cpus_per_task"),
+    ("slurm", {"cluster": "local", "mem_gb": 0}, "--slurm.mem_gb"),
+    ("local", {"num_cpus": 1}, "--local.num_cpus"),
+    ("mars", {}, "--backend"),
+])
+def test_bad_options_name_the_flag(backend, options, field):
+  with pytest.raises(ConfigError) as e:
+    backends.get(backend, options)
+  assert e.value.field == field
+
+
+def test_slurm_cluster_needs_slurm():
+  if shutil.which("sbatch"):
+    pytest.skip("Slurm is installed here")
+  pytest.importorskip("submitit")
+  with pytest.raises(ConfigError, match="--slurm.cluster.*'local' or 'debug'"):
+    backends.get("slurm", {})
+
+
+@pytest.mark.parametrize("module,backend", [("ray", "ray"), ("submitit", "slurm")])
+def test_missing_package_names_the_install_command(monkeypatch, module, backend):
+  monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
+  with pytest.raises(ConfigError) as e:
+    backends.get(backend, {"cluster": "local"} if backend == "slurm" else {})
+  assert e.value.field == "--backend" and backends.INSTALL in str(e.value)
+
+
+def _launch(tmp_path, capsys, monkeypatch, *extra):
+  monkeypatch.chdir(ROOT)
+  workdir = tmp_path / "runs"
+  code = launch.main(["launch", f"--config={CONFIG}", "--config.num_seeds=1",
+                      "--config.num_clients=8", "--config.clients_per_round=4", *extra,
+                      f"--workdir={workdir}"])
+  err = capsys.readouterr().err.strip()
+  return code, err, workdir
+
+
+@pytest.mark.parametrize("extra,field", [
+    (["--backend=ray", f"--ray.address={CLOSED}"], "--ray.address"),
+    (["--backend=ray", "--ray.num_gpus=-1"], "--ray.num_gpus"),
+    (["--backend=ray", "--ray.num_cpus=lots"], "--ray.num_cpus"),
+    (["--backend=slurm", "--slurm.cluster=pbs"], "--slurm.cluster"),
+    (["--backend=slurm", "--slurm.cluster=local", "--slurm.timeout_min=0"], "--slurm.timeout_min"),
+    (["--backend=mars"], "--backend"),
+])
+def test_launcher_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, extra, field):
+  if "--backend=ray" in extra:
+    pytest.importorskip("ray")
+  if "--slurm.cluster=local" in extra:
+    pytest.importorskip("submitit")
+  code, err, workdir = _launch(tmp_path, capsys, monkeypatch, *extra)
+  assert code == 2, err
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith(f"error: {field}: expected"), err
+  assert not os.path.exists(results_path(workdir))
+
+
+def test_options_from_flags():
+  fv = flags.FlagValues()
+  backends.define_flags(fv)
+  fv(["prog", "--ray.address=10.0.0.1:6379", "--ray.num_gpus=1", "--slurm.cluster=local",
+      "--slurm.mem_gb=16", "--slurm.partition=gpu"])
+  assert backends.options_from_flags(fv, "local") == {}
+  assert backends.options_from_flags(fv, "ray") == {
+      "address": "10.0.0.1:6379", "num_cpus": 1.0, "num_gpus": 1.0}
+  assert backends.options_from_flags(fv, "slurm") == {
+      "cluster": "local", "folder": "", "partition": "gpu", "timeout_min": 120,
+      "gpus_per_node": 0, "cpus_per_task": None, "mem_gb": 16.0}
+  with pytest.raises(ConfigError, match="--backend"):
+    backends.options_from_flags(fv, "mars")
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def test_worker_exceptions_survive_pickling():
+  kind, failure = backends._call_run(
+      lambda *a: (_ for _ in ()).throw(ConfigError("num_devices", "at most 8", 64)), {}, None, "")
+  assert kind == "error"
+  e = backends._outcome(pickle.loads(pickle.dumps((kind, failure))), "a test")
+  assert type(e) is ConfigError and (e.field, e.expected, e.got) == ("num_devices", "at most 8", 64)
+  assert str(e) == "num_devices: expected at most 8, got 64"
+  assert "raised in a test" in e.__notes__[0] and "ConfigError" in e.__notes__[0]
+
+  class Local(Exception):  # not importable by name: travels as text
+    pass
+
+  def fail(*args):
+    raise Local("boom")
+
+  e = backends._outcome(pickle.loads(pickle.dumps(backends._call_run(fail, {}, None, ""))), "x")
+  assert type(e) is backends.RemoteError and "Local: boom" in str(e)
+  assert backends._call_run(lambda c, s, w: [(1, None, {})], {}, None, "") == (
+      "ok", [(1, None, {})])
+
+
+def test_local_backend_through_the_same_interface(tmp_path):
+  outcomes = list(backends.get("local", {})(pow, {}, [RunSpec("m", 0)], str(tmp_path)))
+  assert isinstance(outcomes[0][1], TypeError)
+
+
+# ---------------------------------------------------------------------------- multi-host
+
+_DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
+             "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+             "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE")
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "1"},
+    {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node1", "SLURM_NTASKS": "1",
+     "SLURM_PROCID": "0", "SLURM_LOCALID": "0"},
+    {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"},  # an sbatch script outside an srun step
+])
+def test_maybe_initialize_distributed_is_a_no_op_on_one_host(monkeypatch, env):
+  import jax
+
+  for var in _DIST_ENV:
+    monkeypatch.delenv(var, raising=False)
+  for var, value in env.items():
+    monkeypatch.setenv(var, value)
+  assert backends.maybe_initialize_distributed() is False
+  assert not jax.distributed.is_initialized() and jax.process_count() == 1
+
+
+def test_maybe_initialize_distributed_names_a_missing_variable(monkeypatch):
+  for var in _DIST_ENV:
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+  with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES"):
+    backends.maybe_initialize_distributed()
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  with pytest.raises(ConfigError, match="JAX_PROCESS_ID"):
+    backends.maybe_initialize_distributed()
+
+
+_TWO_HOSTS = textwrap.dedent("""
+  import json
+  import jax, jax.numpy as jnp, numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from sweeps.backends import maybe_initialize_distributed
+  assert maybe_initialize_distributed()  # before anything else touches JAX
+  from jaxfl.runtime import ClientAxis, client_mesh, client_weighted_sum
+  axis = ClientAxis(client_mesh())  # every device of every process
+  # 16 clients, 2 per device; this process holds its 8 (values 8 * process + 0..7).
+  block = np.arange(8, dtype=np.float32) + 8 * jax.process_index()
+  clients = jax.make_array_from_process_local_data(NamedSharding(axis.mesh, P("devices")), block)
+  total = jax.jit(axis.map(lambda x: client_weighted_sum(x, jnp.ones_like(x), axis.axis_name), (0,), None))(
+      clients)
+  print(json.dumps(dict(processes=jax.process_count(), devices=jax.device_count(),
+                        local=jax.local_device_count(), mesh=axis.mesh.size,
+                        total=float(np.asarray(total.addressable_data(0))))))
+  jax.distributed.shutdown()
+""")
+
+
+def test_two_processes_share_one_client_mesh(tmp_path):
+  """Multi-host as far as one machine allows: two processes over loopback, 4 CPU devices each."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+  env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+             JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_HOSTS], cwd=ROOT,
+                            env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got == dict(processes=2, devices=8, local=4, mesh=8, total=float(sum(range(16))))
