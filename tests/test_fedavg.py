@@ -130,3 +130,25 @@ def test_server_optimizer_errors():
     server_optimizer("fedfoo")
   with pytest.raises(ConfigError, match="server_lr"):
     server_optimizer("fedavg", -1.0)
+
+
+def test_server_optimizer_state_carries_across_rounds(setup):
+  """Round 2 of FedAdam applies the moments accumulated in round 1 (by hand through optax)."""
+  loss_fn, params, data = setup
+  tx = server_optimizer("fedadam", 0.01)
+  alg = make(loss_fn, tx)
+  key = jax.random.PRNGKey(5)
+  state = alg.init(params, key)
+  for _ in range(2):
+    state, _ = alg.jit_round(state, data)
+
+  w = np.asarray(data.count, np.float64) / np.sum(data.count)
+  p, opt_state = params, tx.init(params)
+  for r in range(2):
+    clients = by_hand(loss_fn, p, data, key, r)
+    mean = jax.tree.map(lambda p0, *ps: sum(wk * (q - p0) for wk, q in zip(w, ps)), p, *clients)
+    updates, opt_state = tx.update(jax.tree.map(jnp.negative, mean), opt_state, p)
+    p = optax.apply_updates(p, updates)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert int(state.opt_state[0].count) == 2
