@@ -91,6 +91,7 @@ client.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -423,8 +424,39 @@ def _drop_token_notice(record: logging.LogRecord) -> bool:
   return not record.getMessage().startswith("Token authentication is enabled")
 
 
+UV_HOOK = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+
+
+@contextlib.contextmanager
+def _without_uv_run_hook() -> Iterator[None]:
+  """Turns off Ray's replication of a ``uv run`` driver's environment, unless the user set it.
+
+  When the driver runs under ``uv run`` (as ``uv run python -m sweeps.launch`` and
+  ``uv run pytest`` do), Ray by default makes every worker re-run ``uv run`` in an
+  uploaded copy of the current directory, which builds a fresh virtualenv per node:
+  over a minute here, before the first run starts, on a machine whose workers could
+  use this very interpreter. The backend's contract is instead: ship ``jaxfl`` and
+  ``sweeps``, find third-party packages installed. Ray reads the switch from
+  ``ray_constants`` when ``ray.init`` runs, so it is flipped only for that call;
+  ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=1`` in the environment restores Ray's behaviour.
+  """
+  try:
+    constants = importlib.import_module("ray._private.ray_constants")
+  except ImportError:
+    constants = None
+  if UV_HOOK in os.environ or not hasattr(constants, UV_HOOK):
+    yield
+    return
+  before = getattr(constants, UV_HOOK)
+  setattr(constants, UV_HOOK, False)
+  try:
+    yield
+  finally:
+    setattr(constants, UV_HOOK, before)
+
+
 def _ray_init(ray, address: str, origin: str) -> None:
-  with warnings.catch_warnings():
+  with warnings.catch_warnings(), _without_uv_run_hook():
     # JAX warns on any fork once it has started threads; Ray forks only to exec its own
     # services (subprocess), so no JAX state is used in the child.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)

@@ -94,7 +94,8 @@ def test_compiled_flops_counts_the_matmuls_of_one_step():
 
 @pytest.mark.parametrize("field,value", [
     ("num_clients", 0), ("repeats", 0), ("warmup", 0), ("scaling_clients", (64, 8)),
-    ("scaling_clients", ()), ("partition", "shards"), ("num_devices", 99),
+    ("scaling_clients", ()), ("scaling_clients", (8,)), ("partition", "shards"),
+    ("num_devices", 99),
     ("min_round_vs_client_loop", -1.0), ("matmul_size", 0),
 ])
 def test_validate_names_the_field(field, value):

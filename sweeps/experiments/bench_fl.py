@@ -88,9 +88,9 @@ def validate(c) -> None:
   check(pos_int(c.repeats), "repeats", "a positive integer", c.repeats)
   check(pos_int(c.matmul_size), "matmul_size", "a positive integer", c.matmul_size)
   ks = tuple(c.scaling_clients)
-  check(len(ks) >= 1 and all(pos_int(k) and k % devices == 0 for k in ks)
+  check(len(ks) >= 2 and all(pos_int(k) and k % devices == 0 for k in ks)
         and list(ks) == sorted(set(ks)), "scaling_clients",
-        f"a non-empty increasing tuple of positive multiples of the {devices} devices", ks)
+        f"an increasing tuple of at least 2 positive multiples of the {devices} devices", ks)
   check(pos_int(c.scaling_samples_per_client), "scaling_samples_per_client",
         "a positive integer", c.scaling_samples_per_client)
   for field in ("min_round_vs_centralized", "min_round_vs_client_loop",
