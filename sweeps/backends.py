@@ -25,7 +25,8 @@ them into the ``options`` dict, whose keys are the flag names without the prefix
   ``ray start`` last started on this machine.
   ``--ray.num_cpus`` (1) and ``--ray.num_gpus`` (0): what each run's task requests, e.g.
   ``--ray.num_gpus=1`` for one GPU per run. Ray sets ``CUDA_VISIBLE_DEVICES`` so a run
-  sees only its own GPUs; with 0 it sees none and JAX runs on the CPU.
+  sees only its own GPUs; with 0 it sees none and JAX runs on the CPU; with a fraction
+  (0.5: two runs per GPU) JAX's memory preallocation is scaled to the share.
 
 ``slurm``
   ``--slurm.cluster``: ``slurm`` (default; needs ``sbatch`` on ``PATH``), or submitit's
@@ -41,21 +42,27 @@ Validation: :func:`get` rejects bad options before anything is written, with a
 :class:`~jaxfl.errors.ConfigError` whose field is the flag (the launcher prints it as
 one line and exits 2): an unknown backend, a missing ``ray``/``submitit`` package (the
 ``cluster`` extra: ``uv sync --extra cluster``), a negative or malformed resource
-request, ``--slurm.cluster=slurm`` without Slurm, and an unreachable Ray address. The
-address check is a plain TCP connection to the head's ``host:port`` with a
-``CONNECT_TIMEOUT_S`` timeout before ``ray.init``: ``ray.init`` on a dead address keeps
-retrying for a minute or more, while a closed port is refused at once and an
-unreachable host times out in a few seconds. A port that accepts connections but is not
-a Ray cluster fails in ``ray.init`` itself, reported under the same flag. After
-connecting, a request that no node can satisfy (``--ray.num_gpus=1`` on a machine
-without GPUs) is an error on a Ray instance started here, and a warning on an existing
-cluster (its autoscaler may still add such nodes).
+request, ``--slurm.cluster=slurm`` without Slurm, and an unreachable Ray address.
+``ray.init`` on a wrong address keeps retrying for minutes, so the address is checked
+first, with a ``CONNECT_TIMEOUT_S`` timeout: a TCP connection to the head's
+``host:port`` (a closed port is refused at once, an unreachable host times out), then
+the opening of an HTTP/2 connection, which a Ray head (gRPC) answers at once with its
+SETTINGS frame and any other server does not (skipped when ``RAY_USE_TLS`` is set).
+Errors that ``ray.init`` still raises (e.g. a missing auth token) are reported under
+the same flag. After connecting, a request that no node can satisfy
+(``--ray.num_gpus=1`` on a machine without GPUs) is an error on a Ray instance started
+here, and a warning on an existing cluster (its autoscaler may still add such nodes).
+``ray://`` addresses need Ray Client (``pip install 'ray[client]'``), which the extra
+does not include.
 
 Code and files on workers: the Ray job ships this checkout's ``jaxfl`` and ``sweeps``
 packages to the workers (``runtime_env`` ``py_modules``, a few hundred KB), so workers
 run exactly the driver's code; third-party packages (JAX, ...) must be installed on the
-nodes. Slurm jobs run this interpreter (``sys.executable``) and import from this
-checkout, so the nodes must share its filesystem. Either way the workdir is passed as
+nodes. Ray's own replication of a ``uv run`` driver's environment, which rebuilds the
+virtualenv on every node, is turned off unless ``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is
+set (see ``_without_uv_run_hook``). Slurm jobs run this interpreter
+(``sys.executable``) and import from this checkout, so the nodes must share its
+filesystem. Either way the workdir is passed as
 an absolute path and must be on a filesystem the workers share: runs keep their
 checkpoints there.
 
@@ -406,13 +413,44 @@ def _resolve_address(address: str, origin: str) -> str:
   except ValueError:
     raise _address_error(origin, f"{target!r} is not host:port") from None
   try:
-    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-      pass
+    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+      grpc = _speaks_grpc(conn)
   except OSError as e:
     why = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError)
            else e.strerror or _first_line(e))
     raise _address_error(origin, f"connecting to {host}:{port} failed ({why})") from None
+  if grpc is False:
+    raise _address_error(origin, f"{host}:{port} accepts connections but does not answer "
+                         "as a Ray head (gRPC over HTTP/2)") from None
   return target
+
+
+# An HTTP/2 client's opening: the connection preface, then an empty SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
+def _speaks_grpc(conn: socket.socket) -> bool | None:
+  """Whether the server on ``conn`` speaks HTTP/2, as Ray's GCS and Ray Client (gRPC) do.
+
+  An HTTP/2 server's first frame is its SETTINGS frame, sent at once: this tells a
+  Ray head from any other open port in milliseconds, where ``ray.init`` would keep
+  retrying for minutes. None (not checked) when Ray uses TLS, whose handshake comes
+  first.
+  """
+  if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+    return None
+  try:
+    conn.sendall(_H2_PREFACE)
+    header = b""
+    while len(header) < 9:
+      chunk = conn.recv(9 - len(header))
+      if not chunk:
+        break
+      header += chunk
+  except OSError:  # reset or timed out: not an HTTP/2 server
+    return False
+  return len(header) == 9 and header[3] == _H2_SETTINGS
 
 
 def _first_line(e: BaseException) -> str:
@@ -455,17 +493,38 @@ def _without_uv_run_hook() -> Iterator[None]:
     setattr(constants, UV_HOOK, before)
 
 
-def _ray_init(ray, address: str, origin: str) -> None:
+def _worker_env(opts: dict) -> dict[str, str]:
+  """Environment variables for every worker of the sweep's Ray job.
+
+  * Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for a task that requests no GPU, so
+    a CPU run on a GPU node would see (and JAX would claim) every GPU; Ray's switch
+    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1`` restores hiding them.
+  * Runs sharing a GPU (``num_gpus`` < 1) each get that share of its memory, since
+    JAX preallocates 75% of a GPU per process by default. A value the user set for
+    either JAX variable wins.
+  """
+  env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO":
+         os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")}
+  share = opts["num_gpus"]
+  jax_vars = ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+              "XLA_PYTHON_CLIENT_ALLOCATOR")
+  if 0 < share < 1 and not any(v in os.environ for v in jax_vars):
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.75 * share:.4f}"
+  return env
+
+
+def _ray_init(ray, address: str, origin: str, opts: dict) -> None:
   with warnings.catch_warnings(), _without_uv_run_hook():
     # JAX warns on any fork once it has started threads; Ray forks only to exec its own
     # services (subprocess), so no JAX state is used in the child.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    _ray_init_quietly(ray, address, origin)
+    _ray_init_quietly(ray, address, origin, opts)
 
 
-def _ray_init_quietly(ray, address: str, origin: str) -> None:
-  common = dict(runtime_env={"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"]},
-                logging_level=logging.WARNING)
+def _ray_init_quietly(ray, address: str, origin: str, opts: dict) -> None:
+  runtime_env = {"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"],
+                 "env_vars": _worker_env(opts)}
+  common = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
   if not address:
     # Ray's default for a new instance (token authentication, its services listen on
     # every interface) stays; only its notice about that default, logged on every
@@ -511,10 +570,14 @@ def _ray_backend(opts: dict) -> Submit:
   if address and not origin:
     origin = f"{address} (from $RAY_ADDRESS)"
   owned = not ray.is_initialized()  # a connection this process already holds is used as is
+  if not sys.stdout.isatty():
+    # Workers' printed lines reach the driver with a "(task pid=...)" prefix, in ANSI
+    # colours unless this is set: plain text in logs and CI, like the progress lines.
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
   if owned:
     if address:
       address = _resolve_address(address, origin)
-    _ray_init(ray, address, origin)
+    _ray_init(ray, address, origin, opts)
   try:
     _check_feasible(ray, opts, started_here=owned and not address)
   except BaseException:
@@ -551,10 +614,8 @@ def _ray_backend(opts: dict) -> Submit:
           yield spec, outcome
     finally:
       for ref in pending:
-        try:
+        with contextlib.suppress(Exception):  # finished meanwhile, or already gone
           ray.cancel(ref)
-        except Exception:  # noqa: BLE001 -- finished meanwhile, or already gone
-          pass
       if owned:
         ray.shutdown()
 
@@ -578,10 +639,10 @@ def _slurm_backend(opts: dict) -> Submit:
     workdir = os.path.abspath(workdir)
     folder = os.path.abspath(opts["folder"] or os.path.join(workdir, "slurm"))
     executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=opts["cluster"])
-    params = dict(name=f"jaxfl-{config_dict.get('experiment', 'run')}",
-                  timeout_min=opts["timeout_min"], nodes=1, tasks_per_node=1,
-                  gpus_per_node=opts["gpus_per_node"], cpus_per_task=opts["cpus_per_task"],
-                  mem_gb=opts["mem_gb"], slurm_partition=opts["partition"] or None)
+    params = {"name": f"jaxfl-{config_dict.get('experiment', 'run')}",
+              "timeout_min": opts["timeout_min"], "nodes": 1, "tasks_per_node": 1,
+              "gpus_per_node": opts["gpus_per_node"], "cpus_per_task": opts["cpus_per_task"],
+              "mem_gb": opts["mem_gb"], "slurm_partition": opts["partition"] or None}
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     n = len(specs)
     jobs = executor.map_array(_call_run, [fn] * n, [config_dict] * n, specs, [workdir] * n)
@@ -600,10 +661,8 @@ def _slurm_backend(opts: dict) -> Submit:
           time.sleep(POLL_S)
     finally:
       for job, _ in pending:
-        try:
+        with contextlib.suppress(Exception):  # finished meanwhile, or already gone
           job.cancel(check=False)
-        except Exception:  # noqa: BLE001 -- finished meanwhile, or already gone
-          pass
 
   return submit
 

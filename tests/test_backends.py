@@ -130,21 +130,73 @@ def test_slurm_local_executor_sweep_has_the_local_rows(tmp_path, local_rows):
   assert len(jobs) == 2
 
 
-@pytest.mark.slow
-def test_ray_failures_come_back_as_the_workers_exception(tmp_path):
+def free_port():
+  """A free loopback port outside the range Ray reserves for its workers (10002-19999)."""
+  while True:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    if port > 20000:
+      return port
+
+
+@pytest.fixture
+def ray_head():
+  """An existing Ray cluster: ``ray start --head --block`` as our child, stopped by pid."""
   pytest.importorskip("ray")
+  port = free_port()
+  ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+  head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                           "--include-dashboard=false", "--disable-usage-stats"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and head.poll() is None:
+      try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+          if backends._speaks_grpc(conn):
+            break
+      except OSError:
+        pass
+      time.sleep(0.2)
+    assert head.poll() is None, head.communicate()[0][-3000:]
+    yield f"127.0.0.1:{port}"
+  finally:
+    head.terminate()  # `ray start --block` stops its cluster's processes on SIGTERM
+    try:
+      head.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+      head.kill()
+      head.communicate()
+  assert_no_ray_processes()
+
+
+@pytest.mark.slow
+def test_ray_existing_cluster_and_failures_come_back_as_the_workers_exception(tmp_path, ray_head):
+  import ray
+
   # More devices than a worker has: the FedAvg run fails in the worker with a ConfigError,
   # whose (field, expected, got) signature plain pickling cannot rebuild; centralized
   # ignores num_devices and succeeds.
   cfg = tiny_config(num_devices=64).to_dict()
   fed, central = RunSpec("fedavg", 0), RunSpec("centralized", 0)
-  submit = backends.get("ray", {"num_cpus": 1})
+  submit = backends.get("ray", {"address": ray_head, "num_cpus": 1})
+  assert ray.is_initialized()
   outcomes = dict(submit(execute_run, cfg, [fed, central], str(tmp_path)))
   assert isinstance(outcomes[fed], ConfigError) and outcomes[fed].field == "num_devices"
   assert "raised in Ray task" in outcomes[fed].__notes__[0]
   [(step, sim_time, values)] = outcomes[central]  # one row, after its 90 steps
   assert step == 90 and sim_time is None and set(values) == {"accuracy", "loss"}
-  assert_no_ray_processes()
+  assert not ray.is_initialized()  # disconnected; the cluster itself keeps running
+  assert backends._resolve_address(ray_head, ray_head) == ray_head
+
+
+@pytest.mark.slow
+def test_ray_request_no_node_can_hold_is_an_error_on_a_local_instance():
+  ray = pytest.importorskip("ray")
+  with pytest.raises(ConfigError, match="--ray.num_cpus: expected at most"):
+    backends.get("ray", {"num_cpus": 4096})
+  assert not ray.is_initialized()
 
 
 @pytest.mark.slow
@@ -157,6 +209,35 @@ def test_submitit_failures_come_back_as_the_workers_exception(tmp_path):
   assert spec == fed
   assert isinstance(outcome, ConfigError) and outcome.field == "num_devices", outcome
   assert "raised in local job" in outcome.__notes__[0]
+
+
+SLEEPY = """
+import time
+
+def run(config, spec, workdir):
+  if spec.seed:
+    time.sleep(600)
+  return [(spec.seed, None, {"x": 1.0})]
+"""
+
+
+def test_closing_submit_early_cancels_pending_jobs(tmp_path, monkeypatch):
+  pytest.importorskip("submitit")
+  (tmp_path / "sleepy.py").write_text(SLEEPY)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  import sleepy
+
+  # timeout_min bounds what a failed cancel would leave behind.
+  submit = backends.get("slurm", {"cluster": "local", "folder": str(tmp_path / "jobs"),
+                                  "timeout_min": 1})
+  runs = submit(sleepy.run, {}, [RunSpec("m", 0), RunSpec("m", 1)], str(tmp_path))
+  assert next(runs) == (RunSpec("m", 0), [(0, None, {"x": 1.0})])
+  runs.close()  # as when the driver stops on an error: the sleeping job is cancelled
+  deadline = time.monotonic() + 20
+  while (left := descendants(("submitit",))) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not left, left
 
 
 def test_submitit_debug_executor_runs_in_process(tmp_path):
@@ -297,6 +378,18 @@ def test_worker_exceptions_survive_pickling():
       "ok", [(1, None, {})])
 
 
+def test_ray_worker_env(monkeypatch):
+  for var in ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+              "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_ALLOCATOR"):
+    monkeypatch.delenv(var, raising=False)
+  # No GPU requested: Ray hides the GPUs again; a half GPU: half of JAX's usual 75%.
+  assert backends._worker_env({"num_gpus": 0.0}) == {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+  assert backends._worker_env({"num_gpus": 0.5})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.3750"
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in backends._worker_env({"num_gpus": 1.0})
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the user's choice wins
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in backends._worker_env({"num_gpus": 0.5})
+
+
 def test_local_backend_through_the_same_interface(tmp_path):
   outcomes = list(backends.get("local", {})(pow, {}, [RunSpec("m", 0)], str(tmp_path)))
   assert isinstance(outcomes[0][1], TypeError)
@@ -349,8 +442,8 @@ _TWO_HOSTS = textwrap.dedent("""
   # 16 clients, 2 per device; this process holds its 8 (values 8 * process + 0..7).
   block = np.arange(8, dtype=np.float32) + 8 * jax.process_index()
   clients = jax.make_array_from_process_local_data(NamedSharding(axis.mesh, P("devices")), block)
-  total = jax.jit(axis.map(lambda x: client_weighted_sum(x, jnp.ones_like(x), axis.axis_name), (0,), None))(
-      clients)
+  total = jax.jit(axis.map(lambda x: client_weighted_sum(x, jnp.ones_like(x), axis.axis_name),
+                           (0,), None))(clients)
   print(json.dumps(dict(processes=jax.process_count(), devices=jax.device_count(),
                         local=jax.local_device_count(), mesh=axis.mesh.size,
                         total=float(np.asarray(total.addressable_data(0))))))
@@ -378,4 +471,4 @@ def test_two_processes_share_one_client_mesh(tmp_path):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
     got = json.loads(out.strip().splitlines()[-1])
-    assert got == dict(processes=2, devices=8, local=4, mesh=8, total=float(sum(range(16))))
+    assert got == {"processes": 2, "devices": 8, "local": 4, "mesh": 8, "total": 120.0}

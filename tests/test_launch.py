@@ -101,5 +101,6 @@ def test_fedavg_quick_end_to_end(tmp_path):
   assert claim["baseline_value"] > 90.0 and claim["value"] > 85.0
   assert claim["holds"] == (claim["value"] >= claim["baseline_value"] - 3.0)
   assert claim["holds"], "FedAvg fell more than 3 points behind centralized training"
-  for name in ("report.md", "accuracy.png", "config.json"):
+  for name in ("report.md", "accuracy.png"):
     assert (workdir / "fedavg" / name).exists()
+  assert (workdir / "results.sqlite").exists()
