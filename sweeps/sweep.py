@@ -28,6 +28,7 @@ workers must share (a cluster file system) for resumption to work.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, NamedTuple
 
@@ -67,12 +68,23 @@ def execute_run(config_dict: dict, spec: RunSpec, workdir: str) -> list[tuple]:
 
   config = ml_collections.ConfigDict(config_dict)
   runner = experiments.get(config.experiment)
-  rows: list[tuple] = []
-  runner.execute(config, spec, runner.prepare(config),
-                 run_dir(workdir, config.experiment, config_hash(config_dict), spec),
-                 lambda step, sim_time, values: rows.append((step, sim_time, dict(values))),
-                 _Quiet())
-  return rows
+  directory = run_dir(workdir, config.experiment, config_hash(config_dict), spec)
+  os.makedirs(directory, exist_ok=True)
+  # Rows also go to a file beside the checkpoints: a worker that resumes from a checkpoint
+  # logs only the later steps, and the earlier ones must still reach the driver.
+  path = os.path.join(directory, "rows.jsonl")
+
+  def log_metrics(step, sim_time, values):
+    with open(path, "a") as f:
+      f.write(json.dumps([step, sim_time, dict(values)]) + "\n")
+
+  runner.execute(config, spec, runner.prepare(config), directory, log_metrics, _Quiet())
+  latest: dict[int, tuple] = {}
+  with open(path) as f:
+    for step, sim_time, values in map(json.loads, f):
+      old = latest.get(step, (step, sim_time, {}))[2]
+      latest[step] = (step, sim_time, {**old, **values})  # a replayed step: its last values
+  return [latest[s] for s in sorted(latest)]
 
 
 def run_sweep(runner, config, workdir: str, *, backend: str = "local",
