@@ -126,11 +126,8 @@ def _specs(axes: Any) -> Any:
 
 def client_mesh(num_devices: int | None = None) -> Mesh:
   """A 1-D ``'devices'`` mesh over the first ``num_devices`` local devices (default all)."""
-  devices = jax.devices()
-  n = len(devices) if num_devices is None else num_devices
-  if not 1 <= n <= len(devices):
-    raise ConfigError("num_devices", f"between 1 and {len(devices)} (local devices)", num_devices)
-  return Mesh(np.array(devices[:n]), (DEVICES,))
+  n = resolve_num_devices(0 if num_devices is None else num_devices)
+  return Mesh(np.array(jax.devices()[:n]), (DEVICES,))
 
 
 def resolve_num_devices(num_devices: int) -> int:

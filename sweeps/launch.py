@@ -21,10 +21,10 @@ from ml_collections import config_flags
 
 from jaxfl.errors import ConfigError
 from jaxfl.loop import DivergenceError
+from sweeps.backends import BACKENDS
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="ml_collections")
 
-BACKENDS = ("local", "ray", "slurm")
 
 
 def _define_flags(argv: list[str]) -> flags.FlagValues:
