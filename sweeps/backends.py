@@ -74,26 +74,30 @@ ends, so a retry resumed from the run's checkpoint would return only the rows af
 that checkpoint. When the driver stops consuming results early (an error, Ctrl-C), the
 runs still pending are cancelled, and a Ray instance started here is shut down.
 
-Multi-host JAX (one run over several hosts): every process of the run calls
-:func:`maybe_initialize_distributed` -- that is, ``jax.distributed.initialize()`` --
-before anything else touches JAX. Afterwards ``jax.devices()`` lists the devices of
-every process, so :func:`jaxfl.runtime.client_mesh` builds the ``'devices'`` mesh over
-the global device set, :class:`jaxfl.runtime.ClientAxis` shards the client axis over
-all hosts, and the collectives over ``ClientAxis.axis_name`` (the aggregation's
-``psum``/``all_gather``) run across hosts (NCCL between GPUs, Gloo between CPUs). Each
-process then supplies only its own block of the clients, as a global array
-(``jax.make_array_from_process_local_data(NamedSharding(mesh, P('devices')), block)``),
-and only ``jax.process_index() == 0`` should write results. The processes find each
-other through the environment: ``JAX_COORDINATOR_ADDRESS`` (process 0's
-``host:port``) with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; or ``srun`` with
+Multi-host JAX (one run over several hosts): every process of the run executes the same
+launch command, and the launcher calls :func:`maybe_initialize_distributed` -- that is,
+``jax.distributed.initialize()`` -- before anything else touches JAX. Afterwards
+``jax.devices()`` lists the devices of every process, so with ``num_devices=0``
+:func:`jaxfl.runtime.client_mesh` builds the ``'devices'`` mesh over the global device
+set, :class:`jaxfl.runtime.ClientAxis` shards the client axis over all hosts, and the
+collectives over ``ClientAxis.axis_name`` (the aggregation's ``all_gather``) run across
+hosts (NCCL between GPUs, Gloo between CPUs). Every process loads the same data and
+passes the same host-local arrays, which a multi-process ``jit`` takes as replicated
+values and shards over the mesh; a process that should hold only its own clients can
+pass a global array instead
+(``jax.make_array_from_process_local_data(NamedSharding(mesh, P('devices')), block)``).
+Process 0 alone reads and writes the results database and the reports
+(:func:`sweeps.sweep.run_sweep` broadcasts the list of runs left to the others). The
+processes find each other through the environment: ``JAX_COORDINATOR_ADDRESS`` (process
+0's ``host:port``) with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; or ``srun`` with
 several tasks (JAX reads ``SLURM_NTASKS``, ``SLURM_PROCID``, ..., and gives each task
 one GPU, ``SLURM_LOCALID``); or Open MPI's ``mpirun``. On one host none of these is set
-and the helper does nothing. The backends above run each run as one process on one
-host (using that host's devices through ``num_devices``) and never initialize the
-distributed runtime; the current experiments feed host-local arrays and so run on one
-host. ``tests/test_backends.py`` checks two processes on one machine over loopback:
-the client mesh spans both processes' devices and a client-axis reduction sums every
-client.
+and the helper does nothing. The ray and slurm backends run each run as one process on
+one host (using that host's devices through ``num_devices``) and never initialize the
+distributed runtime. ``tests/test_backends.py`` checks two processes on one machine over
+loopback: the client mesh spans both processes' devices, a client-axis reduction sums
+every client, and a FedAvg sweep launched on both processes writes exactly the rows of
+one process holding all their devices.
 """
 
 from __future__ import annotations
@@ -716,6 +720,9 @@ def maybe_initialize_distributed() -> bool:
   if jax.distributed.is_initialized():
     return True
   env = os.environ
+  # Collectives between the CPU devices of different processes need an implementation
+  # (the default has none); accelerators use their own (NCCL), so this is harmless there.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   detected = _cluster_processes()
   if env.get("JAX_COORDINATOR_ADDRESS"):
     kwargs = {}

@@ -1,12 +1,25 @@
 """The experiment launcher.
 
   python -m sweeps.launch --config sweeps/configs/<name>.py[:variant] [--config.key=value ...]
-                          [--workdir DIR] [--backend local]
+                          [--workdir DIR] [--backend local|ray|slurm] [--sweep]
+                          [--novmap_seeds]
 
 Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
 ``--config.key=value`` overrides), validates it, and runs the experiment named by
-``config.experiment``. Results go under ``<workdir>/<experiment>/``. Bad input ends
-with one line naming the field and what was expected, exit code 2, nothing written.
+``config.experiment``. Results go to ``<workdir>/results.sqlite``, reports under
+``<workdir>/<experiment>/``. ``--sweep`` runs every point of the config file's
+``get_sweep()`` grid instead (a point's values override the command line's), each
+reported under ``<experiment>/sweep/<point>/``, with ``sweep.md`` over all points.
+On the local backend the seeds of an experiment with ``make_simulate`` run as one
+vmapped call; ``--novmap_seeds`` runs them one by one, with checkpoints.
+
+Multi-host: when the environment describes a multi-process JAX job (``srun``,
+``mpirun``, or ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``),
+every process runs this same command; ``jax.distributed.initialize()`` runs first, the
+client axis shards over every process's devices, and process 0 writes the results.
+
+Bad input ends with one line naming the field and what was expected, exit code 2,
+nothing written.
 """
 
 from __future__ import annotations
@@ -34,6 +47,10 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", "runs", "where results, reports and checkpoints go", flag_values=fv)
   flags.DEFINE_string("backend", "local", f"one of {list(BACKENDS)}", flag_values=fv)
+  flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep() grid",
+                    flag_values=fv)
+  flags.DEFINE_bool("vmap_seeds", True, "local backend: run the seeds of methods with a "
+                    "make_simulate as one vmapped call (no per-round checkpoints)", flag_values=fv)
   from sweeps import backends
 
   backends.define_flags(fv)  # --ray.* and --slurm.* options
@@ -76,16 +93,31 @@ def _use_cpu_cores(config) -> None:
 
   The client axis shards clients over devices; on a CPU host, XLA exposes one device
   unless told otherwise, so a round would use one core's worth of parallelism. This
-  must run before JAX's first operation; an explicit XLA_FLAGS setting wins.
+  must run before JAX's first operation; an explicit ``JAX_NUM_CPU_DEVICES`` or XLA_FLAGS
+  device count wins (e.g. per process of a multi-host run, where ``num_devices=0`` means
+  every device of every process).
   """
   wanted = config.get("num_devices", 1)
-  if not isinstance(wanted, int) or wanted == 1 or "host_platform_device_count" in os.environ.get(
-      "XLA_FLAGS", ""):
+  if (not isinstance(wanted, int) or wanted == 1 or "JAX_NUM_CPU_DEVICES" in os.environ
+      or "host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
     return
   import jax
 
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   jax.config.update("jax_num_cpu_devices", wanted if wanted > 0 else (cores or 1))
+
+
+def _grid(path: str) -> list[dict]:
+  """The config file's ``get_sweep()`` grid."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  grid = getattr(module, "get_sweep", None)
+  if grid is None:
+    raise ConfigError("--sweep", f"a config file defining get_sweep() ({path} has none)", path)
+  return list(grid())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     return fail(f"--workdir: expected a directory, got {fv.workdir!r} (an existing file)")
 
   _use_cpu_cores(config)
-  from sweeps import experiments
-  from sweeps.sweep import run_sweep
+  from sweeps import backends, experiments
+  from sweeps.sweep import run_grid, run_sweep
 
   try:
+    backends.maybe_initialize_distributed()  # before JAX's first operation
     runner = experiments.get(config.experiment)
     try:
       runner.validate(config)
@@ -127,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
       return fail(f"config.experiment: expected the experiment this config file was written "
                   f"for, got {config.experiment!r} (the config has no field "
                   f"{missing.group(1) if missing else e!r})")
-    if hasattr(runner, "execute"):
-      from sweeps import backends
-
-      run_sweep(runner, config, fv.workdir, backend=fv.backend,
-                backend_options=backends.options_from_flags(fv, fv.backend))
-    else:  # experiments that keep their own outputs (benchmarks)
-      runner.run(config, fv.workdir)
+    options = dict(backend=fv.backend, vmap_seeds=fv.vmap_seeds,
+                   backend_options=backends.options_from_flags(fv, fv.backend))
+    if fv.sweep:
+      run_grid(runner, config, _grid(path), fv.workdir, **options)
+    else:
+      run_sweep(runner, config, fv.workdir, **options)
   except ConfigError as e:
-    return fail(str(e) if e.field.startswith("-") else f"config.{e}")
+    # Flags (--sweep) and grid entries (get_sweep()[...]) are named as they are.
+    return fail(str(e) if e.field.startswith("-") or "(" in e.field else f"config.{e}")
   except DivergenceError as e:
     print(f"error: diverged: {e}", file=sys.stderr)
     return 1

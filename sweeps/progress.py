@@ -142,13 +142,15 @@ class Progress:
       already = f" ({self.done} already done)" if self.done else ""
       self._line(f"{desc}: runs {self.done}/{self.total_runs}{already}")
 
-  def run(self, name: str, total_rounds: int, *, initial: int = 0) -> RunProgress:
+  def run(self, name: str, total_rounds: int, *, initial: int = 0, runs: int = 1) -> RunProgress:
     """Open the progress of one run; close it (or leave its ``with`` block) when it ends.
 
     Args:
       name: the run within the sweep, e.g. ``"seed 0"``.
       total_rounds: rounds of the whole run (not of what is left after a resume).
       initial: rounds already done, e.g. restored from a checkpoint.
+      runs: how many of the sweep's runs this one stands for (several seeds computed
+        in one vmapped call).
 
     Raises:
       ValueError: naming the field, for a non-positive ``total_rounds`` or an
@@ -158,7 +160,12 @@ class Progress:
     with self._lock:
       if self.closed:
         raise RuntimeError(f"{self.desc}: progress is closed; cannot start run {name!r}")
+      runs = _check_count(runs, "runs", minimum=1)
+      if self.done + runs > self.total_runs:
+        raise ValueError(f"runs: expected at most the {self.total_runs - self.done} runs left, "
+                         f"got {runs!r}")
       run = RunProgress(self, name, total_rounds, initial=initial)
+      run.runs = runs
       self._open.append(run)
       return run
 
@@ -203,8 +210,8 @@ class Progress:
 
   def _finish(self, run: RunProgress, failed: bool) -> None:
     """Count ``run`` as finished (successfully or not) and report it."""
-    self.done += 1
-    self.failed += failed
+    self.done += run.runs
+    self.failed += run.runs if failed else 0
     self._open.remove(run)
     outcome = "failed" if failed else "done"
     what = f"[{run.name}] {outcome} at round {run.round}/{run.total_rounds}"
@@ -215,7 +222,7 @@ class Progress:
       self._line(f"{self.desc} {what}" + (f" | {shown}" if shown else ""))
       if self.failed:
         self._bar.set_postfix_str(f"failed {self.failed}", refresh=False)
-      self._bar.update(1)
+      self._bar.update(run.runs)
     else:
       self._line(f"{self.desc}: runs {self.done}/{self.total_runs}{failures} | {what} | "
                  f"{self._wall()}")
@@ -237,6 +244,7 @@ class RunProgress:
       raise ValueError(f"initial: expected at most total_rounds={self.total_rounds}, "
                        f"got {initial!r}")
     self.closed = False
+    self.runs = 1  # of the sweep's runs (Progress.run sets it)
     self._start = sweep.clock()
     self._sim_time: float | None = None
     self._shown: dict[str, float] = {}  # last value of every metric (the bar's postfix)

@@ -119,11 +119,39 @@ def write_fedavg_report(out: str, c, series: dict[int, tuple], per_seed: dict[st
     f.write("\n".join(lines))
 
 
-def rebuild(workdir: str) -> list[dict]:
-  """Rebuild every experiment's report and claims in ``workdir`` from the database alone.
+def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
+  """``<folder>/sweep.md``: one row per grid point and claim, linking each point's report.
 
-  For each experiment the config of its most recently started finished run is reported
-  (a workdir holding several configs of one experiment reports the newest).
+  Args:
+    folder: the experiment's report folder (``<workdir>/<experiment>``).
+    points: ``(overrides, report folder relative to folder, claims doc)`` per point.
+  """
+  rows = ["| point | claim | method | value | baseline value | holds |", "|---|---|---|---|---|---|"]
+  for point, rel, doc in points:
+    label = ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "(base config)"
+    for cl in doc["claims"]:
+      rows.append(f"| [{label}]({rel}/report.md) | {cl['id']} | {cl['method']} | "
+                  f"{_fmt(cl['value'])} | {_fmt(cl.get('baseline_value'))} | "
+                  f"{'yes' if cl['holds'] else '**no**'} |")
+  experiment = points[0][2]["experiment"] if points else os.path.basename(folder)
+  held = sum(cl["holds"] for _, _, d in points for cl in d["claims"])
+  total = sum(len(d["claims"]) for _, _, d in points)
+  text = "\n".join([f"# {experiment}: sweep of {len(points)} grid points", "",
+                    f"{held}/{total} claims hold.", "", *rows, ""])
+  path = os.path.join(folder, "sweep.md")
+  os.makedirs(folder, exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def rebuild(workdir: str) -> list[dict]:
+  """Rebuild every report and claims file in ``workdir`` from the database alone.
+
+  Every report folder the launcher registered (``reports`` table) is rebuilt from the
+  newest config registered to it that has finished runs, and each experiment's
+  ``sweep.md`` from its grid points. Databases written before the ``reports`` table
+  existed get one report per experiment, from the config of its newest finished run.
   """
   import ml_collections
 
@@ -135,17 +163,32 @@ def rebuild(workdir: str) -> list[dict]:
     raise FileNotFoundError(path)
   docs = []
   with ResultsDB(path) as db:
-    newest: dict[str, dict] = {}
+    configs, finished = {}, set()
     for run in db.runs(status="done"):
-      best = newest.get(run["experiment"])
-      if best is None or run["start_time"] > best["start_time"]:
-        newest[run["experiment"]] = run
-    for name, run in sorted(newest.items()):
-      runner = experiments.get(name)
-      config = ml_collections.ConfigDict(run["config"])
-      out = os.path.join(workdir, name)
+      configs[run["config_hash"]] = run["config"]
+      finished.add((run["experiment"], run["config_hash"]))
+    targets: dict[str, dict] = {}  # out -> newest registration with finished runs
+    for r in db.reports():
+      if (r["experiment"], r["config_hash"]) in finished:
+        targets[r["out"]] = r
+    if not targets:  # a version-1 database: the newest finished run of each experiment
+      for run in sorted(db.runs(status="done"), key=lambda r: r["start_time"]):
+        targets[run["experiment"]] = {"experiment": run["experiment"], "out": run["experiment"],
+                                      "config_hash": run["config_hash"], "sweep": None}
+    grids: dict[str, list] = {}
+    for rel, r in sorted(targets.items()):
+      runner = experiments.get(r["experiment"])
+      out = os.path.join(workdir, rel)
       os.makedirs(out, exist_ok=True)
-      docs.append(runner.report(config, db, out, run["config_hash"]))
+      doc = runner.report(ml_collections.ConfigDict(configs[r["config_hash"]]), db, out,
+                          r["config_hash"])
+      doc["out"] = out
+      docs.append(doc)
+      if r["sweep"] is not None:
+        grids.setdefault(r["experiment"], []).append(
+            (r["sweep"], os.path.relpath(rel, r["experiment"]), doc))
+    for experiment, points in grids.items():
+      write_sweep_table(os.path.join(workdir, experiment), points)
   return docs
 
 
@@ -166,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
   for doc in docs:
     held = sum(c["holds"] for c in doc["claims"])
     print(f"{doc['experiment']}/{doc['variant']}: {held}/{len(doc['claims'])} claims hold -> "
-          f"{os.path.join(args.workdir, doc['experiment'])}")
+          f"{doc['out']}")
   return 0
 
 

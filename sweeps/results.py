@@ -4,13 +4,19 @@ One SQLite file holds every run of every experiment launched into a workdir and 
 metric those runs logged::
 
   runs(id, experiment, variant, method, config_json, config_hash, seed, status, host, pid,
-       start_time, end_time, error, attempts)
-    UNIQUE(experiment, config_hash, method, seed); status in ('running', 'done', 'failed')
+       start_time, end_time, error, attempts, info)
+    UNIQUE(experiment, config_hash, method, seed); status in ('running', 'done', 'failed');
+    info: JSON of facts a run reports that are not metrics (backend, device, versions)
   metrics(run_id -> runs.id, step, sim_time, name, value)
     PRIMARY KEY(run_id, step, name); index metrics_by_name(name, run_id, step)
+  reports(experiment, config_hash, out, sweep, registered)
+    PRIMARY KEY(experiment, config_hash, out): where a config's report goes (``out``,
+    relative to the workdir) and the sweep grid point it belongs to (``sweep``: JSON of
+    the point's overrides, or NULL), so ``python -m sweeps.report`` rebuilds every report
   final_metrics  (view) each run's row at its largest step, per metric name
 
-``PRAGMA user_version`` holds ``SCHEMA_VERSION``.
+``PRAGMA user_version`` holds ``SCHEMA_VERSION``; a version-1 file (no ``info``, no
+``reports``) is upgraded in place when opened.
 
 Semantics a user relies on:
 
@@ -53,7 +59,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 FILENAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HASH_CHARS = 16  # hex chars of sha256 kept: 64 bits, collision-free for any sweep size.
 BUSY_TIMEOUT_S = 30.0
 STATUSES = ("running", "done", "failed")
@@ -77,6 +83,7 @@ CREATE TABLE IF NOT EXISTS runs (
   end_time REAL,
   error TEXT,
   attempts INTEGER NOT NULL DEFAULT 1,
+  info TEXT,
   UNIQUE(experiment, config_hash, method, seed)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -89,6 +96,14 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 -- Serves "all values of metric X" and the per-run largest-step lookups of final_metrics.
 CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics(name, run_id, step);
+CREATE TABLE IF NOT EXISTS reports (
+  experiment TEXT NOT NULL,
+  config_hash TEXT NOT NULL,
+  out TEXT NOT NULL,
+  sweep TEXT,
+  registered REAL NOT NULL,
+  PRIMARY KEY(experiment, config_hash, out)
+);
 CREATE VIEW IF NOT EXISTS final_metrics AS
   SELECT r.id AS run_id, r.experiment, r.variant, r.method, r.config_hash, r.seed, r.status,
          m.name, m.step, m.sim_time, m.value
@@ -98,7 +113,9 @@ CREATE VIEW IF NOT EXISTS final_metrics AS
 """
 
 _RUN_COLUMNS = ("id", "experiment", "variant", "method", "config_json", "config_hash", "seed",
-                "status", "host", "pid", "start_time", "end_time", "error", "attempts")
+                "status", "host", "pid", "start_time", "end_time", "error", "attempts", "info")
+# Version-1 files gain what version 2 added; CREATE ... IF NOT EXISTS adds the table.
+_UPGRADES = {1: ["ALTER TABLE runs ADD COLUMN info TEXT"]}
 
 
 def results_path(workdir: str | os.PathLike) -> str:
@@ -248,7 +265,11 @@ class ResultsDB:
                          f"{SCHEMA_VERSION}; update jaxfl")
     with self._write() as c:
       # Re-read under the write lock: another process may have created it meanwhile.
-      if c.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+      found = c.execute("PRAGMA user_version").fetchone()[0]
+      if found < SCHEMA_VERSION:
+        for v in range(found, SCHEMA_VERSION) if found else ():  # an older file: upgrade it
+          for statement in _UPGRADES.get(v, ()):
+            c.execute(statement)
         for statement in _SCHEMA.split(";"):
           if statement.strip():
             c.execute(statement)
@@ -418,7 +439,45 @@ class ResultsDB:
       if cur.rowcount == 0:
         raise ValueError(f"run_id: no run with id {run_id}")
 
+  def set_info(self, run_id: int, info: Mapping[str, Any]) -> None:
+    """Stores a run's non-metric facts (a JSON object: backend, device, versions...)."""
+    run_id = _int("run_id", run_id)
+    if not isinstance(info, Mapping):
+      raise ValueError(f"info: expected a mapping, got {type(info).__name__}")
+    text = canonical_json(info)
+    with self._write() as c:
+      if c.execute("UPDATE runs SET info = ? WHERE id = ?", (text, run_id)).rowcount == 0:
+        raise ValueError(f"run_id: no run with id {run_id}")
+
+  def register_report(self, experiment: str, config_hash: str, out: str,
+                      sweep: Mapping[str, Any] | None = None) -> None:
+    """Records that ``config_hash``'s report goes to ``out`` (a path relative to the workdir).
+
+    Args:
+      sweep: the grid point's overrides when the config is one point of a sweep.
+    """
+    experiment, config_hash = _text("experiment", experiment), _text("config_hash", config_hash)
+    out = _text("out", out)
+    if os.path.isabs(out) or ".." in out.split(os.sep):
+      raise ValueError(f"out: expected a path inside the workdir, got {out!r}")
+    point = None if sweep is None else canonical_json(sweep)
+    with self._write() as c:
+      c.execute("INSERT INTO reports (experiment, config_hash, out, sweep, registered) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(experiment, config_hash, out) DO UPDATE "
+                "SET sweep = excluded.sweep, registered = excluded.registered",
+                (experiment, config_hash, out, point, time.time()))
+
   # -- queries
+
+  def reports(self, experiment: str | None = None) -> list[dict]:
+    """Registered reports, oldest first: ``{experiment, config_hash, out, sweep, registered}``
+    with ``sweep`` parsed (a dict, or None)."""
+    where, params = _filters(experiment=experiment)
+    rows = self._read("SELECT experiment, config_hash, out, sweep, registered FROM reports"
+                      f"{where} ORDER BY registered, rowid", params)
+    for r in rows:
+      r["sweep"] = None if r["sweep"] is None else json.loads(r["sweep"])
+    return rows
 
   def runs(self, experiment: str | None = None, status: str | None = None, *,
            method: str | None = None, variant: str | None = None) -> list[dict]:
@@ -428,6 +487,7 @@ class ResultsDB:
     rows = self._read(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs{where} ORDER BY id", params)
     for r in rows:
       r["config"] = json.loads(r.pop("config_json"))
+      r["info"] = None if r["info"] is None else json.loads(r["info"])
     return rows
 
   def metrics(self, run_id: int | None = None, experiment: str | None = None,

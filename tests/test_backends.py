@@ -43,8 +43,10 @@ def tiny_config(**overrides):
 def sweep(workdir, backend="local", options=None):
   config = tiny_config()
   out = io.StringIO()
+  # Remote workers execute runs one by one; the local baseline must too (vmapped seeds
+  # agree only to float32 rounding).
   run_sweep(experiments.get(config.experiment), config, str(workdir), backend=backend,
-            backend_options=options, stream=out)
+            backend_options=options, stream=out, vmap_seeds=False)
   return out.getvalue()
 
 
@@ -185,7 +187,7 @@ def test_ray_existing_cluster_and_failures_come_back_as_the_workers_exception(tm
   outcomes = dict(submit(execute_run, cfg, [fed, central], str(tmp_path)))
   assert isinstance(outcomes[fed], ConfigError) and outcomes[fed].field == "num_devices"
   assert "raised in Ray task" in outcomes[fed].__notes__[0]
-  [(step, sim_time, values)] = outcomes[central]  # one row, after its 90 steps
+  [(step, sim_time, values)] = outcomes[central].rows  # one row, after its 90 steps
   assert step == 90 and sim_time is None and set(values) == {"accuracy", "loss"}
   assert not ray.is_initialized()  # disconnected; the cluster itself keeps running
   assert backends._resolve_address(ray_head, ray_head) == ray_head
@@ -472,3 +474,47 @@ def test_two_processes_share_one_client_mesh(tmp_path):
     assert p.returncode == 0, err[-2000:]
     got = json.loads(out.strip().splitlines()[-1])
     assert got == {"processes": 2, "devices": 8, "local": 4, "mesh": 8, "total": 120.0}
+
+
+_LAUNCH_TINY = ["--config=sweeps/configs/fedavg.py:quick", "--config.num_seeds=1",
+                "--config.num_rounds=4", "--config.eval_every=2", "--config.checkpoint_every=2",
+                "--config.central_epochs=1", "--config.num_clients=8",
+                "--config.clients_per_round=4"]
+
+
+@pytest.mark.slow
+def test_launcher_on_two_processes_gives_the_one_process_rows(tmp_path):
+  """Every process runs the same launch command; the client axis spans both processes'
+  devices (2 each), process 0 alone writes the database, and the rows are those of one
+  process holding all 4 devices."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV and k != "XLA_FLAGS"}
+  env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+             JAX_PLATFORMS="cpu")
+  two = tmp_path / "two"
+  cmd = [sys.executable, "-m", "sweeps.launch", *_LAUNCH_TINY, f"--workdir={two}"]
+  procs = [subprocess.Popen([*cmd, "--config.num_devices=0"],
+                            cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i),
+                                           "JAX_NUM_CPU_DEVICES": "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+  assert "claim accuracy_vs_centralized" in outs[0]
+  assert "claim" not in outs[1] and "runs 1/2" not in outs[1]  # process 1 writes nothing
+  one = tmp_path / "one"
+  single_env = {k: v for k, v in env.items() if not k.startswith("JAX_")}
+  proc = subprocess.run([sys.executable, "-m", "sweeps.launch", *_LAUNCH_TINY,
+                         f"--workdir={one}", "--config.num_devices=4"], cwd=ROOT, env=single_env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  two_rows, two_runs = metric_rows(two)
+  one_rows, one_runs = metric_rows(one)
+  assert two_runs == one_runs == [("centralized", 0, "done"), ("fedavg", 0, "done")]
+  assert two_rows == one_rows  # measured bit-identical on CPU

@@ -3,6 +3,7 @@
 Wall-clock times and speed ratios are never asserted: they depend on the machine.
 """
 
+import io
 import json
 import math
 
@@ -16,7 +17,9 @@ from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, functional
 from sweeps.configs.bench_fl import get_config, get_sweep
+from sweeps import report
 from sweeps.experiments import bench_fl
+from sweeps.sweep import run_sweep
 
 CLAIM_IDS = {"round_vs_centralized", "round_vs_client_loop", "time_per_client_step_growth"}
 
@@ -120,9 +123,15 @@ def test_run_writes_claims_and_report(tmp_path):
   c = get_config("quick")
   c.update(dict(num_seeds=2, num_clients=8, num_devices=2, local_steps=2, warmup=1, repeats=1,
                 matmul_size=64, scaling_clients=(4, 8), scaling_samples_per_client=8))
-  doc = bench_fl.run(c, str(tmp_path), log=None)
+  doc = run_sweep(bench_fl, c, str(tmp_path), stream=io.StringIO())
   out = tmp_path / "bench_fl"
   assert json.loads((out / "claims.json").read_text()) == doc
+  # Every number is in the database: the report rebuilds identically from it alone.
+  (out / "claims.json").unlink()
+  (out / "report.md").unlink()
+  [rebuilt] = report.rebuild(str(tmp_path))
+  assert json.loads((out / "claims.json").read_text()) == doc
+  assert rebuilt["reported"]["devices"] == 2 and rebuilt["reported"]["backend"] == "cpu"
   assert doc["experiment"] == "bench_fl" and doc["variant"] == "quick"
   assert doc["seeds"] == [0, 1]
   assert {cl["id"] for cl in doc["claims"]} == CLAIM_IDS

@@ -93,7 +93,7 @@ def test_fedavg_quick_end_to_end(tmp_path):
                          "--config.num_seeds=1", f"--workdir={workdir}"], capture_output=True,
                         text=True, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "[fedavg seed 0] round 200/200" in proc.stdout
+  assert "[fedavg seeds 0 (one vmapped call)] done" in proc.stdout
   doc = json.loads((workdir / "fedavg" / "claims.json").read_text())
   assert doc["experiment"] == "fedavg" and doc["variant"] == "quick"
   assert doc["seeds"] == [0]

@@ -101,6 +101,17 @@ def test_sweep_line_counts_runs_done():
   assert progress.done == 2
 
 
+def test_a_run_standing_for_several_counts_them_all():
+  progress, stream = plain(total_runs=5)
+  with progress.run("fedavg seeds 0,1,2 (one vmapped call)", 1, runs=3) as run:
+    run.update(1)
+  assert progress.done == 3
+  assert lines(stream)[-1].startswith("fedavg/quick: runs 3/5 | [fedavg seeds 0,1,2")
+  with pytest.raises(FloatingPointError), progress.run("b", 1, runs=2):
+    raise FloatingPointError
+  assert (progress.done, progress.failed) == (5, 2)
+
+
 def test_resumed_sweep_counts_runs_already_done():
   progress, stream = plain(total_runs=4, done=3)
   assert lines(stream)[0] == "fedavg/quick: runs 3/4 (3 already done)"
@@ -177,6 +188,8 @@ def test_run_progress_is_a_log_callback():
     (lambda: Progress(2, desc="x", stream=io.StringIO()).run("r", -5), "total_rounds"),
     (lambda: Progress(2, desc="x", stream=io.StringIO()).run("r", 5, initial=6), "initial"),
     (lambda: Progress(2, desc="x", stream=io.StringIO()).run("r", 5).update(6), "round"),
+    (lambda: Progress(2, desc="x", stream=io.StringIO()).run("r", 5, runs=0), "runs"),
+    (lambda: Progress(2, desc="x", stream=io.StringIO()).run("r", 5, runs=3), "runs"),
     (lambda: Progress(2, desc="x", stream=io.StringIO()).run("r", 5).update(-1), "round"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_field(make, field):

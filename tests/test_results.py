@@ -54,6 +54,50 @@ def test_schema_and_pragmas(db):
   ResultsDB(db.path).close()
 
 
+_V1_RUNS = (
+    "CREATE TABLE runs (id INTEGER PRIMARY KEY, experiment TEXT NOT NULL, variant TEXT, "
+    "method TEXT NOT NULL, config_json TEXT NOT NULL, config_hash TEXT NOT NULL, "
+    "seed INTEGER NOT NULL, status TEXT NOT NULL, host TEXT, pid INTEGER, start_time REAL, "
+    "end_time REAL, error TEXT, attempts INTEGER NOT NULL DEFAULT 1, "
+    "UNIQUE(experiment, config_hash, method, seed))")
+
+
+def test_version_1_file_is_upgraded_keeping_its_rows(tmp_path):
+  path = str(tmp_path / "v1.sqlite")
+  con = _raw(path)
+  con.execute(_V1_RUNS)
+  con.execute("INSERT INTO runs (experiment, method, config_json, config_hash, seed, status) "
+              "VALUES ('fedavg', 'fedavg', '{\"a\":1}', 'h', 3, 'done')")
+  con.execute("PRAGMA user_version = 1")
+  con.commit()
+  con.close()
+  with ResultsDB(path) as db:
+    (run,) = db.runs()
+    assert (run["seed"], run["status"], run["config"], run["info"]) == (3, "done", {"a": 1}, None)
+    db.set_info(run["id"], {"backend": "cpu"})
+    assert db.runs()[0]["info"] == {"backend": "cpu"}
+    assert db.reports() == []
+  con = _raw(path)
+  assert con.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION == 2
+  con.close()
+
+
+def test_info_and_reports(db):
+  run_id, _ = db.start_run("bench", "quick", "all", {"k": 1}, seed=0)
+  db.set_info(run_id, {"device": "cpu", "devices": 2})
+  assert db.runs()[0]["info"] == {"device": "cpu", "devices": 2}
+  with pytest.raises(ValueError, match="run_id"):
+    db.set_info(run_id + 1, {})
+  db.register_report("fedavg", "h1", "fedavg")
+  db.register_report("fedavg", "h2", "fedavg/sweep/alpha=0.1", sweep={"alpha": 0.1})
+  db.register_report("fedavg", "h1", "fedavg")  # again: moved to the end, not duplicated
+  got = [(r["config_hash"], r["out"], r["sweep"]) for r in db.reports("fedavg")]
+  assert got == [("h2", "fedavg/sweep/alpha=0.1", {"alpha": 0.1}), ("h1", "fedavg", None)]
+  for bad in ("/abs", "../up", ""):
+    with pytest.raises(ValueError, match="out"):
+      db.register_report("fedavg", "h1", bad)
+
+
 def test_newer_schema_refused(tmp_path):
   path = str(tmp_path / "r.sqlite")
   ResultsDB(path).close()

@@ -13,10 +13,12 @@ from sweeps import report
 from sweeps.results import ResultsDB, results_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A small FedAvg sweep: 2 seeds x (fedavg, centralized), 24 rounds, checkpoints every 4.
+# A small FedAvg sweep: 2 seeds x (fedavg, centralized), 24 rounds, checkpoints every 4,
+# run one by one (--novmap_seeds) so that a kill lands between checkpoints.
 TINY = ["--config=sweeps/configs/fedavg.py:quick", "--config.num_seeds=2",
         "--config.num_rounds=24", "--config.eval_every=2", "--config.checkpoint_every=4",
-        "--config.central_epochs=2", "--config.num_clients=8", "--config.clients_per_round=4"]
+        "--config.central_epochs=2", "--config.num_clients=8", "--config.clients_per_round=4",
+        "--novmap_seeds"]
 
 
 def launch(workdir, *extra):

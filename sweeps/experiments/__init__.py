@@ -1,7 +1,9 @@
-"""Experiment runners: ``validate(config)`` and ``run(config, workdir) -> claims document``.
+"""Experiment runners: the modules :func:`sweeps.sweep.run_sweep` drives.
 
-A runner is the importable body of an experiment (usable from a notebook); the
-launcher only parses flags, validates, and calls it.
+A runner is the importable body of an experiment (usable from a notebook): ``validate``,
+``prepare``, ``run_specs``, ``rounds``, ``execute``, ``report`` and optionally
+``make_simulate`` (see :mod:`sweeps.sweep`). The launcher only parses flags and calls
+``run_sweep`` (or ``run_grid``) with it.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ the ratios stay meaningful on a shared machine.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -58,7 +57,8 @@ from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import make_client_axis, resolve_num_devices
 from jaxfl.sim import uniform_profiles
 from sweeps import claims as claims_lib
-from sweeps import report
+from sweeps import report as report_lib
+from sweeps.sweep import RunSpec
 
 PARTITIONS = ("iid", "dirichlet")
 METHODS = ("runtime", "runtime_vmap", "centralized", "client_loop", "plain_vmap")
@@ -412,7 +412,6 @@ def run_repeat(c, ds, prog: Programs, seed: int, log=print) -> dict:
   widths = mlp_widths(int(np.prod(ds.x_train.shape[1:])), c.model, ds.num_classes)
   flops = mlp_train_flops(widths, samples)
   return dict(seed=seed, ms={m: 1e3 * v for m, v in med.items()}, samples_per_s=sps,
-              times_ms={m: [1e3 * v for v in t] for m, t in times.items()},
               round_vs_centralized=sps["runtime"] / sps["centralized"],
               round_vs_client_loop=sps["runtime"] / sps["client_loop"],
               runtime_overhead=med["plain_vmap"] / med["runtime_vmap"],
@@ -424,39 +423,106 @@ def run_repeat(c, ds, prog: Programs, seed: int, log=print) -> dict:
               n_max=int(s.clients.x.shape[1]))
 
 
-def run(c, workdir: str, log=print) -> dict:
-  """Run every repeat, write ``claims.json`` and ``report.md`` under ``workdir/bench_fl``."""
-  validate(c)
+# ----------------------------------------------------------------------------- sweep protocol
+# One run per repeat: RunSpec("runtime", seed) measures the runtime's round against its
+# baselines and logs every number as a metric at step 0, so report() rebuilds claims.json
+# and report.md from the database alone (sweeps.sweep describes the protocol).
+
+RUN_METHOD = "runtime"
+
+
+class Context:
+  """The dataset, and the compiled programs built by the first repeat that needs them."""
+
+  def __init__(self, ds):
+    self.ds = ds
+    self.programs: Programs | None = None
+    self.xla_flops: float | None = None
+
+
+def prepare(c) -> Context:
   ds = load(c)
   for seed in range(c.seed, c.seed + c.num_seeds):  # a partition may still reject the config
     partition(c, ds, seed)
-  out = os.path.join(workdir, c.experiment)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "config.json"), "w") as f:
-    f.write(json.dumps(c.to_dict(), sort_keys=True, indent=2))
-  seeds = [c.seed + i for i in range(c.num_seeds)]
-  if log:
-    log(f"bench_fl/{c.variant}: {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-        f"{resolve_num_devices(c.num_devices)} device(s) for the round, repeats {seeds}")
+  return Context(ds)
 
-  prog = build_programs(c, ds)
-  s0 = make_setup(c, ds, prog.alg, seeds[0])
-  # Under shard_map, XLA's cost analysis describes one device's program: scale to all.
-  xla_flops = compiled_flops(prog.alg.jit_round, s0.state, s0.clients)
-  if xla_flops is not None:
-    xla_flops *= prog.alg.axis.num_devices
-  results = [run_repeat(c, ds, prog, s, log) for s in seeds]
-  doc = write_claims(c, out, seeds, results, xla_flops)
+
+def run_specs(c) -> list[RunSpec]:
+  return [RunSpec(RUN_METHOD, c.seed + i) for i in range(c.num_seeds)]
+
+
+def rounds(c, spec: RunSpec) -> int:
+  del c, spec
+  return 1
+
+
+def environment(c) -> dict:
+  """Where the numbers were measured (the run's ``info``)."""
+  return dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind,
+              devices=resolve_num_devices(c.num_devices), jax_version=jax.__version__,
+              xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> dict:
+  """One repeat: all timings of :func:`run_repeat`, logged as metrics at step 0."""
+  del run_dir  # nothing to checkpoint: a repeat is timed whole
+  if ctx.programs is None:
+    ctx.programs = build_programs(c, ctx.ds)
+    s0 = make_setup(c, ctx.ds, ctx.programs.alg, spec.seed)
+    # Under shard_map, XLA's cost analysis describes one device's program: scale to all.
+    flops = compiled_flops(ctx.programs.alg.jit_round, s0.state, s0.clients)
+    ctx.xla_flops = None if flops is None else flops * ctx.programs.alg.axis.num_devices
+    env = environment(c)
+    progress.log(f"bench_fl/{c.variant}: {env['backend']} ({env['device']}), {env['devices']} "
+                 "device(s) for the round")
+  result = run_repeat(c, ctx.ds, ctx.programs, spec.seed, log=progress.log)
+  log_metrics(0, None, {**flatten(result), "xla_flops_per_round": ctx.xla_flops})
+  progress.update(1, vs_central=result["round_vs_centralized"],
+                  vs_loop=result["round_vs_client_loop"])
+  return environment(c)
+
+
+_SCALARS = ("round_vs_centralized", "round_vs_client_loop", "runtime_overhead",
+            "flops_per_round", "flops_per_s", "peak_flops_per_s", "flop_utilisation",
+            "time_per_client_step_growth", "time_per_client_step_growth_from_fastest", "n_max")
+_PER_METHOD = ("ms", "samples_per_s")
+_STEP_MS = "time_per_client_step_ms"
+
+
+def flatten(result: dict) -> dict[str, float]:
+  """A repeat's numbers as metric names: ``ms/runtime``, ``time_per_client_step_ms/K=8``..."""
+  out = {k: float(result[k]) for k in _SCALARS}
+  for field in _PER_METHOD:
+    out.update({f"{field}/{m}": float(v) for m, v in result[field].items()})
+  out.update({f"{_STEP_MS}/K={k}": float(v) for k, v in result[_STEP_MS].items()})
+  return out
+
+
+def unflatten(seed: int, values: dict[str, float | None]) -> dict:
+  """The inverse of :func:`flatten` (plus ``seed``)."""
+  result: dict[str, Any] = {"seed": seed, **{k: values[k] for k in _SCALARS}}
+  for field in _PER_METHOD:
+    result[field] = {m: values[f"{field}/{m}"] for m in METHODS}
+  prefix = f"{_STEP_MS}/K="
+  result[_STEP_MS] = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+  result[_STEP_MS] = dict(sorted(result[_STEP_MS].items(), key=lambda kv: int(kv[0])))
+  return result
+
+
+def report(c, db, out: str, digest: str) -> dict:
+  """claims.json, report.md and scaling.png from the database alone."""
+  runs = sorted((r for r in db.runs(c.experiment, status="done", method=RUN_METHOD)
+                 if r["config_hash"] == digest), key=lambda r: r["seed"])
+  if not runs:
+    raise ValueError(f"{c.experiment}: no finished repeat of config {digest} in {db.path}")
+  results, xla = [], None
+  for r in runs:
+    values = {m["name"]: m["value"] for m in db.metrics(run_id=r["id"])}
+    xla = values.get("xla_flops_per_round", xla)
+    results.append(unflatten(r["seed"], values))
+  env = runs[0]["info"] or {}
+  doc = write_claims(c, out, [r["seed"] for r in runs], results, xla, env)
   write_report(out, c, results, doc)
-  if log:
-    for cl in doc["claims"]:
-      verdict = "holds" if cl["holds"] else "DOES NOT HOLD"
-      log(f"claim {cl['id']} {verdict}: {cl['value']:.3f} ({cl['better']} is better, "
-          f"threshold {cl['threshold']})")
-    rep = doc["reported"]
-    log(f"runtime_overhead {rep['runtime_overhead']:.3f} (plain vmap time / one-device runtime time) | "
-        f"FLOP utilisation {100 * rep['flop_utilisation']:.2f}% of "
-        f"{rep['peak_flops_per_s'] / 1e9:.1f} GFLOP/s -> {os.path.join(out, 'claims.json')}")
   return doc
 
 
@@ -464,7 +530,7 @@ def run(c, workdir: str, log=print) -> dict:
 
 
 def write_claims(c, out: str, seeds: list[int], results: list[dict],
-                 xla_flops: float | None) -> dict:
+                 xla_flops: float | None, env: dict) -> dict:
   per = lambda name: [r[name] for r in results]
   per_method = lambda field: {m: [r[field][m] for r in results] for m in METHODS}
   rounds = f"{c.num_clients} clients x {c.local_steps} local steps x batch {c.batch_size}"
@@ -534,10 +600,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict],
                                      "time_per_client_step_growth",
                                      "time_per_client_step_growth_from_fastest")}
                   for r in results],
-      backend=jax.default_backend(),
-      device=jax.devices()[0].device_kind,
-      jax_version=jax.__version__,
-      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      **{k: env.get(k) for k in ("backend", "device", "devices", "jax_version", "xla_flags")},
   )
   return claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=c.experiment,
                                  variant=c.variant, seeds=seeds, claims=claims, reported=reported)
@@ -545,7 +608,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict],
 
 def write_report(out: str, c, results: list[dict], doc: dict) -> None:
   """``report.md`` (all numbers) and ``scaling.png`` (time per client-step vs K)."""
-  plt = report.plt
+  plt = report_lib.plt
   ks = sorted(int(k) for k in results[0]["time_per_client_step_ms"])
   fig, ax = plt.subplots(figsize=(6, 4))
   for i, r in enumerate(results):
@@ -560,7 +623,7 @@ def write_report(out: str, c, results: list[dict], doc: dict) -> None:
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(out, "scaling.png"), dpi=110)
-  report.plt.close(fig)
+  report_lib.plt.close(fig)
 
   rep = doc["reported"]
   med = claims_lib.median
@@ -574,7 +637,7 @@ def write_report(out: str, c, results: list[dict], doc: dict) -> None:
            f"{c.local_steps} local steps x batch {c.batch_size} = {rep['samples_per_round']} "
            f"samples, MLP {c.model} on {c.dataset} ({c.partition} partition); medians of "
            f"{c.repeats} timed calls after {c.warmup} warm-up calls, over {c.num_seeds} repeats "
-           f"(seeds {doc['seeds']}).", "", report.claims_table(doc), "",
+           f"(seeds {doc['seeds']}).", "", report_lib.claims_table(doc), "",
            "| method | ms / round | samples / s |", "|---|---|---|"]
   for m in METHODS:
     lines.append(f"| {names[m]} | {rep['ms_per_round'][m]:.3f} | {rep['samples_per_s'][m]:,.0f} |")

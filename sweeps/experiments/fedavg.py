@@ -24,7 +24,7 @@ from jaxfl.runtime import make_client_axis, resolve_num_devices
 from jaxfl.sim import DeviceProfiles, load_profiles, sample_profiles
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
-from sweeps.sweep import RunSpec
+from sweeps.sweep import RunSpec, Simulation
 
 PARTITIONS = ("dirichlet", "shards", "iid")
 METHODS = ("fedavg", "centralized")
@@ -122,6 +122,50 @@ def _model(c, ds, key):
   return apply_fn, params0
 
 
+def _profiles(c, ctx: Context, key) -> DeviceProfiles:
+  if ctx.profiles_table is not None:
+    return ctx.profiles_table
+  return sample_profiles(
+      jax.random.fold_in(key, KEY_PROFILES), c.num_clients, compute_median=c.compute_median,
+      uplink_median=c.uplink_median, downlink_median=c.downlink_median, sigma=c.profile_sigma,
+      availability_range=(c.availability_low, c.availability_high))
+
+
+def _fedavg(c, loss_fn, profiles: DeviceProfiles) -> FedAvg:
+  return FedAvg(loss_fn, optax.sgd(c.client_lr), server_optimizer(c.server_optimizer, c.server_lr),
+                batch_size=c.batch_size, clients_per_round=c.clients_per_round, profiles=profiles,
+                local_steps=None, local_epochs=c.local_epochs, max_local_steps=c.max_local_steps,
+                axis=make_client_axis(c.num_devices))
+
+
+def _clients(ds, parts: list[np.ndarray], n_max: int | None = None) -> ClientData:
+  """Padded client data; ``n_max`` pads further (local training never reads the padding,
+  and the visiting order of a client's samples does not depend on it)."""
+  x, y, counts = jdata.partition.pad_clients(ds.x_train, ds.y_train, parts)
+  extra = (n_max or x.shape[1]) - x.shape[1]
+  x = np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+  y = np.pad(y, [(0, 0), (0, extra)] + [(0, 0)] * (y.ndim - 2))
+  return ClientData(x, y, counts)
+
+
+def _central_steps(c, ds) -> int:
+  return int(math.ceil(c.central_epochs * len(ds.y_train) / c.batch_size))
+
+
+def _central_train(c, ds, loss_fn, params0, key):
+  """One "client" holding all the training data, with the same optimizer and batch size."""
+  n, steps = len(ds.y_train), _central_steps(c, ds)
+  train = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
+                                   max_steps=steps, mask_steps=False))
+  pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
+  return train(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))[0]
+
+
+def eval_rounds(c) -> list[int]:
+  """Rounds with an evaluation: every ``eval_every``-th and the last."""
+  return sorted({*range(c.eval_every, c.num_rounds + 1, c.eval_every), c.num_rounds})
+
+
 def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> None:
   """One run: FedAvg for ``num_rounds`` rounds, or the centralized baseline."""
   key = jax.random.PRNGKey(spec.seed)
@@ -130,19 +174,18 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
   loss_fn = softmax_cross_entropy(apply_fn)
   evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
   if spec.method == "centralized":
-    _centralized(c, ds, loss_fn, params0, evaluate, key, log_metrics, progress)
+    params = _central_train(c, ds, loss_fn, params0, key)
+    accuracy, loss = (float(v) for v in evaluate(params))
+    if not math.isfinite(loss):
+      raise DivergenceError(f"centralized training ended with evaluation loss {loss}")
+    log_metrics(_central_steps(c, ds), None, {"accuracy": accuracy, "loss": loss})
+    progress.update(1, acc=accuracy)
+    progress.log(f"centralized: {c.central_epochs} epochs ({_central_steps(c, ds)} steps), "
+                 f"test acc {accuracy:.4f}")
     return
 
-  x_pad, y_pad, counts = jdata.partition.pad_clients(ds.x_train, ds.y_train, ctx.parts[spec.seed])
-  clients = ClientData(jnp.asarray(x_pad), jnp.asarray(y_pad), jnp.asarray(counts))
-  profiles = ctx.profiles_table if ctx.profiles_table is not None else sample_profiles(
-      jax.random.fold_in(key, KEY_PROFILES), c.num_clients, compute_median=c.compute_median,
-      uplink_median=c.uplink_median, downlink_median=c.downlink_median, sigma=c.profile_sigma,
-      availability_range=(c.availability_low, c.availability_high))
-  alg = FedAvg(loss_fn, optax.sgd(c.client_lr), server_optimizer(c.server_optimizer, c.server_lr),
-               batch_size=c.batch_size, clients_per_round=c.clients_per_round, profiles=profiles,
-               local_steps=None, local_epochs=c.local_epochs, max_local_steps=c.max_local_steps,
-               axis=make_client_axis(c.num_devices))
+  clients = jax.tree.map(jnp.asarray, _clients(ds, ctx.parts[spec.seed]))
+  alg = _fedavg(c, loss_fn, _profiles(c, ctx, key))
   state = alg.init(params0, jax.random.fold_in(key, KEY_ROUNDS))
 
   def record(r):
@@ -158,20 +201,60 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
                eval_every=c.eval_every, checkpointer=ckpt, on_record=record, log=None)
 
 
-def _centralized(c, ds, loss_fn, params0, evaluate, key, log_metrics, progress) -> None:
-  """One "client" holding all the training data, with the same optimizer and batch size."""
-  n = len(ds.y_train)
-  steps = int(math.ceil(c.central_epochs * n / c.batch_size))
-  train = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
-                                   max_steps=steps, mask_steps=False))
-  pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
-  params, _ = train(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))
-  accuracy, loss = (float(v) for v in evaluate(params))
-  if not math.isfinite(loss):
-    raise DivergenceError(f"centralized training ended with evaluation loss {loss}")
-  log_metrics(steps, None, {"accuracy": accuracy, "loss": loss})
-  progress.update(1, acc=accuracy)
-  progress.log(f"centralized: {c.central_epochs} epochs ({steps} steps), test acc {accuracy:.4f}")
+def make_simulate(c, ctx: Context, method: str) -> Simulation | None:
+  """A run of ``method`` as one pure function of the seed's key and client data.
+
+  FedAvg's rounds are a ``lax.scan`` (an inner scan of ``eval_every`` rounds, then an
+  evaluation) computing :func:`execute`'s rows: the same keys, data, profiles and
+  evaluation rounds. Only for the client axis on one device (``num_devices == 1``);
+  otherwise ``None`` and the seeds run one by one.
+  """
+  if resolve_num_devices(c.num_devices) != 1 or method not in METHODS:
+    return None
+  ds = ctx.ds
+
+  if method == "centralized":
+    def central(key, inputs):
+      del inputs
+      apply_fn, params0 = _model(c, ds, key)
+      params = _central_train(c, ds, softmax_cross_entropy(apply_fn), params0, key)
+      accuracy, loss = make_evaluate(apply_fn, ds.x_test, ds.y_test)(params)
+      return jnp.full([1], jnp.nan), {"accuracy": accuracy[None], "loss": loss[None]}
+
+    return Simulation(central, None, [_central_steps(c, ds)])
+
+  n_max = max(len(p) for parts in ctx.parts.values() for p in parts)
+  steps = eval_rounds(c)
+  lengths = np.diff([0, *steps])  # rounds before each evaluation
+
+  def fedavg(key, clients: ClientData):
+    apply_fn, params0 = _model(c, ds, key)
+    evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
+    alg = _fedavg(c, softmax_cross_entropy(apply_fn), _profiles(c, ctx, key))
+
+    def train_then_evaluate(state, num_rounds: int):
+      state, m = jax.lax.scan(lambda st, _: alg.round(st, clients), state, None,
+                              length=num_rounds)
+      accuracy, loss = evaluate(state.params)
+      return state, (state.sim_time, accuracy, loss, m.loss[-1],
+                     m.participants[-1].astype(jnp.float32))
+
+    state = alg.init(params0, jax.random.fold_in(key, KEY_ROUNDS))
+    rows = []
+    full = int(np.sum(lengths == c.eval_every))  # the leading evaluations every eval_every
+    if full:
+      state, out = jax.lax.scan(lambda st, _: train_then_evaluate(st, c.eval_every), state,
+                                None, length=full)
+      rows.append(out)
+    for n in lengths[full:]:  # a last, shorter stretch when eval_every does not divide
+      state, out = train_then_evaluate(state, int(n))
+      rows.append(jax.tree.map(lambda v: v[None], out))
+    sim_time, accuracy, loss, train_loss, participants = (
+        jnp.concatenate(parts) for parts in zip(*rows))
+    return sim_time, {"accuracy": accuracy, "loss": loss, "train_loss": train_loss,
+                      "participants": participants}
+
+  return Simulation(fedavg, lambda seed: _clients(ds, ctx.parts[seed], n_max), steps)
 
 
 def report(c, db, out: str, digest: str) -> dict:

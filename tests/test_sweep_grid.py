@@ -1,0 +1,218 @@
+"""Sweeps in process: vmapped seeds, failures that do not stop the other runs, grids."""
+
+import io
+import os
+import sqlite3
+import types
+
+import numpy as np
+import pytest
+
+from jaxfl.errors import ConfigError
+from jaxfl.loop import DivergenceError
+from sweeps import launch, report
+from sweeps.configs.fedavg import SERVER_LRS, get_config, get_sweep
+from sweeps.experiments import fedavg
+from sweeps.results import ResultsDB, results_path
+from sweeps.sweep import RunSpec, point_config, point_name, run_sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(**overrides):
+  """2 seeds x (fedavg, centralized); 7 rounds evaluated at 3, 6 and 7 (a shorter last stretch)."""
+  c = get_config("quick")
+  c.update({**dict(num_seeds=2, num_rounds=7, eval_every=3, central_epochs=1, num_clients=8,
+                  clients_per_round=4), **overrides})
+  return c
+
+
+def rows(workdir):
+  con = sqlite3.connect(results_path(workdir))
+  out = con.execute("SELECT r.method, r.seed, m.step, m.name, m.sim_time, m.value FROM metrics m "
+                    "JOIN runs r ON r.id = m.run_id ORDER BY 1, 2, 3, 4").fetchall()
+  con.close()
+  return out
+
+
+@pytest.fixture(scope="module")
+def one_by_one(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_by_one")
+  run_sweep(fedavg, tiny(), str(workdir), stream=io.StringIO(), vmap_seeds=False)
+  return rows(workdir)
+
+
+def test_vmapped_seeds_compute_the_one_by_one_rows(tmp_path, one_by_one):
+  stream = io.StringIO()
+  run_sweep(fedavg, tiny(), str(tmp_path), stream=stream)
+  assert "[fedavg seeds 0,1 (one vmapped call)] done" in stream.getvalue()
+  assert "runs 4/4" in stream.getvalue()
+  vmapped = rows(tmp_path)
+  assert [r[:4] for r in vmapped] == [r[:4] for r in one_by_one]
+  assert sorted({r[2] for r in vmapped if r[0] == "fedavg"}) == [3, 6, 7]
+  n_test = len(fedavg.prepare(tiny()).ds.y_test)
+  for got, want in zip(vmapped, one_by_one):
+    name = got[3]
+    # Batching the seeds' matmuls changes float32 rounding only: losses agree to ~1e-6, and
+    # an accuracy may differ by at most one test sample whose logits were a near tie.
+    tol = {"accuracy": 1.0 / n_test + 1e-9, "participants": 0.0}.get(name, 1e-4)
+    assert abs(got[5] - want[5]) <= tol, (got, want)
+    assert (got[4] is None) == (want[4] is None)
+    if got[4] is not None:
+      assert got[4] == pytest.approx(want[4], rel=1e-5)
+
+
+def test_vmapped_seeds_are_bit_reproducible(tmp_path):
+  first, second = tmp_path / "a", tmp_path / "b"
+  for workdir in (first, second):
+    run_sweep(fedavg, tiny(num_seeds=1), str(workdir), stream=io.StringIO())
+  assert rows(first) == rows(second)
+
+
+def _fake_runner(fail_seeds):
+  """A two-seed experiment whose runs log one row; seeds in ``fail_seeds`` raise."""
+  def execute(c, spec, ctx, run_dir, log_metrics, progress):
+    if spec.seed in fail_seeds:
+      raise DivergenceError(f"seed {spec.seed} diverged")
+    log_metrics(1, 0.5, {"accuracy": 0.25 * (spec.seed + 1)})
+    return {"device": "test"}
+
+  def report_(c, db, out, digest):
+    return {"experiment": "fake", "variant": c.variant, "claims": []}
+
+  return types.SimpleNamespace(
+      validate=lambda c: None, prepare=lambda c: None, rounds=lambda c, s: 1,
+      run_specs=lambda c: [RunSpec("m", s) for s in (0, 1, 2)], execute=execute,
+      report=report_)
+
+
+def test_a_failed_run_is_recorded_and_the_others_still_finish(tmp_path):
+  import ml_collections
+
+  c = ml_collections.ConfigDict({"experiment": "fake", "variant": "quick", "seed": 0})
+  with pytest.raises(DivergenceError, match="seed 0 diverged"):
+    run_sweep(_fake_runner({0, 2}), c, str(tmp_path), stream=io.StringIO())
+  with ResultsDB(results_path(tmp_path)) as db:
+    runs = {r["seed"]: r for r in db.runs()}
+    assert [runs[s]["status"] for s in (0, 1, 2)] == ["failed", "done", "failed"]
+    assert runs[0]["error"] == "DivergenceError: seed 0 diverged"
+    assert runs[1]["info"] == {"device": "test"}
+    assert [m["value"] for m in db.metrics()] == [0.5]
+  # Relaunched with the cause gone: only the failed runs run again.
+  run_sweep(_fake_runner(set()), c, str(tmp_path), stream=io.StringIO())
+  with ResultsDB(results_path(tmp_path)) as db:
+    assert [r["attempts"] for r in db.runs()] == [2, 1, 2]
+    assert [m["value"] for m in db.metrics()] == [0.25, 0.5, 0.75]
+
+
+def test_every_fedavg_grid_point_is_a_valid_config():
+  grid = get_sweep()
+  assert len(grid) == len(SERVER_LRS) * 3
+  assert {p["server_optimizer"] for p in grid} == set(SERVER_LRS)
+  for point in grid:
+    c = point_config(get_config("quick"), point)
+    fedavg.validate(c)
+    assert all(c[k] == v for k, v in point.items())
+  assert point_name({"alpha": 0.1, "server_optimizer": "fedadam"}) == \
+      "alpha=0.1,server_optimizer=fedadam"
+  assert point_name({"path": "a/b c", "ks": (8, 64)}) == "ks=8-64,path=a_b_c"
+
+
+def test_point_config_names_unknown_or_mistyped_keys():
+  with pytest.raises(ConfigError, match="nope") as e:
+    point_config(get_config("quick"), {"nope": 1})
+  assert e.value.field == "get_sweep()['nope']"
+  with pytest.raises(ConfigError) as e:
+    point_config(get_config("quick"), {"num_clients": "many"})
+  assert e.value.field == "get_sweep()['num_clients']"
+
+
+GRID_CONFIG = """
+from sweeps.configs.fedavg import get_config
+
+
+def get_sweep():
+  return {grid!r}
+"""
+TINY_FLAGS = ["--config.num_seeds=1", "--config.num_rounds=4", "--config.eval_every=2",
+              "--config.central_epochs=1", "--config.num_clients=8",
+              "--config.clients_per_round=4"]
+
+
+def write_config(tmp_path, grid):
+  path = tmp_path / "grid_config.py"
+  path.write_text(GRID_CONFIG.format(grid=grid))
+  return str(path)
+
+
+def test_sweep_flag_runs_every_point_and_the_table_rebuilds(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(ROOT)
+  config = write_config(tmp_path, [{"alpha": 0.5}, {"alpha": 100.0, "server_lr": 0.5}])
+  workdir = tmp_path / "runs"
+  assert launch.main(["launch", f"--config={config}:quick", *TINY_FLAGS, "--sweep",
+                      f"--workdir={workdir}"]) == 0
+  out = workdir / "fedavg"
+  points = ["alpha=0.5", "alpha=100.0,server_lr=0.5"]
+  for name in points:
+    assert (out / "sweep" / name / "claims.json").exists()
+    assert (out / "sweep" / name / "accuracy.png").stat().st_size > 0
+  table = (out / "sweep.md").read_text()
+  assert "# fedavg: sweep of 2 grid points" in table
+  assert "[alpha=100.0, server_lr=0.5](sweep/alpha=100.0,server_lr=0.5/report.md)" in table
+  with ResultsDB(results_path(workdir)) as db:
+    assert len({r["config_hash"] for r in db.runs()}) == 2
+    assert sorted(r["out"] for r in db.reports()) == [f"fedavg/sweep/{p}" for p in points]
+    alphas = {r["config"]["alpha"] for r in db.runs()}
+    assert alphas == {0.5, 100.0}
+  # The whole tree of reports comes back from the database alone.
+  claims = {p: (out / "sweep" / p / "claims.json").read_text() for p in points}
+  for p in points:
+    (out / "sweep" / p / "claims.json").unlink()
+  (out / "sweep.md").unlink()
+  docs = report.rebuild(str(workdir))
+  assert len(docs) == 2
+  assert (out / "sweep.md").read_text() == table
+  assert {p: (out / "sweep" / p / "claims.json").read_text() for p in points} == claims
+  # A relaunch finds every point done.
+  assert launch.main(["launch", f"--config={config}:quick", *TINY_FLAGS, "--sweep",
+                      f"--workdir={workdir}"]) == 0
+  assert capsys.readouterr().out.count("(2 already done)") == 2
+
+
+@pytest.mark.parametrize("grid,field", [
+    ([{"alpha": -1.0}], "config.alpha"),
+    ([{"alpha": 0.5}, {"nope": 1}], "get_sweep()['nope']"),
+    ([], "--sweep"),
+])
+def test_bad_grid_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, grid, field):
+  monkeypatch.chdir(ROOT)
+  config = write_config(tmp_path, grid)
+  workdir = tmp_path / "runs"
+  assert launch.main(["launch", f"--config={config}:quick", *TINY_FLAGS, "--sweep",
+                      f"--workdir={workdir}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: {field}"), err
+  assert not workdir.exists()
+
+
+def test_sweep_flag_needs_get_sweep(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(ROOT)
+  path = tmp_path / "plain.py"
+  path.write_text("from sweeps.configs.fedavg import get_config\n")
+  assert launch.main(["launch", f"--config={path}:quick", "--sweep",
+                      f"--workdir={tmp_path / 'runs'}"]) == 2
+  assert capsys.readouterr().err.startswith("error: --sweep: expected a config file defining "
+                                            "get_sweep()")
+  assert not (tmp_path / "runs").exists()
+
+
+def test_simulation_steps_match_the_evaluated_rounds():
+  c = tiny()
+  ctx = fedavg.prepare(c)
+  sim = fedavg.make_simulate(c, ctx, "fedavg")
+  assert list(sim.steps) == fedavg.eval_rounds(c) == [3, 6, 7]
+  inputs = [sim.inputs(s) for s in (0, 1)]
+  assert inputs[0].x.shape == inputs[1].x.shape  # padded to one n_max: stackable
+  assert not np.array_equal(inputs[0].count, inputs[1].count)  # each seed its own partition
+  # Sharded over devices, the seeds run one by one (no vmap of shard_map).
+  assert fedavg.make_simulate(tiny(num_devices=2), ctx, "fedavg") is None
