@@ -42,16 +42,22 @@ def one_by_one(tmp_path_factory):
   return rows(workdir)
 
 
-def test_vmapped_seeds_compute_the_one_by_one_rows(tmp_path, one_by_one):
+@pytest.fixture(scope="module")
+def vmapped(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("vmapped")
   stream = io.StringIO()
-  run_sweep(fedavg, tiny(), str(tmp_path), stream=stream)
-  assert "[fedavg seeds 0,1 (one vmapped call)] done" in stream.getvalue()
-  assert "runs 4/4" in stream.getvalue()
-  vmapped = rows(tmp_path)
-  assert [r[:4] for r in vmapped] == [r[:4] for r in one_by_one]
-  assert sorted({r[2] for r in vmapped if r[0] == "fedavg"}) == [3, 6, 7]
+  run_sweep(fedavg, tiny(), str(workdir), stream=stream)
+  return rows(workdir), stream.getvalue()
+
+
+def test_vmapped_seeds_compute_the_one_by_one_rows(vmapped, one_by_one):
+  got_rows, log = vmapped
+  assert "[fedavg seeds 0,1 (one vmapped call)] done" in log
+  assert "runs 4/4" in log
+  assert [r[:4] for r in got_rows] == [r[:4] for r in one_by_one]
+  assert sorted({r[2] for r in got_rows if r[0] == "fedavg"}) == [3, 6, 7]
   n_test = len(fedavg.prepare(tiny()).ds.y_test)
-  for got, want in zip(vmapped, one_by_one):
+  for got, want in zip(got_rows, one_by_one):
     name = got[3]
     # Batching the seeds' matmuls changes float32 rounding only: losses agree to ~1e-6, and
     # an accuracy may differ by at most one test sample whose logits were a near tie.
@@ -62,11 +68,9 @@ def test_vmapped_seeds_compute_the_one_by_one_rows(tmp_path, one_by_one):
       assert got[4] == pytest.approx(want[4], rel=1e-5)
 
 
-def test_vmapped_seeds_are_bit_reproducible(tmp_path):
-  first, second = tmp_path / "a", tmp_path / "b"
-  for workdir in (first, second):
-    run_sweep(fedavg, tiny(num_seeds=1), str(workdir), stream=io.StringIO())
-  assert rows(first) == rows(second)
+def test_vmapped_seeds_are_bit_reproducible(tmp_path, vmapped):
+  run_sweep(fedavg, tiny(), str(tmp_path), stream=io.StringIO())
+  assert rows(tmp_path) == vmapped[0]
 
 
 def _fake_runner(fail_seeds):

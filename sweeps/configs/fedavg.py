@@ -5,7 +5,7 @@ with label-skewed data (Dirichlet alpha = 0.5) reaches nearly the accuracy of
 centralized training on the pooled data: within ``accuracy_gap_points``.
 
 Measured (quick, 2 CPU cores, median of seeds 0-4): FedAvg 94.43% and centralized
-96.66% test accuracy, a gap of 2.23 points (threshold 3.0); about 75 s.
+96.66% test accuracy, a gap of 2.23 points (threshold 3.0); about 45 s (seeds vmapped).
 
 Launch:
   python -m sweeps.launch --config sweeps/configs/fedavg.py:quick
