@@ -74,11 +74,15 @@ class Simulation(NamedTuple):
       profiles...), stacked over seeds for the vmapped call; leaves must have the same
       shape for every seed. ``None`` when everything comes from the key.
     steps: the step of each of the ``T`` rows (static).
+    optional: metrics that are NaN where they have no value (a summary logged at the
+      last step only; a target never reached): those are left out. A NaN in any other
+      metric means the run diverged.
   """
 
   simulate: Callable
   inputs: Callable[[int], Any] | None
   steps: Sequence[int]
+  optional: tuple[str, ...] = ()
 
 
 class RunOutcome(NamedTuple):
@@ -280,16 +284,31 @@ def _simulation_groups(runner, config, ctx, started) -> dict[str, list[RunSpec]]
   return {m: specs for m, specs in groups.items() if make(config, ctx, m) is not None}
 
 
-def simulate_seeds(sim: Simulation, seeds: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """Every seed's run as one ``jit(vmap(simulate))`` call: ``(sim_time [S, T], {name: [S, T]})``."""
+def simulate_seeds(sim: Simulation, seeds: Sequence[int], inputs: Sequence[Any] | None = None
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Every seed's run as one ``jit(vmap(simulate))`` call: ``(sim_time [S, T], {name: [S, T]})``.
+
+  ``inputs``: each seed's inputs, when not ``sim.inputs(seed)`` (e.g. one seed under
+  several settings).
+  """
   import jax
 
   keys = jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, np.uint32))
-  if sim.inputs is None:
+  if inputs is None and sim.inputs is None:
     return jax.device_get(jax.jit(jax.vmap(lambda k: sim.simulate(k, None)))(keys))
-  per_seed = [sim.inputs(s) for s in seeds]
+  per_seed = inputs if inputs is not None else [sim.inputs(s) for s in seeds]
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *per_seed)
   return jax.device_get(jax.jit(jax.vmap(sim.simulate))(keys, stacked))
+
+
+def simulation_rows(sim: Simulation, sim_time, values, i: int) -> list[tuple]:
+  """Seed ``i``'s ``(step, sim_time, {name: value})`` rows, optional NaNs left out."""
+  rows = []
+  for t, step in enumerate(sim.steps):
+    vals = {k: float(v[i, t]) for k, v in values.items()
+            if not (k in sim.optional and np.isnan(v[i, t]))}
+    rows.append((step, None if np.isnan(sim_time[i, t]) else float(sim_time[i, t]), vals))
+  return rows
 
 
 def _run_vmapped(runner, config, ctx, method, group, started, db, sweep) -> list:
@@ -309,8 +328,7 @@ def _run_vmapped(runner, config, ctx, method, group, started, db, sweep) -> list
     raise
   failures = []
   for i, spec in enumerate(group):
-    rows = [(step, None if np.isnan(sim_time[i, t]) else float(sim_time[i, t]),
-             {k: float(v[i, t]) for k, v in values.items()}) for t, step in enumerate(sim.steps)]
+    rows = simulation_rows(sim, sim_time, values, i)
     bad = [(step, k) for step, _, vals in rows for k, v in vals.items() if not np.isfinite(v)]
     if bad:
       step, metric = bad[0]

@@ -6,5 +6,7 @@ client's update. All chain with optax and with each other.
 """
 
 from jaxfl.transforms._aggregate import WeightedMeanState, weighted_mean
+from jaxfl.transforms.aircomp import AirCompState, aircomp_aggregate, aircomp_mean
 
 __all__ = ["WeightedMeanState", "weighted_mean"]
+__all__ += ["AirCompState", "aircomp_aggregate", "aircomp_mean"]

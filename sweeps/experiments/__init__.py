@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ("fedavg", "bench_fl")
+EXPERIMENTS = ("fedavg", "bench_fl", "air_fedga")
 
 
 def get(name: str):

@@ -1,0 +1,117 @@
+r"""Wireless uplink: block-fading channel gains, noise, rates and upload times.
+
+A worker ``k`` sees the complex channel :math:`h_k`, constant for one round (block
+fading) and redrawn independently the next. It factors into a large-scale gain
+:math:`L_k` (path loss and shadowing, fixed per worker) and small-scale fading:
+
+.. math::
+  h_k = \sqrt{L_k} \left( \sqrt{\tfrac{\kappa}{\kappa + 1}}
+        + \sqrt{\tfrac{1}{\kappa + 1}}\, z_k \right), \qquad z_k \sim \mathcal{CN}(0, 1),
+
+Rician with K-factor :math:`\kappa` (line-of-sight power over scattered power);
+:math:`\kappa = 0` is Rayleigh fading, where :math:`|h_k|^2 = L_k \cdot \mathrm{Exp}(1)`.
+In both cases :math:`E|h_k|^2 = L_k`.
+
+Upload times compare the two ways a group of workers can send an ``n``-entry update:
+
+* digital orthogonal access: each worker sends ``n * q`` bits at its Shannon rate
+  :math:`B \log_2(1 + P |h|^2 / \sigma^2)`;
+* over-the-air computation (AirComp): every worker of the group transmits its analog
+  entries at once, one channel use per entry, so the group needs ``n / B`` seconds
+  whatever its size (the server receives the sum; see :mod:`jaxfl.planners.power`).
+
+Parameter values follow the Air-FedGA reproduction notes (arXiv 2507.05704): ``L_k ~
+U(0.2, 1)``, Rayleigh fading redrawn each round, ``P = 1``, SNR ``P / sigma^2`` = 10 dB.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxfl.errors import ConfigError, check
+
+FADING = ("rayleigh", "rician")
+
+
+def fading_gain_sq(key: jax.Array, path_gain: jax.Array, *, fading: str = "rayleigh",
+                   rician_k: float = 0.0) -> jax.Array:
+  r"""Power gains :math:`|h_k|^2` of one block-fading round.
+
+  .. math::
+    |h_k|^2 = L_k \left| \sqrt{\tfrac{\kappa}{\kappa+1}} + \sqrt{\tfrac{1}{\kappa+1}}\, z_k
+              \right|^2, \qquad z_k = (x_k + i y_k)/\sqrt 2,\ x_k, y_k \sim N(0, 1).
+
+  Both fadings use the same draw of ``(x, y)``, so for one key Rician with
+  :math:`\kappa = 0` returns exactly the Rayleigh gains.
+
+  Args:
+    key: PRNG key of this round.
+    path_gain: ``[K]`` large-scale gains :math:`L_k \ge 0` (linear, not dB).
+    fading: ``"rayleigh"`` or ``"rician"``.
+    rician_k: the Rician K-factor :math:`\kappa \ge 0` (a Python number, linear); must be
+      0 for Rayleigh, so that a set K-factor is never silently ignored.
+
+  Returns:
+    ``[K]`` gains with :math:`E|h_k|^2 = L_k`; float like ``path_gain``.
+
+  Raises:
+    ConfigError: unknown ``fading``, negative ``rician_k``, or a K-factor with Rayleigh.
+  """
+  if fading not in FADING:
+    raise ConfigError("fading", f"one of {FADING}", fading)
+  check(float(rician_k) >= 0.0, "rician_k", "a K-factor >= 0", rician_k)
+  check(fading == "rician" or float(rician_k) == 0.0, "rician_k",
+        "0 with fading='rayleigh' (set fading='rician' for a line-of-sight path)", rician_k)
+  path_gain = jnp.asarray(path_gain, dtype=float)
+  kappa = float(rician_k)
+  los = (kappa / (kappa + 1.0)) ** 0.5
+  scatter = (1.0 / (kappa + 1.0)) ** 0.5
+  xy = jax.random.normal(key, (2,) + path_gain.shape, path_gain.dtype)
+  # The line-of-sight part is real (its phase is irrelevant to |h|^2).
+  re = los + scatter * xy[0] / 2.0 ** 0.5
+  im = scatter * xy[1] / 2.0 ** 0.5
+  return path_gain * (re * re + im * im)
+
+
+def noise_var_from_snr_db(snr_db, power=1.0):
+  r"""Receiver noise variance for a transmit SNR: :math:`\sigma^2 = P / 10^{\mathrm{snr}/10}`.
+
+  Examples:
+    >>> noise_var_from_snr_db(10.0)
+    0.1
+  """
+  return power / 10.0 ** (snr_db / 10.0)
+
+
+def shannon_rate(gain_sq, power, noise_var, bandwidth_hz):
+  r"""Shannon capacity in bits/s: :math:`B \log_2(1 + P |h|^2 / \sigma^2)`.
+
+  Args:
+    gain_sq: :math:`|h|^2` (any shape).
+    power: transmit power :math:`P`.
+    noise_var: receiver noise power :math:`\sigma^2` over the band.
+    bandwidth_hz: :math:`B`.
+  """
+  snr = jnp.asarray(power, dtype=float) * jnp.asarray(gain_sq, dtype=float) / noise_var
+  return bandwidth_hz * jnp.log2(1.0 + snr)
+
+
+def digital_upload_time(num_params, bits_per_param, rate):
+  r"""Seconds to send ``num_params`` entries quantised to ``bits_per_param`` bits at ``rate``.
+
+  .. math::
+    T_{dig} = \frac{n\, q}{R}
+
+  A rate of 0 (a channel in a null) gives ``inf``; cap it if the simulation needs to.
+  """
+  return num_params * bits_per_param / jnp.asarray(rate, dtype=float)
+
+
+def aircomp_upload_time(num_params, bandwidth_hz):
+  r"""Seconds for one AirComp group upload: :math:`T_{air} = n / B`.
+
+  One channel use per model entry and :math:`B` channel uses per second; all members
+  transmit at once, so the time does not depend on the group size.
+  """
+  return num_params / bandwidth_hz
