@@ -180,15 +180,19 @@ def rebuild(workdir: str) -> list[dict]:
       runner = experiments.get(r["experiment"])
       out = os.path.join(workdir, rel)
       os.makedirs(out, exist_ok=True)
-      doc = runner.report(ml_collections.ConfigDict(configs[r["config_hash"]]), db, out,
-                          r["config_hash"])
+      config = ml_collections.ConfigDict(configs[r["config_hash"]])
+      doc = runner.report(config, db, out, r["config_hash"])
       doc["out"] = out
       docs.append(doc)
       if r["sweep"] is not None:
         grids.setdefault(r["experiment"], []).append(
-            (r["sweep"], os.path.relpath(rel, r["experiment"]), doc))
+            (r["sweep"], os.path.relpath(rel, r["experiment"]), config, doc))
     for experiment, points in grids.items():
-      write_sweep_table(os.path.join(workdir, experiment), points)
+      folder = os.path.join(workdir, experiment)
+      write_sweep_table(folder, [(p, rel, doc) for p, rel, _, doc in points])
+      runner = experiments.get(experiment)
+      if hasattr(runner, "report_sweep"):
+        runner.report_sweep(folder, [(p, c, doc) for p, _, c, doc in points])
   return docs
 
 

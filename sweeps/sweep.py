@@ -41,7 +41,8 @@ the database and the reports, and tells the others which runs are left.
 
 Grids: :func:`run_grid` runs every point of an experiment's ``get_sweep()`` as its own
 config (its own hash), reports each point under ``<experiment>/sweep/<point>/`` and
-tabulates every point's claims in ``<experiment>/sweep.md``.
+tabulates every point's claims in ``<experiment>/sweep.md``; an experiment may add
+``report_sweep(folder, [(point, config, claims doc)])`` for a report across the points.
 """
 
 from __future__ import annotations
@@ -404,9 +405,11 @@ def run_grid(runner, config, grid: Sequence[Mapping[str, Any]], workdir: str, **
   if all(d is not None for d in docs):
     from sweeps import report
 
-    report.write_sweep_table(os.path.join(workdir, config.experiment),
-                             [(p, os.path.join("sweep", point_name(p)), d)
-                              for (p, _), d in zip(points, docs)])
+    folder = os.path.join(workdir, config.experiment)
+    report.write_sweep_table(folder, [(p, os.path.join("sweep", point_name(p)), d)
+                                      for (p, _), d in zip(points, docs)])
+    if hasattr(runner, "report_sweep"):  # e.g. a regime map over the grid
+      runner.report_sweep(folder, [(p, c, d) for (p, c), d in zip(points, docs)])
   return docs
 
 

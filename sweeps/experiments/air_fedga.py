@@ -276,6 +276,8 @@ def tune_beta0(c, ctx: Context, method: str) -> float:
   """The grid's mixing constant with the smallest median time to target on the tuning seeds."""
   if METHODS[method][1]:
     return 1.0
+  if len(c.beta0_grid) == 1:  # nothing to choose
+    return float(c.beta0_grid[0])
   if method not in ctx.beta0:
     grid = [float(b) for b in c.beta0_grid]
     seeds_ = tuning_seeds(c)
@@ -440,4 +442,58 @@ def write_report(out, c, doc, curves, t2t, mse, per_seed) -> None:
            f"target {c.target_accuracy:.0%}, t_max {c.t_max:g} s. Groups and mixing rule are "
            "reconstructions (arXiv 2507.05704's text was not available).", ""]
   with open(os.path.join(out, "report.md"), "w") as f:
+    f.write("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- regimes
+
+
+def report_sweep(folder: str, points: list[tuple[dict, object, dict]]) -> None:
+  """``regime.md`` and ``regime.png``: where over-the-air grouping pays, over a grid.
+
+  For every grid point (``get_sweep()``: compute heterogeneity x digital payload), the
+  ratio of Air-FedGA's median time to target to Air-FedAvg's and to FedAsync's (below
+  1: Air-FedGA is faster), against the heterogeneity max/min compute time, a line per
+  ``bits_per_param``.
+  """
+  rows = []
+  for point, c, doc in points:
+    by_id = {cl["id"]: cl for cl in doc["claims"]}
+    ratio = lambda cl: (None if cl["value"] is None or cl["baseline_value"] is None
+                        else cl["value"] / cl["baseline_value"])
+    tiers = tuple(c.compute_tiers)
+    rows.append(dict(heterogeneity=max(tiers) / min(tiers), bits=float(c.bits_per_param),
+                     vs_air_fedavg=ratio(by_id["time_to_target_vs_air_fedavg"]),
+                     vs_fedasync=ratio(by_id["time_to_target_vs_fedasync"]),
+                     air_fedga=by_id["time_to_target_vs_air_fedavg"]["value"],
+                     air_fedavg=by_id["time_to_target_vs_air_fedavg"]["baseline_value"],
+                     fedasync=by_id["time_to_target_vs_fedasync"]["baseline_value"]))
+  rows.sort(key=lambda r: (r["heterogeneity"], r["bits"]))
+  plt = report_lib.plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+  for ax, key, title in ((axes[0], "vs_air_fedavg", "Air-FedGA / Air-FedAvg"),
+                         (axes[1], "vs_fedasync", "Air-FedGA / FedAsync")):
+    for i, bits in enumerate(sorted({r["bits"] for r in rows})):
+      pts = [(r["heterogeneity"], r[key]) for r in rows if r["bits"] == bits and r[key]]
+      if pts:
+        ax.plot(*zip(*pts), "o-", color=f"C{i}", label=f"{bits:g} bits/parameter digital")
+    ax.axhline(1.0, color="k", lw=1, ls=":")
+    ax.set(xscale="log", xlabel="compute heterogeneity (slowest / fastest)", title=title)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("time-to-target ratio (< 1: Air-FedGA faster)")
+  axes[1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, "regime.png"), dpi=110)
+  plt.close(fig)
+  fmt = report_lib._fmt
+  lines = ["# air_fedga: where over-the-air grouping pays", "",
+           "Median simulated time to the target accuracy (s) per grid point, and Air-FedGA's "
+           "ratio to each baseline (below 1: Air-FedGA is faster; — : never reached).", "",
+           "| heterogeneity | digital bits / parameter | Air-FedGA | Air-FedAvg | FedAsync | "
+           "ratio to Air-FedAvg | ratio to FedAsync |", "|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['heterogeneity']:g} | {r['bits']:g} | {fmt(r['air_fedga'])} | "
+            f"{fmt(r['air_fedavg'])} | {fmt(r['fedasync'])} | {fmt(r['vs_air_fedavg'])} | "
+            f"{fmt(r['vs_fedasync'])} |" for r in rows]
+  lines += ["", "![regime](regime.png)", ""]
+  with open(os.path.join(folder, "regime.md"), "w") as f:
     f.write("\n".join(lines))
