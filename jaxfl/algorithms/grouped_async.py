@@ -57,8 +57,9 @@ import optax
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn, make_local_train
 from jaxfl.planners.power import aggregation_mse, power_control
+from jaxfl.runtime import ClientAxis
 from jaxfl.sim.channel import fading_gain_sq, shannon_rate
-from jaxfl.transforms.aircomp import aircomp_aggregate
+from jaxfl.transforms import aircomp_mean, weighted_mean
 
 UPLINKS = ("aircomp", "digital", "tdma", "ideal")
 # Sub-keys of a run's key.
@@ -207,7 +208,8 @@ class _Carry(NamedTuple):
 def run(key, params0, clients: ClientData, members, compute_time, path_gain, evaluate, *,
         loss_fn: LossFn, learning_rate: float, batch_size: int, local_steps: int,
         method: Method, comm: Comm, t_max: float, jitter: tuple[float, float], rounds: int,
-        events: int, policies: tuple[str, ...] = (), beta0: jax.Array | None = None) -> Trace:
+        events: int, policies: tuple[str, ...] = (), beta0: jax.Array | None = None,
+        axis: ClientAxis | None = None) -> Trace:
   """Simulate one method to ``t_max`` seconds: a pure function of its inputs (jit/vmap it).
 
   Args:
@@ -223,6 +225,7 @@ def run(key, params0, clients: ClientData, members, compute_time, path_gain, eva
     policies: power policies whose MSE on each AirComp round's channel is also
       reported (``Trace.mse_by_policy``).
     beta0: overrides ``method.beta0`` (may be traced, e.g. vmapped over a grid).
+    axis: how a group's member slots are mapped (default: vmap on one device).
 
   Returns:
     The :class:`Trace` of every event.
@@ -235,6 +238,12 @@ def run(key, params0, clients: ClientData, members, compute_time, path_gain, eva
   k_noise = jax.random.fold_in(key, KEY_NOISE)
   local_train = make_local_train(loss_fn, optax.sgd(learning_rate), batch_size=batch_size,
                                  max_steps=local_steps, mask_steps=False)
+  # A group's member slots are the client axis: training and the uplink's collective run
+  # through the runtime (vmap here; shard_map needs member slots divisible by devices).
+  axis = axis or ClientAxis()
+  axis.check_num_clients(members.shape[1], "members")
+  aggregator = (aircomp_mean(axis.axis_name, noise_var=comm.noise_var, policy=method.policy)
+                if method.uplink == "aircomp" else weighted_mean(axis.axis_name))
   num_groups = jnp.sum(jnp.any(members >= 0, -1))
   total = jnp.sum(clients.count).astype(jnp.float32)
   max_power = jnp.full([members.shape[1]], comm.max_power, jnp.float32)
@@ -248,22 +257,25 @@ def run(key, params0, clients: ClientData, members, compute_time, path_gain, eva
     start = jax.tree.map(lambda a: a[g], carry.starts)
     k_round = jax.random.fold_in(jax.random.fold_in(k_train, g), r)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_round, safe)
-    new, _ = jax.vmap(local_train, in_axes=(None, 0, None, 0))(
-        start, data, jnp.int32(local_steps), keys)
     counts = jnp.where(mask, data.count, 0).astype(jnp.float32)
     group_size = jnp.sum(counts)
     weights = counts / jnp.maximum(group_size, 1.0)
-    deltas = jax.tree.map(lambda n, s: jnp.where(
-        mask.reshape((-1,) + (1,) * (n.ndim - 1)), n - s[None], 0.0), new, start)
     gains = _member_gains(jax.random.fold_in(k_chan, g), path_gain, ids, r, comm)
     gains = jnp.where(mask, gains, 0.0)
-    if method.uplink == "aircomp":
-      k_n = jax.random.fold_in(jax.random.fold_in(k_noise, g), r)
-      delta, _, mse = aircomp_aggregate(deltas, weights, gains, max_power, comm.noise_var, k_n,
-                                        policy=method.policy)
-    else:  # digital: the server decodes every update exactly
-      delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
-      mse = jnp.float32(0.0)
+    k_n = jax.random.fold_in(jax.random.fold_in(k_noise, g), r)
+
+    def member(data, key, weight, gain):
+      """One member slot: train, then send its update through the group's uplink."""
+      new, _ = local_train(start, data, jnp.int32(local_steps), key)
+      delta = jax.tree.map(lambda n, s: jnp.where(weight > 0, n - s, 0.0), new, start)
+      extra = (dict(gain_sq=gain, noise_key=k_n, max_power=comm.max_power)
+               if method.uplink == "aircomp" else {})
+      mean, agg_state = aggregator.update(delta, aggregator.init(start), weight=weight, **extra)
+      # Digital uploads are decoded exactly: no aggregation error.
+      return mean, getattr(agg_state, "mse", jnp.float32(0.0))
+
+    delta, mse = axis.map(member, in_axes=(0, 0, 0, 0), out_axes=(None, None))(
+        data, keys, weights, gains)
     by_policy = {}
     for name in policies:
       pc = power_control(name, gains, max_power, weights, comm.noise_var)

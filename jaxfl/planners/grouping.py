@@ -181,7 +181,7 @@ def plan_groups(compute_time: np.ndarray, path_gain: np.ndarray, counts: np.ndar
            max(sum(mse_of(g) for g in groups), 1e-12),
            max(label_divergence(groups, label_hist), 1e-12))
 
-    def cost(gs):
+    def cost(gs, ref=ref):
       return (c_w * idle_time(gs, compute_time) / ref[0]
               + c_m * sum(mse_of(g) for g in gs) / ref[1]
               + c_d * label_divergence(gs, label_hist) / ref[2])

@@ -457,7 +457,7 @@ def report_sweep(folder: str, points: list[tuple[dict, object, dict]]) -> None:
   ``bits_per_param``.
   """
   rows = []
-  for point, c, doc in points:
+  for _, c, doc in points:
     by_id = {cl["id"]: cl for cl in doc["claims"]}
     ratio = lambda cl: (None if cl["value"] is None or cl["baseline_value"] is None
                         else cl["value"] / cl["baseline_value"])
