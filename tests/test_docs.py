@@ -1,0 +1,17 @@
+"""The runnable examples in the docstrings of the public building blocks run and hold."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms._aggregate",
+           "jaxfl.sim.channel"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+  module = importlib.import_module(name)
+  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0, f"{name} has no examples"
+  assert result.failed == 0
