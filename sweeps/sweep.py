@@ -322,7 +322,10 @@ def _run_vmapped(runner, config, ctx, method, group, started, db, sweep) -> list
   try:
     with sweep.run(name, 1, runs=len(group)) as prog:
       sim_time, values = simulate_seeds(sim, seeds)
-      prog.update(1)
+      # The bar's summary: the seeds' mean simulated time and accuracy at the last step.
+      shown = {k: v[:, -1] for k, v in (("sim_time", sim_time),
+                                        ("acc", values.get("accuracy"))) if v is not None}
+      prog.update(1, **{k: float(np.mean(v)) for k, v in shown.items() if np.all(np.isfinite(v))})
   except BaseException as e:
     for spec in group:
       db.finish_run(started[spec], "failed", error=f"{type(e).__name__}: {e}")
