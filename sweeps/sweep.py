@@ -226,9 +226,9 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
         failures += _record(db, started[spec], spec, outcome, sweep)
     else:
       groups = _simulation_groups(runner, config, ctx, started) if vmap_seeds else {}
-      grouped = {s for specs_ in groups.values() for s in specs_}
-      for method, group in groups.items():
-        failures += _run_vmapped(runner, config, ctx, method, group, started, db, sweep)
+      grouped = {s for _, specs_ in groups.values() for s in specs_}
+      for method, (sim, group) in groups.items():
+        failures += _run_vmapped(sim, method, group, started, db, sweep)
       for spec, run_id in started.items():
         if spec not in grouped:
           failures += _run_here(runner, config, spec, ctx, workdir, digest, db, run_id, sweep)
@@ -272,8 +272,8 @@ def _run_here(runner, config, spec, ctx, workdir, digest, db, run_id, sweep) -> 
   return []
 
 
-def _simulation_groups(runner, config, ctx, started) -> dict[str, list[RunSpec]]:
-  """Methods whose runs this launch can vmap over seeds: ``{method: [specs]}``."""
+def _simulation_groups(runner, config, ctx, started) -> dict[str, tuple[Simulation, list]]:
+  """Methods whose runs this launch can vmap over seeds: ``{method: (simulation, specs)}``."""
   import jax
 
   make = getattr(runner, "make_simulate", None)
@@ -282,7 +282,8 @@ def _simulation_groups(runner, config, ctx, started) -> dict[str, list[RunSpec]]
   groups: dict[str, list[RunSpec]] = {}
   for spec in started:
     groups.setdefault(spec.method, []).append(spec)
-  return {m: specs for m, specs in groups.items() if make(config, ctx, m) is not None}
+  sims = {m: make(config, ctx, m) for m in groups}
+  return {m: (sims[m], specs) for m, specs in groups.items() if sims[m] is not None}
 
 
 def simulate_seeds(sim: Simulation, seeds: Sequence[int], inputs: Sequence[Any] | None = None
@@ -312,11 +313,10 @@ def simulation_rows(sim: Simulation, sim_time, values, i: int) -> list[tuple]:
   return rows
 
 
-def _run_vmapped(runner, config, ctx, method, group, started, db, sweep) -> list:
+def _run_vmapped(sim: Simulation, method, group, started, db, sweep) -> list:
   """Run ``group``'s seeds as one vmapped call and record each seed's rows (or divergence)."""
   from jaxfl.loop import DivergenceError
 
-  sim = runner.make_simulate(config, ctx, method)
   seeds = [s.seed for s in group]
   name = f"{method} seeds {','.join(map(str, seeds))} (one vmapped call)"
   try:

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxfl.errors import ConfigError
@@ -327,8 +328,6 @@ def bounds(compute_time, groups_per_seed, *, t_max: float, jitter_low: float) ->
   A group's round lasts at least its slowest member's compute time at the lowest jitter,
   so by ``t_max`` a group arrives at most ``t_max / that + 1`` times.
   """
-  import numpy as np
-
   compute_time = np.asarray(compute_time, float)
   rounds, events = 1, 1
   for groups in groups_per_seed:
