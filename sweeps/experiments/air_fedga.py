@@ -136,23 +136,26 @@ def _comm(c) -> ga.Comm:
                  fading=c.fading, rician_k=c.rician_k)
 
 
-def _groups(c, method: str, compute, path_gain, counts, hist, seed: int) -> list[np.ndarray]:
-  kind = METHODS[method][2]
+def _groups(c, compute, path_gain, counts, hist, seed: int, num_params: int
+            ) -> dict[str, list[np.ndarray]]:
+  """Every method's groups for one seed; random groups take the planned number of groups."""
   n = c.num_workers
-  if kind == "one":
-    return [np.arange(n)]
-  if kind == "singletons":
-    return [np.array([k]) for k in range(n)]
   plan = grouping.plan_groups(
       compute, path_gain, counts, hist, candidates=tuple(c.group_candidates),
       noise_var=float(noise_var_from_snr_db(c.snr_db, c.max_power)), max_power=c.max_power,
-      comm_time=c.download_time + 1.0 / c.bandwidth_hz, seed=seed, draws=c.planner_draws,
-      weights=(c.idle_weight, c.mse_weight, c.label_weight),
+      comm_time=c.download_time + num_params / c.bandwidth_hz,  # AirComp upload + download
+      seed=seed, draws=c.planner_draws, weights=(c.idle_weight, c.mse_weight, c.label_weight),
       staleness_weight=c.staleness_weight)
-  if kind == "planned":
-    return plan.groups
-  rng = np.random.default_rng([seed, 7])
-  return grouping.random_groups(n, len(plan.groups), rng)
+  random = grouping.random_groups(n, len(plan.groups), np.random.default_rng([seed, 7]))
+  kinds = {"planned": plan.groups, "random": random, "one": [np.arange(n)],
+           "singletons": [np.array([k]) for k in range(n)]}
+  return {m: kinds[kind] for m, (_, _, kind) in METHODS.items()}
+
+
+def _num_params(c, ds) -> int:
+  model = MLP(int(np.prod(ds.x_train.shape[1:])), SIZES[c.model], ds.num_classes,
+              rngs=nnx.Rngs(0))
+  return sum(x.size for x in jax.tree.leaves(functional(model)[1]))
 
 
 def prepare(c) -> Context:
@@ -166,6 +169,7 @@ def prepare(c) -> Context:
         f"at most {len(ds.y_train) // c.min_client_size} (training samples of {c.dataset} / "
         f"min_client_size)", c.num_workers)
   compute = compute_times(c)
+  num_params = _num_params(c, ds)
   raw = {}
   for s in seeds(c) + tuning_seeds(c):
     parts = jdata.partition.dirichlet(ds.y_train, c.num_workers, c.alpha, seed=s,
@@ -174,15 +178,7 @@ def prepare(c) -> Context:
                                                        c.num_workers)
     counts = np.array([len(p) for p in parts], float)
     hist = jdata.partition.label_histograms(ds.y_train, parts, ds.num_classes)
-    groups = {}
-    for m in METHODS:
-      if m == "air_fedga_random":
-        continue
-      groups[m] = _groups(c, m, compute, path_gain, counts, hist, s)
-    rng = np.random.default_rng([s, 7])
-    groups["air_fedga_random"] = grouping.random_groups(c.num_workers, len(groups["air_fedga"]),
-                                                        rng)
-    raw[s] = (parts, path_gain, groups)
+    raw[s] = (parts, path_gain, _groups(c, compute, path_gain, counts, hist, s, num_params))
   n_max = max(len(p) for parts, _, _ in raw.values() for p in parts)
   per_seed = {}
   for s, (parts, path_gain, groups) in raw.items():
