@@ -6,7 +6,10 @@ import importlib
 import pytest
 
 MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms._aggregate",
-           "jaxfl.sim.channel"]
+           "jaxfl.sim.channel", "jaxfl.transforms.lora_aggregate",
+           "jaxfl.data.corpus", "jaxfl.peft.layerdrop",
+           "jaxfl.peft.quant", "jaxfl.models.transformer", "jaxfl.models.pretrained",
+           "jaxfl.peft.lora", "jaxfl.peft.expand", "jaxfl.peft.memory"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,297 @@
+"""Federated LoRA (FedIT) vs federated full fine-tuning (see sweeps/configs/fedlora.py).
+
+Both methods are :class:`jaxfl.algorithms.FedAvg` over the same clients, differing only in
+what trains: FedIT trains the LoRA factors (``A``, ``B`` averaged separately: FedAvg's
+weighted mean of the trainable tree, Zhang et al., arXiv 2305.05644), full fine-tuning
+every parameter. The frozen base weights enter each jitted round as an argument, so
+FedAvg's parameters, uplink bytes and simulated clock all count the trainable tree only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxfl.algorithms import FedAvg
+from jaxfl.data import corpus as corpus_lib
+from jaxfl.errors import check
+from jaxfl.local import ClientData
+from jaxfl.models import pretrained, transformer
+from jaxfl.peft import lora
+from jaxfl.sim import sample_profiles, tree_bytes
+from sweeps import claims as claims_lib
+from sweeps import report as report_lib
+from sweeps.experiments import lm_pretrain
+from sweeps.sweep import RunSpec
+
+METHODS = ("fedit", "full")
+NAMES = {"fedit": "FedIT (LoRA)", "full": "full fine-tuning"}
+KEY_LORA, KEY_PROFILES, KEY_ROUNDS = range(3)
+EVAL_METRICS = ("downstream_loss", "downstream_accuracy", "general_loss", "general_accuracy")
+
+
+def seeds(c) -> list[int]:
+  return [c.seed + i for i in range(c.num_seeds)]
+
+
+def validate(c) -> None:
+  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
+  check(isinstance(c.num_seeds, int) and c.num_seeds >= 1, "num_seeds", "a positive integer",
+        c.num_seeds)
+  lm_pretrain.check_cache_dir(c.cache_dir)
+  spec = lm_pretrain.spec(c.pretrain)
+  n_domains = len(corpus_lib.CLIENT_DOMAINS)
+  check(isinstance(c.num_clients, int) and c.num_clients >= 1, "num_clients",
+        "a positive integer", c.num_clients)
+  check(0 < c.clients_per_round <= c.num_clients, "clients_per_round",
+        f"between 1 and num_clients={c.num_clients}", c.clients_per_round)
+  check(isinstance(c.seq_len, int) and 1 <= c.seq_len <= spec.config.max_len, "seq_len",
+        f"an integer in [1, {spec.config.max_len}] (the model's context)", c.seq_len)
+  for field in ("windows_per_client", "eval_windows", "batch_size", "local_steps",
+                "num_rounds", "eval_every", "lora_rank"):
+    check(isinstance(c[field], int) and c[field] > 0, field, "a positive integer", c[field])
+  check(c.num_clients <= n_domains * 64, "num_clients", f"at most {n_domains * 64}",
+        c.num_clients)
+  transformer.LMConfig(num_layers=1, d_model=2, num_heads=1, d_ff=1, max_len=1,
+                       lora_targets=tuple(c.lora_targets))  # names checked there
+  for field in ("lora_alpha", "lora_lr", "full_lr", "compute_median", "uplink_median",
+                "downlink_median"):
+    check(math.isfinite(c[field]) and c[field] > 0, field, "a positive number", c[field])
+  check(math.isfinite(c.profile_sigma) and c.profile_sigma >= 0, "profile_sigma",
+        "a non-negative number", c.profile_sigma)
+  check(c.min_reduction > 0, "min_reduction", "a positive number", c.min_reduction)
+  check(c.max_loss_ratio > 0, "max_loss_ratio", "a positive number", c.max_loss_ratio)
+
+
+class Context(NamedTuple):
+  corpus: corpus_lib.Corpus
+  clients: ClientData  # [num_clients, windows_per_client, seq_len]
+  downstream: tuple[np.ndarray, np.ndarray]  # validation windows of the clients' domains
+  general: tuple[np.ndarray, np.ndarray]  # validation windows of the general domains
+  domains: tuple[str, ...]  # each client's domain
+
+
+def prepare(c) -> Context:
+  corpus = lm_pretrain.load_corpus(c)
+  shards = corpus_lib.client_domains(c.num_clients)
+  streams = corpus_lib.client_streams(corpus, c.num_clients)
+  xs, ys = zip(*(corpus_lib.eval_windows(s, c.seq_len, c.windows_per_client) for s in streams))
+  n_max = max(len(x) for x in xs)
+  pad = lambda a: np.pad(a, [(0, n_max - len(a)), (0, 0)])
+  clients = ClientData(np.stack([pad(x) for x in xs]), np.stack([pad(y) for y in ys]),
+                       np.array([len(x) for x in xs], np.int32))
+
+  def windows(domains):
+    parts = [corpus_lib.eval_windows(corpus.validation[d], c.seq_len, c.eval_windows)
+             for d in domains]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+  used = tuple(dict.fromkeys(s.domain for s in shards))
+  return Context(corpus, clients, windows(used), windows(corpus_lib.GENERAL_DOMAINS),
+                 tuple(s.domain for s in shards))
+
+
+def run_specs(c) -> list[RunSpec]:
+  return [RunSpec(m, s) for s in seeds(c) for m in METHODS]
+
+
+def rounds(c, spec: RunSpec) -> int:
+  del spec
+  return c.num_rounds
+
+
+def base_model(c, corpus, log=print) -> tuple[transformer.LMConfig, dict]:
+  """The pre-trained model of ``c.pretrain`` (pre-trained and cached when missing)."""
+  spec = lm_pretrain.spec(c.pretrain)
+  params, _ = pretrained.load_or_pretrain(spec, corpus=corpus, root=c.cache_dir or None, log=log)
+  return spec.config, params
+
+
+def model(c, method: str, base_config, base_params, key) -> tuple[transformer.LMConfig, dict,
+                                                                   lora.PathRule]:
+  """The fine-tuned model's config, initial parameters and trainable rule."""
+  if method == "full":
+    return base_config, base_params, lora.everything
+  config = base_config.with_lora(c.lora_rank, alpha=float(c.lora_alpha),
+                                 targets=tuple(c.lora_targets))
+  fresh = transformer.init(config, jax.random.fold_in(key, KEY_LORA))
+  adapters, _ = lora.split(fresh, lora.path_labels(fresh, lora.is_lora_path))
+  return config, lora.combine(adapters, base_params), lora.is_lora_path
+
+
+def client_lr(c, method: str) -> float:
+  return float(c.full_lr if method == "full" else c.lora_lr)
+
+
+@functools.lru_cache(maxsize=8)
+def _round_fn(config: transformer.LMConfig, lr: float, batch_size: int, local_steps: int,
+              clients_per_round: int):
+  """One FedAvg round, jitted once per model shape and recipe (frozen weights and device
+  profiles are arguments, not constants, so seeds share the compiled round)."""
+
+  def algorithm(frozen, profiles):
+    loss_fn = lambda t, x, y: transformer.lm_loss(config, lora.combine(t, frozen), x, y)
+    return FedAvg(loss_fn, optax.adam(lr), optax.sgd(1.0), batch_size=batch_size,
+                  clients_per_round=clients_per_round, profiles=profiles,
+                  local_steps=local_steps)
+
+  round_fn = jax.jit(lambda state, clients, frozen, profiles:
+                     algorithm(frozen, profiles).round(state, clients))
+  return algorithm, round_fn
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluate_fn(config: transformer.LMConfig):
+  def evaluate(trainable, frozen, down_x, down_y, gen_x, gen_y):
+    params = lora.combine(trainable, frozen)
+    d = transformer.lm_metrics(config, params, down_x, down_y)
+    g = transformer.lm_metrics(config, params, gen_x, gen_y)
+    return {"downstream_loss": d["loss"], "downstream_accuracy": d["accuracy"],
+            "general_loss": g["loss"], "general_accuracy": g["accuracy"]}
+
+  return jax.jit(evaluate)
+
+
+def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> dict:
+  """One run: ``num_rounds`` FedAvg rounds of ``spec.method``, evaluated every ``eval_every``."""
+  del run_dir
+  key = jax.random.PRNGKey(spec.seed)
+  base_config, base_params = base_model(c, ctx.corpus, log=progress.log)
+  config, params0, rule = model(c, spec.method, base_config, base_params, key)
+  trainable, frozen = lora.split(params0, lora.path_labels(params0, rule))
+  profiles = sample_profiles(jax.random.fold_in(key, KEY_PROFILES), c.num_clients,
+                             compute_median=c.compute_median, uplink_median=c.uplink_median,
+                             downlink_median=c.downlink_median, sigma=c.profile_sigma)
+  algorithm, round_fn = _round_fn(config, client_lr(c, spec.method), c.batch_size,
+                                  c.local_steps, c.clients_per_round)
+  evaluate = _evaluate_fn(config)
+  eval_data = tuple(jnp.asarray(a) for a in (*ctx.downstream, *ctx.general))
+  clients = jax.tree.map(jnp.asarray, ctx.clients)
+  state = algorithm(frozen, profiles).init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
+  uplink = tree_bytes(trainable)  # one client's upload per round
+
+  def record(r, train_loss):
+    values = {k: float(v) for k, v in evaluate(state.params, frozen, *eval_data).items()}
+    if not math.isfinite(values["downstream_loss"]):
+      raise FloatingPointError(f"{spec.method}: evaluation loss {values['downstream_loss']} "
+                               f"at round {r}")
+    if train_loss is not None:
+      values["train_loss"] = train_loss
+    log_metrics(r, float(state.sim_time), values)
+    progress.update(r, sim_time=float(state.sim_time), acc=values["downstream_accuracy"])
+    return values
+
+  before = record(0, None)
+  uplink_total = 0.0
+  for r in range(1, c.num_rounds + 1):
+    state, metrics = round_fn(state, clients, frozen, profiles)
+    uplink_total += float(metrics.participants) * float(uplink)
+    if r % c.eval_every == 0 or r == c.num_rounds:
+      after = record(r, float(metrics.loss))
+  log_metrics(c.num_rounds, float(state.sim_time), {
+      "trainable_params": float(lora.count(trainable)),
+      "uplink_bytes_per_round": float(uplink) * c.clients_per_round,
+      "uplink_bytes_total": uplink_total,
+      "retention": after["general_accuracy"] / max(before["general_accuracy"], 1e-12),
+      "general_loss_increase": after["general_loss"] - before["general_loss"]})
+  progress.log(f"{spec.method} seed {spec.seed}: downstream loss {before['downstream_loss']:.3f}"
+               f" -> {after['downstream_loss']:.3f}, general loss {before['general_loss']:.3f} "
+               f"-> {after['general_loss']:.3f}, {lora.count(trainable):,} trainable params")
+  return {"trainable_params": lora.count(trainable), "frozen_params": lora.count(frozen)}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(c, db, out: str, digest: str) -> dict:
+  """claims.json, report.md and curves.png from the database alone."""
+  names = ("downstream_loss", "downstream_accuracy", "general_loss", "general_accuracy",
+           "trainable_params", "uplink_bytes_per_round", "retention", "general_loss_increase")
+  final = {n: db.final_values(c.experiment, n, config_hash=digest) for n in names}
+  per_seed = {n: {m: [final[n].get(m, {}).get(s) for s in seeds(c)] for m in METHODS}
+              for n in names}
+
+  def ratio(n, num, den):
+    return [None if a is None or b is None or b == 0 else a / b
+            for a, b in zip(per_seed[n][num], per_seed[n][den])]
+
+  paper = ("FedIT: federated instruction tuning with LoRA (Zhang et al., arXiv 2305.05644); "
+           "LoRA cuts trainable parameters by orders of magnitude at comparable quality (Hu et "
+           "al., arXiv 2106.09685)")
+  claims = [
+      claims_lib.claim(
+          id="trainable_params_reduction",
+          statement=f"FedIT trains at least {c.min_reduction:g}x fewer parameters than full "
+                    "fine-tuning",
+          paper=paper, metric="full_over_lora_trainable_params", better="higher",
+          method="fedit", threshold=c.min_reduction,
+          per_seed={"fedit": ratio("trainable_params", "full", "fedit")}),
+      claims_lib.claim(
+          id="uplink_bytes_reduction",
+          statement=f"FedIT uploads at least {c.min_reduction:g}x fewer bytes per round than "
+                    "full fine-tuning",
+          paper=paper, metric="full_over_lora_uplink_bytes_per_round", better="higher",
+          method="fedit", threshold=c.min_reduction,
+          per_seed={"fedit": ratio("uplink_bytes_per_round", "full", "fedit")}),
+      claims_lib.claim(
+          id="downstream_loss_vs_full",
+          statement=f"FedIT's final downstream validation loss is within "
+                    f"{100 * (c.max_loss_ratio - 1):.0f}% of full fine-tuning's",
+          paper=paper, metric="lora_over_full_downstream_loss", better="lower", method="fedit",
+          threshold=c.max_loss_ratio,
+          per_seed={"fedit": ratio("downstream_loss", "fedit", "full")}),
+  ]
+  doc = claims_lib.write_claims(
+      os.path.join(out, "claims.json"), experiment=c.experiment, variant=c.variant,
+      seeds=seeds(c), claims=claims, reported={n: per_seed[n] for n in names})
+  curves = {n: {m: db.series(c.experiment, m, n, config_hash=digest) for m in METHODS}
+            for n in ("downstream_loss", "general_loss")}
+  write_report(out, c, doc, per_seed, curves)
+  return doc
+
+
+def write_report(out, c, doc, per_seed, curves) -> None:
+  plt = report_lib.plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, (name, by_method) in zip(axes, curves.items()):
+    for i, (m, by_seed) in enumerate(by_method.items()):
+      if not by_seed:
+        continue
+      n = min(len(v[0]) for v in by_seed.values())
+      steps = np.asarray(next(iter(by_seed.values()))[0][:n], float)
+      ys = np.array([v[2][:n] for v in by_seed.values()], float)
+      ax.plot(steps, ys.mean(0), color=f"C{i}", label=NAMES[m])
+      ax.fill_between(steps, ys.min(0), ys.max(0), color=f"C{i}", alpha=0.2, lw=0)
+    ax.set(xlabel="round", ylabel=f"{name.replace('_', ' ')} (nats/byte)",
+           title="downstream domains" if name.startswith("down") else
+           "general domains (forgetting)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "curves.png"), dpi=110)
+  plt.close(fig)
+  rows = []
+  for n, label in (("downstream_loss", "downstream loss"), ("general_loss", "general loss"),
+                   ("general_accuracy", "general accuracy"), ("retention", "retention"),
+                   ("trainable_params", "trainable params"),
+                   ("uplink_bytes_per_round", "uplink bytes / round")):
+    rows.append(f"| {label} | " + " | ".join(report_lib.mean_std(per_seed[n][m])
+                                              for m in METHODS) + " |")
+  lines = [f"# fedlora ({c.variant})", "", report_lib.claims_table(doc), "",
+           "| metric (mean ± std over seeds) | " + " | ".join(NAMES[m] for m in METHODS) + " |",
+           "|---|" + "---|" * len(METHODS), *rows, "",
+           "Retention = general-domain next-byte accuracy after / before fine-tuning.", "",
+           "![curves](curves.png)", "",
+           f"{c.num_clients} clients (one stdlib domain each), {c.clients_per_round} per round, "
+           f"{c.num_rounds} rounds x {c.local_steps} local Adam steps of {c.batch_size} windows "
+           f"of {c.seq_len} bytes; LoRA rank {c.lora_rank}, alpha {c.lora_alpha} on "
+           f"{', '.join(c.lora_targets)} (lr {c.lora_lr}); full fine-tuning lr {c.full_lr}.", ""]
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write("\n".join(lines))

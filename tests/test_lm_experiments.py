@@ -1,0 +1,162 @@
+"""lm_pretrain and fedlora: config checks, the cached pre-trained model, claims from the database.
+
+The quick variants' claims are measured by ``python -m sweeps.reproduce``; here shrunken
+runs (the ``tiny`` model, a few steps) check the plumbing with numbers that follow from
+the definitions.
+"""
+
+import io
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfl.data import corpus as corpus_lib
+from jaxfl.errors import ConfigError
+from jaxfl.models import pretrained, transformer
+from sweeps import report
+from sweeps.configs import fedlora as fedlora_config
+from sweeps.configs import lm_pretrain as pretrain_config
+from sweeps.experiments import fedlora, lm_pretrain
+from sweeps.results import ResultsDB, results_path
+from sweeps.sweep import run_sweep
+
+TINY_PRETRAIN = dict(model="tiny", steps=40, batch_size=8, seq_len=32, eval_every=20,
+                     eval_windows=8, warmup_steps=5)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("lm")
+  return {"data_dir": str(root / "tfds"), "cache_dir": str(root / "cache")}
+
+
+def tiny_pretrain(dirs):
+  c = pretrain_config.get_config("quick")
+  c.update(dirs)
+  c.pretrain.update(TINY_PRETRAIN)
+  c.target_val_loss = 5.0
+  return c
+
+
+def tiny_fedlora(dirs, **overrides):
+  c = fedlora_config.get_config("quick")
+  c.update(dirs)
+  c.pretrain.update(TINY_PRETRAIN)
+  c.update({**dict(num_clients=4, clients_per_round=4, seq_len=32, windows_per_client=16,
+                   eval_windows=4, batch_size=4, local_steps=2, num_rounds=2, eval_every=1,
+                   lora_rank=2, num_seeds=1), **overrides})
+  return c
+
+
+def test_configs_validate():
+  for variant in ("quick", "full"):
+    lm_pretrain.validate(pretrain_config.get_config(variant))
+    fedlora.validate(fedlora_config.get_config(variant))
+  with pytest.raises(ValueError, match="variant"):
+    fedlora_config.get_config("huge")
+
+
+@pytest.mark.parametrize("field,value,reported", [
+    ("pretrain.model", "huge", "pretrain.model"), ("pretrain.steps", 0, "pretrain.steps"),
+    ("pretrain.seq_len", 1000, "pretrain.seq_len"), ("pretrain.eval_every", 7,
+                                                     "pretrain.eval_every"),
+    ("target_val_loss", -1.0, "target_val_loss"), ("num_seeds", 2, "num_seeds"),
+])
+def test_pretrain_validate_names_the_field(field, value, reported):
+  c = pretrain_config.get_config("quick")
+  *parents, leaf = field.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ConfigError) as e:
+    lm_pretrain.validate(c)
+  assert e.value.field == reported
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_clients", 0), ("clients_per_round", 20), ("seq_len", 500), ("lora_rank", 0),
+    ("lora_lr", -1.0), ("lora_targets", ("qkv",)), ("max_loss_ratio", 0.0),
+    ("local_steps", 0),
+])
+def test_fedlora_validate_names_the_field(field, value):
+  c = fedlora_config.get_config("quick")
+  c[field] = value
+  with pytest.raises(ConfigError) as e:
+    fedlora.validate(c)
+  assert e.value.field in (field, "model.lora_targets")
+
+
+def test_pretrained_model_is_cached_and_reused(dirs):
+  spec = lm_pretrain.spec(tiny_pretrain(dirs).pretrain)
+  corpus = corpus_lib.load_corpus(dirs["data_dir"])
+  logs = []
+  params, meta = pretrained.load_or_pretrain(spec, corpus=corpus, root=dirs["cache_dir"],
+                                             log=logs.append)
+  assert any("pre-training 'tiny'" in line for line in logs)
+  losses = [row["loss"] for row in meta["history"]]
+  assert [row["step"] for row in meta["history"]] == [0, 20, 40]
+  assert losses[-1] < losses[0] - 1.0  # from ~log(258) = 5.55 nats towards byte statistics
+  again, meta2 = pretrained.load_or_pretrain(spec, corpus=corpus, root=dirs["cache_dir"],
+                                             log=logs.append)
+  assert sum("pre-training" in line for line in logs) == 1  # loaded, not retrained
+  assert meta2 == meta
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(again)))
+  # Same spec, fresh training: bit-identical (determinism); another seed: another model.
+  fresh, _ = pretrained.pretrain(spec, corpus)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(fresh)))
+  other = pretrained.PretrainSpec(**{**spec.__dict__, "seed": 1})
+  assert other.digest() != spec.digest() and other.path() != spec.path()
+
+
+def test_pretrain_experiment_reports_the_cached_model(dirs, tmp_path):
+  c = tiny_pretrain(dirs)
+  doc = run_sweep(lm_pretrain, c, str(tmp_path), stream=io.StringIO())
+  (claim,) = doc["claims"]
+  spec = lm_pretrain.spec(c.pretrain)
+  _, meta = pretrained.load(spec.path(dirs["cache_dir"]), spec.config)
+  assert claim["value"] == pytest.approx(meta["val_loss"])
+  assert claim["holds"] == (meta["val_loss"] <= c.target_val_loss)
+  assert 2.5 < claim["unigram_loss"] < 4.0  # Python source: ~4.4 bits (3.1 nats) per byte
+  assert os.path.exists(tmp_path / "lm_pretrain" / "loss.png")
+
+
+def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
+  c = tiny_fedlora(dirs)
+  doc = run_sweep(fedlora, c, str(tmp_path), stream=io.StringIO())
+  claims = {cl["id"]: cl for cl in doc["claims"]}
+  base = jax.eval_shape(lambda: transformer.init(transformer.VARIANTS["tiny"],
+                                                 jax.random.PRNGKey(0)))
+  d, f = 32, 128
+  lora_params = 2 * 2 * (3 * (d + d) + (d + f))  # blocks x rank x (in + out) per target
+  ratio = transformer.num_params(base) / lora_params
+  assert claims["trainable_params_reduction"]["value"] == pytest.approx(ratio)
+  assert claims["uplink_bytes_reduction"]["value"] == pytest.approx(ratio)  # float32 both
+  with ResultsDB(results_path(str(tmp_path))) as db:
+    final = db.final_values("fedlora", "downstream_loss")
+  loss_ratio = final["fedit"][0] / final["full"][0]
+  assert claims["downstream_loss_vs_full"]["value"] == pytest.approx(loss_ratio)
+  assert claims["downstream_loss_vs_full"]["holds"] == (loss_ratio <= c.max_loss_ratio)
+  with open(tmp_path / "fedlora" / "claims.json") as fh:
+    written = json.load(fh)
+  rebuilt = report.rebuild(str(tmp_path))
+  assert any(r["experiment"] == "fedlora" for r in rebuilt)
+  with open(tmp_path / "fedlora" / "claims.json") as fh:
+    assert json.load(fh) == written
+
+
+def test_fedlora_lora_starts_from_the_pretrained_function(dirs):
+  c = tiny_fedlora(dirs)
+  ctx = fedlora.prepare(c)
+  base_config, base = fedlora.base_model(c, ctx.corpus, log=lambda s: None)
+  config, params, _ = fedlora.model(c, "fedit", base_config, base, jax.random.PRNGKey(0))
+  x = ctx.downstream[0][:4]
+  np.testing.assert_allclose(transformer.apply(config, params, x),
+                             transformer.apply(base_config, base, x), atol=1e-6, rtol=0)
+  assert [s.domain for s in corpus_lib.client_domains(4)] == list(ctx.domains)
+  assert not set(ctx.domains) & set(corpus_lib.GENERAL_DOMAINS)

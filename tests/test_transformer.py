@@ -1,0 +1,151 @@
+"""The decoder-only LM: shapes, causality, KV cache, LoRA semantics, layer masks, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfl.errors import ConfigError
+from jaxfl.models import transformer as T
+from jaxfl.peft import lora
+
+TINY = T.VARIANTS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def params():
+  return T.init(TINY, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def tokens():
+  return jax.random.randint(jax.random.key(1), (2, 24), 0, 256)
+
+
+def expected_num_params(c: T.LMConfig) -> int:
+  d, f = c.d_model, c.d_ff
+  block = 2 * 2 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)  # 2 LNs, q k v out, up, down
+  return c.vocab_size * d + c.max_len * d + c.num_layers * block + 2 * d + (d * c.vocab_size
+                                                                            + c.vocab_size)
+
+
+@pytest.mark.parametrize("name", sorted(T.VARIANTS))
+def test_parameter_count_matches_the_formula(name):
+  c = T.VARIANTS[name]
+  shapes = jax.eval_shape(lambda: T.init(c, jax.random.key(0)))
+  assert T.num_params(shapes) == expected_num_params(c)
+  if name == "small":
+    assert 1_000_000 <= T.num_params(shapes) <= 5_000_000
+
+
+def test_init_is_deterministic_and_key_dependent(params):
+  again = T.init(TINY, jax.random.key(0))
+  other = T.init(TINY, jax.random.key(1))
+  assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), params, again)))
+  assert not np.array_equal(params["blocks"][0]["query"]["kernel"],
+                            other["blocks"][0]["query"]["kernel"])
+
+
+def test_causal_future_tokens_do_not_change_earlier_logits(params, tokens):
+  changed = tokens.at[:, 12:].set((tokens[:, 12:] + 7) % 256)
+  a, b = T.apply(TINY, params, tokens), T.apply(TINY, params, changed)
+  np.testing.assert_array_equal(a[:, :12], b[:, :12])
+  assert float(jnp.abs(a[:, 12:] - b[:, 12:]).max()) > 1e-3
+
+
+def test_kv_cache_in_chunks_matches_the_full_forward(params, tokens):
+  full = T.apply(TINY, params, tokens)
+  cache = T.init_cache(TINY, 2)
+  outs, start = [], 0
+  for size in (7, 1, 1, 15):  # a prompt, two single tokens, then a long chunk
+    logits, cache = T.decode(TINY, params, tokens[:, start:start + size], cache, start)
+    outs.append(logits)
+    start += size
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=0)
+
+
+def test_generate_with_and_without_cache_agree(params, tokens):
+  with_cache = T.generate(TINY, params, tokens[:, :5], 20)
+  without = T.generate(TINY, params, tokens[:, :5], 20, use_cache=False)
+  np.testing.assert_array_equal(with_cache, without)
+  np.testing.assert_array_equal(with_cache[:, :5], tokens[:, :5])
+  with pytest.raises(ConfigError, match="num_tokens"):
+    T.generate(TINY, params, tokens[:, :5], TINY.max_len)
+
+
+def test_lora_at_init_is_the_base_model(tokens):
+  cfg = TINY.with_lora(4, alpha=16.0)
+  p = T.init(cfg, jax.random.key(3))
+  _, base = lora.split(p, lora.path_labels(p, lora.is_lora_path))  # the base weights
+  np.testing.assert_allclose(T.apply(cfg, p, tokens), T.apply(TINY, base, tokens), atol=1e-6,
+                             rtol=0)
+  a = p["blocks"][0]["query"]["lora_a"]
+  assert a.shape == (TINY.d_model, 4) and float(jnp.abs(a).max()) <= 1 / np.sqrt(TINY.d_model)
+  assert not np.any(p["blocks"][0]["query"]["lora_b"])
+  assert cfg.lora_scale == 4.0
+  # 2 blocks x (query, value, out: 32 -> 32; up: 32 -> 128) x r (in + out)
+  assert lora.count(lora.split(p, lora.path_labels(p, lora.is_lora_path))[0]) == 2 * 4 * (
+      3 * 64 + 160)
+
+
+def test_merged_adapters_give_the_unmerged_output(tokens):
+  cfg = TINY.with_lora(4)
+  p = T.init(cfg, jax.random.key(3))
+  p = jax.tree_util.tree_map_with_path(
+      lambda kp, v: 0.1 * jax.random.normal(jax.random.key(5), v.shape)
+      if kp[-1].key == "lora_b" else v, p)
+  unmerged = T.apply(cfg, p, tokens)
+  merged = T.apply(TINY, lora.merge(p, cfg.lora_scale), tokens)
+  assert float(jnp.abs(unmerged - T.apply(TINY, lora.split(
+      p, lora.path_labels(p, lora.is_lora_path))[1], tokens)).max()) > 1e-2  # adapters matter
+  np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)
+
+
+def test_lora_depth_puts_adapters_on_the_top_blocks():
+  cfg = T.VARIANTS["small"].with_lora(2, depth=2)
+  assert cfg.lora_layers == (4, 5)
+  shapes = jax.eval_shape(lambda: T.init(cfg, jax.random.key(0)))
+  assert "lora_a" not in shapes["blocks"][3]["query"]
+  assert "lora_a" in shapes["blocks"][4]["query"]
+  with pytest.raises(ConfigError, match="lora_depth"):
+    T.VARIANTS["small"].with_lora(2, depth=7)
+
+
+def test_dropped_block_is_the_identity(params, tokens):
+  one_block = T.LMConfig(num_layers=1, d_model=32, num_heads=2, d_ff=128, max_len=64)
+  first_only = dict(params, blocks={0: params["blocks"][0]})
+  expected = T.apply(one_block, first_only, tokens)
+  static = T.apply(TINY, params, tokens, plan=T.Plan(keep=(True, False)))
+  traced = jax.jit(lambda k: T.apply(TINY, params, tokens, keep=k))(jnp.array([True, False]))
+  np.testing.assert_array_equal(static, expected)
+  # The traced mask is a different (jitted, cond) program: equal up to float32 rounding.
+  np.testing.assert_allclose(traced, expected, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(T.apply(TINY, params, tokens, keep=jnp.array([True, True])),
+                             T.apply(TINY, params, tokens), atol=1e-5, rtol=0)
+
+
+def test_gradient_floor_stops_gradients_below_it(params, tokens):
+  plan = T.Plan(grad_floor=1)
+  grads = jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens, plan=plan))(params)
+  full = jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens))(params)
+  assert not any(np.any(g) for g in jax.tree.leaves(grads["blocks"][0]))
+  assert not np.any(grads["embed"]["embedding"])
+  np.testing.assert_allclose(grads["blocks"][1]["up"]["kernel"], full["blocks"][1]["up"]["kernel"],
+                             atol=1e-6, rtol=0)
+  assert float(T.lm_loss(TINY, params, tokens, tokens, plan=plan)) == float(
+      T.lm_loss(TINY, params, tokens, tokens))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(num_heads=3), "model.num_heads"),
+    (dict(d_model=0), "model.d_model"),
+    (dict(lora_rank=-1), "model.lora_rank"),
+    (dict(lora_targets=("qkv",)), "model.lora_targets"),
+    (dict(lora_layers=(2,)), "model.lora_layers"),
+])
+def test_bad_config_names_the_field(kwargs, field):
+  base = dict(num_layers=2, d_model=32, num_heads=2, d_ff=64, max_len=16)
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    T.LMConfig(**(base | kwargs))
+  with pytest.raises(ConfigError, match="model.variant"):
+    T.get_variant("huge")
