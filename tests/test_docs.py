@@ -9,7 +9,8 @@ MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms
            "jaxfl.sim.channel", "jaxfl.transforms.lora_aggregate",
            "jaxfl.data.corpus", "jaxfl.peft.layerdrop",
            "jaxfl.peft.quant", "jaxfl.models.transformer", "jaxfl.models.pretrained",
-           "jaxfl.peft.lora", "jaxfl.peft.expand", "jaxfl.peft.memory"]
+           "jaxfl.peft.lora", "jaxfl.peft.expand", "jaxfl.peft.memory",
+           "jaxfl.algorithms.fedpeft"]
 
 
 @pytest.mark.parametrize("name", MODULES)

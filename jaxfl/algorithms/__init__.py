@@ -2,5 +2,7 @@
 
 from jaxfl.algorithms.fedavg import (SERVER_OPTIMIZERS, FedAvg, RoundMetrics, ServerState,
                                      server_optimizer)
+from jaxfl.algorithms.fedpeft import FederatedPEFT
 
-__all__ = ["SERVER_OPTIMIZERS", "FedAvg", "RoundMetrics", "ServerState", "server_optimizer"]
+__all__ = ["SERVER_OPTIMIZERS", "FedAvg", "FederatedPEFT", "RoundMetrics", "ServerState",
+           "server_optimizer"]

@@ -1,10 +1,9 @@
 """Federated LoRA (FedIT) vs federated full fine-tuning (see sweeps/configs/fedlora.py).
 
-Both methods are :class:`jaxfl.algorithms.FedAvg` over the same clients, differing only in
-what trains: FedIT trains the LoRA factors (``A``, ``B`` averaged separately: FedAvg's
-weighted mean of the trainable tree, Zhang et al., arXiv 2305.05644), full fine-tuning
-every parameter. The frozen base weights enter each jitted round as an argument, so
-FedAvg's parameters, uplink bytes and simulated clock all count the trainable tree only.
+Both methods are :class:`jaxfl.algorithms.fedpeft.FederatedPEFT` (FedAvg over the
+trainable part of the model) on the same clients, differing only in what trains: FedIT the
+LoRA factors (``A``, ``B`` averaged separately; Zhang et al., arXiv 2305.05644), full
+fine-tuning every parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.algorithms import FedAvg
+from jaxfl.algorithms.fedpeft import FederatedPEFT
 from jaxfl.data import corpus as corpus_lib
 from jaxfl.errors import check
 from jaxfl.local import ClientData
@@ -131,20 +130,12 @@ def client_lr(c, method: str) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _round_fn(config: transformer.LMConfig, lr: float, batch_size: int, local_steps: int,
-              clients_per_round: int):
-  """One FedAvg round, jitted once per model shape and recipe (frozen weights and device
-  profiles are arguments, not constants, so seeds share the compiled round)."""
-
-  def algorithm(frozen, profiles):
-    loss_fn = lambda t, x, y: transformer.lm_loss(config, lora.combine(t, frozen), x, y)
-    return FedAvg(loss_fn, optax.adam(lr), optax.sgd(1.0), batch_size=batch_size,
-                  clients_per_round=clients_per_round, profiles=profiles,
-                  local_steps=local_steps)
-
-  round_fn = jax.jit(lambda state, clients, frozen, profiles:
-                     algorithm(frozen, profiles).round(state, clients))
-  return algorithm, round_fn
+def federated(config: transformer.LMConfig, method: str, lr: float, batch_size: int,
+              local_steps: int, clients_per_round: int) -> FederatedPEFT:
+  """The method's federated trainer, built once per recipe so seeds share its compiled round."""
+  rule = lora.everything if method == "full" else lora.is_lora_path
+  return FederatedPEFT(config, rule, optax.adam(lr), batch_size=batch_size,
+                       clients_per_round=clients_per_round, local_steps=local_steps)
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,12 +160,12 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
   profiles = sample_profiles(jax.random.fold_in(key, KEY_PROFILES), c.num_clients,
                              compute_median=c.compute_median, uplink_median=c.uplink_median,
                              downlink_median=c.downlink_median, sigma=c.profile_sigma)
-  algorithm, round_fn = _round_fn(config, client_lr(c, spec.method), c.batch_size,
-                                  c.local_steps, c.clients_per_round)
+  fed = federated(config, spec.method, client_lr(c, spec.method), c.batch_size, c.local_steps,
+                  c.clients_per_round)
   evaluate = _evaluate_fn(config)
   eval_data = tuple(jnp.asarray(a) for a in (*ctx.downstream, *ctx.general))
   clients = jax.tree.map(jnp.asarray, ctx.clients)
-  state = algorithm(frozen, profiles).init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
+  state = fed.init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
   uplink = tree_bytes(trainable)  # one client's upload per round
 
   def record(r, train_loss):
@@ -191,7 +182,7 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
   before = record(0, None)
   uplink_total = 0.0
   for r in range(1, c.num_rounds + 1):
-    state, metrics = round_fn(state, clients, frozen, profiles)
+    state, metrics = fed.jit_round(state, clients, frozen, profiles)
     uplink_total += float(metrics.participants) * float(uplink)
     if r % c.eval_every == 0 or r == c.num_rounds:
       after = record(r, float(metrics.loss))
@@ -284,7 +275,14 @@ def write_report(out, c, doc, per_seed, curves) -> None:
                    ("uplink_bytes_per_round", "uplink bytes / round")):
     rows.append(f"| {label} | " + " | ".join(report_lib.mean_std(per_seed[n][m])
                                               for m in METHODS) + " |")
+  start = {n: [v[2][0] for by_seed in curves[n].values() for v in by_seed.values() if v[2]]
+           for n in curves}
+  fmt = report_lib._fmt
   lines = [f"# fedlora ({c.variant})", "", report_lib.claims_table(doc), "",
+           "Before fine-tuning (the pre-trained model): downstream loss "
+           f"{fmt(start['downstream_loss'][0] if start['downstream_loss'] else None)}, general "
+           f"loss {fmt(start['general_loss'][0] if start['general_loss'] else None)} "
+           "(nats/byte).", "",
            "| metric (mean ± std over seeds) | " + " | ".join(NAMES[m] for m in METHODS) + " |",
            "|---|" + "---|" * len(METHODS), *rows, "",
            "Retention = general-domain next-byte accuracy after / before fine-tuning.", "",
