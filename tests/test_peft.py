@@ -97,8 +97,8 @@ def test_gradient_floor_does_not_change_the_top_gradients(batch):
   params = jax.tree_util.tree_map_with_path(  # non-zero B so every adapter has a gradient
       lambda kp, v: v + 0.01 if kp[-1].key == "lora_b" else v, params)
   trainable, frozen = lora.split(params, lora.path_labels(params, lora.is_lora_path))
-  grad = lambda plan: jax.grad(
-      lambda t: T.lm_loss(cfg, lora.combine(t, frozen), *batch, plan=plan))(trainable)
+  grad = lambda plan: jax.jit(jax.grad(
+      lambda t: T.lm_loss(cfg, lora.combine(t, frozen), *batch, plan=plan)))(trainable)
   a, b = grad(T.Plan()), grad(T.Plan(grad_floor=4))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
@@ -106,7 +106,7 @@ def test_gradient_floor_does_not_change_the_top_gradients(batch):
 
 def test_int8_activation_storage(batch):
   """Quantized blocks save >= 3x fewer activation bytes; gradients within 5%."""
-  depths = np.arange(1, 7)
+  depths = np.array([2, 6])  # bytes are affine in depth (test above): two points give the slope
 
   def per_block(quantize: bool) -> float:
     act = []
@@ -128,11 +128,13 @@ def test_int8_activation_storage(batch):
       lambda kp, v: v + 0.05 * jax.random.normal(jax.random.key(3), v.shape)
       if kp[-1].key == "lora_b" else v, params)
   trainable, frozen = lora.split(params, lora.path_labels(params, lora.is_lora_path))
-  loss = lambda t, plan: T.lm_loss(cfg, lora.combine(t, frozen), *batch, plan=plan)
+  fn = lambda t, plan: T.lm_loss(cfg, lora.combine(t, frozen), *batch, plan=plan)
+  loss = jax.jit(fn, static_argnums=1)
+  grad = jax.jit(jax.grad(fn), static_argnums=1)
   quantized = T.Plan(quantized=tuple(range(6)))
   assert float(loss(trainable, quantized)) == float(loss(trainable, T.Plan()))  # same forward
-  g = jax.grad(loss)(trainable, T.Plan())
-  gq = jax.grad(loss)(trainable, quantized)
+  g = grad(trainable, T.Plan())
+  gq = grad(trainable, quantized)
   norm = lambda t: float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(t))))
   rel = norm(jax.tree.map(jnp.subtract, gq, g)) / norm(g)
   assert rel <= 0.05, rel

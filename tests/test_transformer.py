@@ -10,6 +10,9 @@ from jaxfl.models import transformer as T
 from jaxfl.peft import lora
 
 TINY = T.VARIANTS["tiny"]
+# Jitted entry points: op-by-op (eager) execution compiles every primitive separately.
+apply = jax.jit(T.apply, static_argnums=0, static_argnames=("plan",))
+decode = jax.jit(T.decode, static_argnums=0)
 
 
 @pytest.fixture(scope="module")
@@ -48,25 +51,26 @@ def test_init_is_deterministic_and_key_dependent(params):
 
 def test_causal_future_tokens_do_not_change_earlier_logits(params, tokens):
   changed = tokens.at[:, 12:].set((tokens[:, 12:] + 7) % 256)
-  a, b = T.apply(TINY, params, tokens), T.apply(TINY, params, changed)
+  a, b = apply(TINY, params, tokens), apply(TINY, params, changed)
   np.testing.assert_array_equal(a[:, :12], b[:, :12])
   assert float(jnp.abs(a[:, 12:] - b[:, 12:]).max()) > 1e-3
 
 
 def test_kv_cache_in_chunks_matches_the_full_forward(params, tokens):
-  full = T.apply(TINY, params, tokens)
+  full = apply(TINY, params, tokens)
   cache = T.init_cache(TINY, 2)
   outs, start = [], 0
   for size in (7, 1, 1, 15):  # a prompt, two single tokens, then a long chunk
-    logits, cache = T.decode(TINY, params, tokens[:, start:start + size], cache, start)
+    logits, cache = decode(TINY, params, tokens[:, start:start + size], cache, start)
     outs.append(logits)
     start += size
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=0)
 
 
 def test_generate_with_and_without_cache_agree(params, tokens):
-  with_cache = T.generate(TINY, params, tokens[:, :5], 20)
-  without = T.generate(TINY, params, tokens[:, :5], 20, use_cache=False)
+  generate = jax.jit(T.generate, static_argnums=(0, 3), static_argnames=("use_cache",))
+  with_cache = generate(TINY, params, tokens[:, :5], 20)
+  without = generate(TINY, params, tokens[:, :5], 20, use_cache=False)
   np.testing.assert_array_equal(with_cache, without)
   np.testing.assert_array_equal(with_cache[:, :5], tokens[:, :5])
   with pytest.raises(ConfigError, match="num_tokens"):
@@ -77,7 +81,7 @@ def test_lora_at_init_is_the_base_model(tokens):
   cfg = TINY.with_lora(4, alpha=16.0)
   p = T.init(cfg, jax.random.key(3))
   _, base = lora.split(p, lora.path_labels(p, lora.is_lora_path))  # the base weights
-  np.testing.assert_allclose(T.apply(cfg, p, tokens), T.apply(TINY, base, tokens), atol=1e-6,
+  np.testing.assert_allclose(apply(cfg, p, tokens), apply(TINY, base, tokens), atol=1e-6,
                              rtol=0)
   a = p["blocks"][0]["query"]["lora_a"]
   assert a.shape == (TINY.d_model, 4) and float(jnp.abs(a).max()) <= 1 / np.sqrt(TINY.d_model)
@@ -94,9 +98,9 @@ def test_merged_adapters_give_the_unmerged_output(tokens):
   p = jax.tree_util.tree_map_with_path(
       lambda kp, v: 0.1 * jax.random.normal(jax.random.key(5), v.shape)
       if kp[-1].key == "lora_b" else v, p)
-  unmerged = T.apply(cfg, p, tokens)
-  merged = T.apply(TINY, lora.merge(p, cfg.lora_scale), tokens)
-  assert float(jnp.abs(unmerged - T.apply(TINY, lora.split(
+  unmerged = apply(cfg, p, tokens)
+  merged = apply(TINY, lora.merge(p, cfg.lora_scale), tokens)
+  assert float(jnp.abs(unmerged - apply(TINY, lora.split(
       p, lora.path_labels(p, lora.is_lora_path))[1], tokens)).max()) > 1e-2  # adapters matter
   np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)
 
@@ -114,26 +118,27 @@ def test_lora_depth_puts_adapters_on_the_top_blocks():
 def test_dropped_block_is_the_identity(params, tokens):
   one_block = T.LMConfig(num_layers=1, d_model=32, num_heads=2, d_ff=128, max_len=64)
   first_only = dict(params, blocks={0: params["blocks"][0]})
-  expected = T.apply(one_block, first_only, tokens)
-  static = T.apply(TINY, params, tokens, plan=T.Plan(keep=(True, False)))
-  traced = jax.jit(lambda k: T.apply(TINY, params, tokens, keep=k))(jnp.array([True, False]))
+  expected = apply(one_block, first_only, tokens)
+  static = apply(TINY, params, tokens, plan=T.Plan(keep=(True, False)))
+  traced = apply(TINY, params, tokens, keep=jnp.array([True, False]))
   np.testing.assert_array_equal(static, expected)
   # The traced mask is a different (jitted, cond) program: equal up to float32 rounding.
   np.testing.assert_allclose(traced, expected, atol=1e-5, rtol=0)
-  np.testing.assert_allclose(T.apply(TINY, params, tokens, keep=jnp.array([True, True])),
-                             T.apply(TINY, params, tokens), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(apply(TINY, params, tokens, keep=jnp.array([True, True])),
+                             apply(TINY, params, tokens), atol=1e-5, rtol=0)
 
 
 def test_gradient_floor_stops_gradients_below_it(params, tokens):
   plan = T.Plan(grad_floor=1)
-  grads = jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens, plan=plan))(params)
-  full = jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens))(params)
+  grads = jax.jit(jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens, plan=plan)))(params)
+  full = jax.jit(jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens)))(params)
   assert not any(np.any(g) for g in jax.tree.leaves(grads["blocks"][0]))
   assert not np.any(grads["embed"]["embedding"])
   np.testing.assert_allclose(grads["blocks"][1]["up"]["kernel"], full["blocks"][1]["up"]["kernel"],
                              atol=1e-6, rtol=0)
-  assert float(T.lm_loss(TINY, params, tokens, tokens, plan=plan)) == float(
-      T.lm_loss(TINY, params, tokens, tokens))
+  loss = jax.jit(T.lm_loss, static_argnums=0, static_argnames=("plan",))
+  assert float(loss(TINY, params, tokens, tokens, plan=plan)) == float(
+      loss(TINY, params, tokens, tokens))
 
 
 @pytest.mark.parametrize("kwargs, field", [
