@@ -16,8 +16,9 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from jaxfl.runtime import ClientAxis, client_mesh
-from jaxfl.transforms import (fedit_mean, ffa_labels, ffa_mean, flex_svd, lora_delta,
-                              lora_labels, mask_rank, merge_lora, stack_merge)
+from jaxfl.peft import lora
+from jaxfl.transforms import (fedit_mean, ffa_mean, flex_svd, lora_delta, mask_rank, merge_lora,
+                              stack_merge)
 
 K, D_IN, D_OUT, R = 4, 16, 12, 4
 SCALE = 2.0  # alpha / r = 8 / 4
@@ -276,8 +277,9 @@ def test_empty_round_without_server_tree_weights_clients_equally():
 def test_labels_partition_the_params():
   params = first(make_tree(10))
   grads = jax.tree.map(np.ones_like, params)
-  for labels, trained in ((ffa_labels, {"lora_b"}), (lora_labels, {"lora_a", "lora_b"})):
-    tree = labels(params)
+  for rule, trained in ((lora.is_lora_b_path, {"lora_b"}),
+                        (lora.is_lora_path, {"lora_a", "lora_b"})):
+    tree = lora.path_labels(params, rule)
     assert jax.tree.structure(tree) == jax.tree.structure(params)
     tx = optax.partition({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, tree)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)

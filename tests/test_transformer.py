@@ -8,6 +8,7 @@ import pytest
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer as T
 from jaxfl.peft import lora
+from jaxfl.transforms import merge_lora
 
 TINY = T.VARIANTS["tiny"]
 # Jitted entry points: op-by-op (eager) execution compiles every primitive separately.
@@ -99,7 +100,7 @@ def test_merged_adapters_give_the_unmerged_output(tokens):
       lambda kp, v: 0.1 * jax.random.normal(jax.random.key(5), v.shape)
       if kp[-1].key == "lora_b" else v, p)
   unmerged = apply(cfg, p, tokens)
-  merged = apply(TINY, lora.merge(p, cfg.lora_scale), tokens)
+  merged = apply(TINY, merge_lora(p, cfg.lora_scale), tokens)
   assert float(jnp.abs(unmerged - apply(TINY, lora.split(
       p, lora.path_labels(p, lora.is_lora_path))[1], tokens)).max()) > 1e-2  # adapters matter
   np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)

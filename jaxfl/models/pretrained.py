@@ -15,7 +15,8 @@ bytes from the general domains' joined training streams
 between chunks. Same spec, same machine type: bit-identical parameters.
 
 Examples:
-  >>> spec = PretrainSpec(variant='tiny', steps=4, batch_size=2, seq_len=16, eval_every=2)
+  >>> spec = PretrainSpec(variant='tiny', steps=4, batch_size=2, seq_len=16, warmup_steps=1,
+  ...                     eval_every=2)
   >>> spec.config.num_layers
   2
 """

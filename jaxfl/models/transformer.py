@@ -26,8 +26,8 @@ activations are stored in int8 (activation quantization).
 
 | variant | layers | d_model | heads | d_ff | context | params  |
 |---------|--------|---------|-------|------|---------|---------|
-| tiny    | 2      | 32      | 2     | 128  | 64      | 44,420    |
-| small   | 6      | 128     | 4     | 512  | 128     | 1,273,092 |
+| tiny    | 2      | 32      | 2     | 128  | 64      | 44,290    |
+| small   | 6      | 128     | 4     | 512  | 128     | 1,272,578 |
 
 (vocabulary 258: 256 bytes, EOS and BOS; counts without adapters.)
 
@@ -39,7 +39,7 @@ Examples:
   >>> apply(cfg, params, tokens).shape
   (2, 16, 258)
   >>> num_params(params)
-  44420
+  44290
 """
 
 from __future__ import annotations
@@ -225,18 +225,23 @@ class Block(nnx.Module):
   def attention(self, x, kv=None, start=0):
     """Causal attention of ``x`` ``[B, S, d]`` at positions ``start..start+S-1``.
 
-    With ``kv`` (this block's cached ``(k, v)``, ``[B, H, max_len, dh]``), the new keys and
-    values are written at those positions and queries attend to every cached position up
-    to their own; returns the output and the updated ``(k, v)``.
+    With ``kv = (k_all, v_all, layer)`` (every block's cache, ``[L, B, H, max_len, dh]``,
+    and this block's index), the new keys and values are written into the cache at those
+    positions (an in-place update of the whole cache, not a copy of this layer's slice) and
+    queries attend to every cached position up to their own; returns the output and the
+    updated ``(k_all, v_all)``.
     """
     b, s, d = x.shape
     h = self.num_heads
     split = lambda t: t.reshape(b, s, h, d // h).transpose(0, 2, 1, 3)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     if kv is not None:
-      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, start, 0))
-      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, start, 0))
-      kv = (k, v)
+      k_all, v_all, layer = kv
+      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype),
+                                           (layer, 0, 0, start, 0))
+      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype),
+                                           (layer, 0, 0, start, 0))
+      k, v, kv = k_all[layer], v_all[layer], (k_all, v_all)
     qpos = start + jnp.arange(s)
     kpos = jnp.arange(k.shape[2])
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d // h)
@@ -292,12 +297,10 @@ class TransformerLM(nnx.Module):
     """Logits of ``tokens`` ``[B, S]`` at positions ``start..``, reading/writing ``cache``."""
     pos = jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start, tokens.shape[1])
     x = self.embed(tokens) + pos[None]
-    ks, vs = [], []
+    k_all, v_all = cache
     for i, block in enumerate(self.blocks):
-      x, (k, v) = block(x, (cache.k[i], cache.v[i]), start)
-      ks.append(k)
-      vs.append(v)
-    return self.head(self.ln_f(x)), KVCache(jnp.stack(ks), jnp.stack(vs))
+      x, (k_all, v_all) = block(x, (k_all, v_all, i), start)
+    return self.head(self.ln_f(x)), KVCache(k_all, v_all)
 
 
 def _quantized_block(block: Block, plan: Plan, key, x):

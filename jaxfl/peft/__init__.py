@@ -1,7 +1,7 @@
 """Parameter-efficient fine-tuning: what trains, and what its backward pass stores.
 
 * :mod:`~jaxfl.peft.lora` -- trainability as labels on parameter paths (LoRA, LoRA depth,
-  full fine-tuning), split/combine of trainable and frozen trees, adapter merging;
+  FFA-LoRA, full fine-tuning), split/combine of trainable and frozen trees;
 * :mod:`~jaxfl.peft.quant` -- int8 (or 4/2-bit) storage of saved activations;
 * :mod:`~jaxfl.peft.layerdrop` -- stochastic layer dropout and an optimizer wrapper that
   leaves dropped layers untouched;

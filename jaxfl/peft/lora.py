@@ -1,4 +1,4 @@
-"""Trainability as labels on parameter paths: LoRA selection, split/combine, merging.
+"""Trainability as labels on parameter paths: LoRA selection, split and combine.
 
 A parameter tree is a nested dict (``nnx.to_pure_dict``); a leaf's *path* is the tuple of
 keys leading to it, e.g. ``('blocks', 3, 'query', 'lora_a')``. Every PEFT method is a
@@ -13,7 +13,8 @@ rule on paths that says which leaves train:
 
 :func:`path_labels` turns a rule into an optax label tree (``'train'``/``'freeze'``) for
 ``optax.partition``; :func:`split` cuts the tree into the trainable and frozen parts, so
-that ``jax.grad`` differentiates (and stores activations for) only what trains.
+that ``jax.grad`` differentiates (and stores activations for) only what trains. Adapters
+fold into their base weights with :func:`jaxfl.transforms.lora_aggregate.merge_lora`.
 
 Examples:
   >>> import jax.numpy as jnp, optax
@@ -50,6 +51,11 @@ LORA_KEYS = ("lora_a", "lora_b")
 def is_lora_path(path: Path) -> bool:
   """Adapter factors: the last key is ``lora_a`` or ``lora_b``."""
   return bool(path) and path[-1] in LORA_KEYS
+
+
+def is_lora_b_path(path: Path) -> bool:
+  """FFA-LoRA's trainable set (Sun et al., arXiv 2403.12313): ``lora_b`` only, ``A`` frozen."""
+  return bool(path) and path[-1] == "lora_b"
 
 
 def block_of(path: Path, prefix: str = "blocks") -> int:
@@ -142,22 +148,3 @@ def count(tree: Any) -> int:
 def nbytes(tree: Any) -> int:
   """Bytes of the arrays (or shape/dtype structs) in ``tree``."""
   return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def merge(params: Any, scale: float) -> Any:
-  """Fold every adapter into its base weight: ``W <- W + scale * A B``, factors dropped.
-
-  The merged tree is the adapter-free model's parameters; it computes the same function
-  as the unmerged model (to float32 rounding).
-  """
-
-  def go(node):
-    if not isinstance(node, dict):
-      return node
-    if "lora_a" in node and "lora_b" in node:
-      out = {k: v for k, v in node.items() if k not in LORA_KEYS}
-      out["kernel"] = node["kernel"] + scale * (node["lora_a"] @ node["lora_b"])
-      return out
-    return {k: go(v) for k, v in node.items()}
-
-  return go(params)

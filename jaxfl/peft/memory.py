@@ -24,8 +24,10 @@ Examples:
   >>> params = transformer.init(cfg, jax.random.key(0))
   >>> x = jnp.zeros((2, 16), jnp.int32)
   >>> fp = footprint(cfg, params, lora.is_lora_path, optax.adam(1e-3), x, x)
-  >>> fp.trainable_bytes, fp.optimizer_bytes  # 2 blocks x 4 targets x r (in + out) x 4 bytes
-  (22528, 45064)
+  >>> fp.trainable_bytes  # 2 blocks x r=4 x (3 x (32 + 32) + (32 + 128)) x 4 bytes
+  11264
+  >>> fp.optimizer_bytes  # Adam's mu and nu, and its int32 step count
+  22532
 """
 
 from __future__ import annotations

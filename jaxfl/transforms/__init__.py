@@ -7,11 +7,10 @@ client's update. All chain with optax and with each other.
 
 from jaxfl.transforms._aggregate import WeightedMeanState, weighted_mean
 from jaxfl.transforms.aircomp import AirCompState, aircomp_aggregate, aircomp_mean
-from jaxfl.transforms.lora_aggregate import (LoraAggregateState, fedit_mean, ffa_labels,
-                                             ffa_mean, flex_svd, lora_delta, lora_labels,
-                                             mask_rank, merge_lora, stack_merge)
+from jaxfl.transforms.lora_aggregate import (LoraAggregateState, fedit_mean, ffa_mean, flex_svd,
+                                             lora_delta, mask_rank, merge_lora, stack_merge)
 
 __all__ = ["WeightedMeanState", "weighted_mean"]
 __all__ += ["AirCompState", "aircomp_aggregate", "aircomp_mean"]
-__all__ += ["LoraAggregateState", "fedit_mean", "ffa_labels", "ffa_mean", "flex_svd",
-            "lora_delta", "lora_labels", "mask_rank", "merge_lora", "stack_merge"]
+__all__ += ["LoraAggregateState", "fedit_mean", "ffa_mean", "flex_svd", "lora_delta",
+            "mask_rank", "merge_lora", "stack_merge"]

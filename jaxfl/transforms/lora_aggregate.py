@@ -208,50 +208,6 @@ def merge_lora(tree: Any, scale, *, drop: bool = True) -> Any:
   return _rebuild(tree, None, lora_fn, lambda x, _: x)
 
 
-def _labels(params: Any, trained: tuple[str, ...]) -> Any:
-  def lora_fn(path, layer, _):
-    del path
-    return {k: jax.tree.map(lambda _: "train" if k in trained else "freeze", v)
-            for k, v in layer.items()}
-
-  return _rebuild(params, None, lora_fn, lambda x, _: "freeze")
-
-
-def lora_labels(params: Any) -> Any:
-  """``optax.partition`` labels for plain LoRA: ``'train'`` on ``lora_a`` and ``lora_b``.
-
-  Every other leaf (base kernels, biases, embeddings, heads) is ``'freeze'``.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax
-    >>> params = {'dense': {'kernel': jnp.ones((2, 2)), 'lora_a': jnp.ones((2, 1)),
-    ...                     'lora_b': jnp.zeros((1, 2))}, 'head': jnp.ones(2)}
-    >>> lora_labels(params)
-    {'dense': {'kernel': 'freeze', 'lora_a': 'train', 'lora_b': 'train'}, 'head': 'freeze'}
-    >>> tx = optax.partition({'train': optax.sgd(0.1), 'freeze': optax.set_to_zero()},
-    ...                      lora_labels(params))
-  """
-  return _labels(params, _FACTORS)
-
-
-def ffa_labels(params: Any) -> Any:
-  """``optax.partition`` labels for FFA-LoRA: ``'train'`` on ``lora_b`` only.
-
-  FFA-LoRA (Sun et al., ICLR 2024, arXiv 2403.12313) keeps the random ``lora_a`` frozen
-  and identical on every client, which makes :func:`ffa_mean` exact.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> ffa_labels({'kernel': jnp.ones((2, 2)), 'lora_a': jnp.ones((2, 1)),
-    ...             'lora_b': jnp.zeros((1, 2))})
-    {'kernel': 'freeze', 'lora_a': 'freeze', 'lora_b': 'train'}
-  """
-  return _labels(params, (LORA_B,))
-
-
-# --- collectives ----------------------------------------------------------------------------
-
-
 def _split_axis_name(axis_name: AxisName) -> tuple[str, tuple[str, ...]]:
   names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
   check(len(names) > 0 and all(isinstance(n, str) for n in names), "axis_name",
@@ -375,7 +331,7 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     s A_g B_g = \sum_k p_k\, s A B_k \quad \text{exactly}
 
   (Sun et al., "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024,
-  arXiv 2403.12313). Train with :func:`ffa_labels` so :math:`A` stays the shared random
+  arXiv 2403.12313). Train with labels from :func:`jaxfl.peft.lora.is_lora_b_path` so :math:`A` stays the shared random
   init; only :math:`B` need be communicated. The output's :math:`A` is ``params``'
   ``lora_a`` when ``params`` is given, else client 0's, bit for bit (the clients' are
   identical by construction, and a mean would round). Other leaves get the weighted mean.

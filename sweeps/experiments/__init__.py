@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ("fedavg", "bench_fl", "air_fedga")
+EXPERIMENTS = ("fedavg", "bench_fl", "air_fedga", "lm_pretrain", "fedlora", "bench_lm")
 
 
 def get(name: str):
