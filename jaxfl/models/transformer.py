@@ -190,11 +190,13 @@ class LoRALinear(nnx.Module):
       self.lora_a = self.lora_b = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = x @ self.kernel[...]
-    y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))  # explicit rank (no promotion)
+    # Flat rows: XLA:CPU runs 2-D matmuls (and their weight gradients, which contract over
+    # batch and time) markedly faster than batched 3-D ones, the adapters' thin products most.
+    rows = x.reshape(-1, x.shape[-1])
+    y = rows @ self.kernel[...] + self.bias[...][None]
     if self.lora_a is not None:
-      y = y + self.scale * ((x @ self.lora_a[...]) @ self.lora_b[...])
-    return y
+      y = y + self.scale * ((rows @ self.lora_a[...]) @ self.lora_b[...])
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class KVCache(NamedTuple):

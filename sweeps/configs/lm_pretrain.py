@@ -22,7 +22,7 @@ def pretrain_config(variant: str = "quick") -> ml_collections.ConfigDict:
   """The fields of :class:`jaxfl.models.pretrained.PretrainSpec` (shared with fedlora)."""
   p = ml_collections.ConfigDict()
   p.model = "small"  # jaxfl.models.transformer.VARIANTS
-  p.steps = 600
+  p.steps = 400
   p.batch_size = 32
   p.seq_len = 128
   p.learning_rate = 3e-3
