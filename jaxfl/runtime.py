@@ -93,6 +93,15 @@ class ClientAxis:
     )
 
 
+def split_axis_name(axis_name: AxisName) -> tuple[str, tuple[str, ...]]:
+  """``(inner vmap axis, outer mesh axes)`` of a client axis name; ConfigError if malformed."""
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  if not (names and all(isinstance(n, str) for n in names)):
+    raise ConfigError("axis_name", "a client axis name or a tuple of names (outer mesh "
+                      "axes..., inner vmap axis)", axis_name)
+  return names[-1], names[:-1]
+
+
 def client_weighted_sum(tree: Any, weight: jax.Array, axis_name: AxisName) -> Any:
   """``sum_k weight_k * tree_k`` over the client axis, the same on every client.
 

@@ -217,33 +217,36 @@ def test_sharded_matches_vmapped():
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
 
 
-def test_zero_weight_client_is_ignored():
-  """Client 1 has weight 0 and NaN everywhere: the result is that of the other three alone."""
+@pytest.mark.parametrize("bad", [0, 1])
+def test_zero_weight_client_is_ignored(bad):
+  """Client ``bad`` has weight 0 and NaN everywhere: the result is that of the others alone."""
   tree = make_tree(6)
   poisoned = jax.tree.map(np.copy, tree)
   for x in jax.tree.leaves(poisoned):
-    x[1] = np.nan
-  weights = np.array([1.0, 0.0, 3.0, 4.0], np.float32)
+    x[bad] = np.nan
+  weights = np.array([1.0, 1.0, 3.0, 4.0], np.float32)
+  weights[bad] = 0.0
+  keep = [k for k in range(K) if k != bad]
   p = shares(weights)
-  others = jax.tree.map(lambda x: x[[0, 2, 3]], tree)
+  others = jax.tree.map(lambda x: x[keep], tree)
   out = aggregate(poisoned, weights)
   for name in out:
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out[name])), name
-  np.testing.assert_allclose(out["fedit"]["head"], wmean(others["head"], p[[0, 2, 3]]),
+  np.testing.assert_allclose(out["fedit"]["head"], wmean(others["head"], p[keep]),
                              rtol=1e-5, atol=1e-6)
   for path in LAYERS:
-    layer, truth = get(others, path), true_delta(get(others, path), p[[0, 2, 3]])
+    layer, truth = get(others, path), true_delta(get(others, path), p[keep])
     for name in ("lora_a", "lora_b", "bias"):
-      np.testing.assert_allclose(get(out["fedit"], path)[name], wmean(layer[name], p[[0, 2, 3]]),
+      np.testing.assert_allclose(get(out["fedit"], path)[name], wmean(layer[name], p[keep]),
                                  rtol=1e-5, atol=1e-6)
     assert rel_err(delta(get(out["stack"], path)), truth) < 1e-5
     sigma = np.linalg.svd(truth, compute_uv=False)
     err = np.linalg.norm(delta(get(out["flex3"], path)) - truth, axis=(-2, -1))
     np.testing.assert_allclose(err, np.sqrt(np.sum(sigma[..., 3:] ** 2, axis=-1)), rtol=1e-5)
-  # Client 1's blocks of the stacked factors are zero.
+  # The bad client's blocks of the stacked factors are zero.
   stacked = out["stack"]["attn"]["query"]
-  assert not np.asarray(stacked["lora_a"][:, R:2 * R]).any()
-  assert not np.asarray(stacked["lora_b"][R:2 * R]).any()
+  assert not np.asarray(stacked["lora_a"][:, bad * R:(bad + 1) * R]).any()
+  assert not np.asarray(stacked["lora_b"][bad * R:(bad + 1) * R]).any()
 
 
 def test_empty_round_keeps_the_server_tree():

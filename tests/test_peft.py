@@ -53,7 +53,7 @@ def test_labels_split_combine_and_the_partitioned_optimizer(batch):
   trainable, frozen = lora.split(params, labels)
   assert tree_equal(lora.combine(trainable, frozen), params)
   assert lora.count(trainable) + lora.count(frozen) == lora.count(params)
-  assert {p[-1] for p, _ in lora._paths(trainable)} == {"lora_a", "lora_b"}
+  assert {p[-1] for p, _ in lora.leaf_paths(trainable)} == {"lora_a", "lora_b"}
   # optax.partition with the same labels: the frozen leaves do not move, adapters do.
   tx = lora.optimizer(optax.adam(1e-2), labels)
   state = tx.init(params)
@@ -168,6 +168,18 @@ def test_expansion_keeps_identity_with_trained_adapters(batch):
   big_cfg, big, _ = expand.expand(cfg, params, after=(0,))
   np.testing.assert_allclose(T.apply(big_cfg, big, batch[0]), T.apply(cfg, params, batch[0]),
                              atol=1e-5, rtol=0)
+
+
+def test_footprint_rejects_a_quantized_lora_block_training_base_weights(batch):
+  cfg = TINY.with_lora(4)
+  params = jax.eval_shape(lambda: T.init(cfg, jax.random.key(0)))
+  with pytest.raises(ConfigError, match="plan.quant_trainable"):
+    memory.footprint(cfg, params, lora.everything, optax.sgd(0.1), *batch,
+                     plan=T.Plan(quantized=(1,)))
+  ok = memory.footprint(cfg, params, lora.everything, optax.sgd(0.1), *batch,
+                        plan=T.Plan(quantized=(1,), quant_trainable="all"))
+  full = memory.footprint(cfg, params, lora.everything, optax.sgd(0.1), *batch)
+  assert ok.activation_bytes < full.activation_bytes
 
 
 def test_footprint_counts_hand_checkable_bytes(batch):

@@ -142,10 +142,36 @@ def test_gradient_floor_stops_gradients_below_it(params, tokens):
       loss(TINY, params, tokens, tokens))
 
 
+def test_dropped_floor_block_still_stops_gradients(params, tokens):
+  plan = T.Plan(keep=(True, False), grad_floor=1)
+  grads = jax.jit(jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens, plan=plan)))(params)
+  assert not any(np.any(g) for g in jax.tree.leaves(grads["blocks"]))
+  assert not np.any(grads["embed"]["embedding"])
+  assert np.any(grads["head"]["kernel"])
+
+
+@pytest.mark.parametrize("plan, field", [
+    (T.Plan(keep=(True,)), "plan.keep"), (T.Plan(grad_floor=3), "plan.grad_floor"),
+    (T.Plan(quantized=(2,)), "plan.quantized"), (T.Plan(quant_bits=3), "plan.quant_bits"),
+    (T.Plan(quant_trainable="LoRA"), "plan.quant_trainable"),
+])
+def test_bad_plan_names_the_field(params, tokens, plan, field):
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    T.apply(TINY, params, tokens, plan=plan)
+
+
+def test_positions_past_the_context_are_rejected(params, tokens):
+  with pytest.raises(ConfigError, match="tokens"):
+    T.decode(TINY, params, tokens[:, :8], T.init_cache(TINY, 2), TINY.max_len - 4)
+  with pytest.raises(ConfigError, match="tokens"):
+    T.apply(TINY, params, jnp.zeros((1, TINY.max_len + 1), jnp.int32))
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(num_heads=3), "model.num_heads"),
     (dict(d_model=0), "model.d_model"),
     (dict(lora_rank=-1), "model.lora_rank"),
+    (dict(lora_alpha=-1.0), "model.lora_alpha"),
     (dict(lora_targets=("qkv",)), "model.lora_targets"),
     (dict(lora_layers=(2,)), "model.lora_layers"),
 ])

@@ -64,7 +64,9 @@ class FederatedPEFT:
     clients_per_round: clients sampled per round.
     local_steps: local steps per client per round.
     axis: how clients are mapped (vmap, or shard_map over a mesh).
-    aggregator: reducing transform over the client axis (default: weighted mean).
+    aggregator: reducing transform of the clients' *deltas* over the client axis (default:
+      the weighted mean, which is FedIT for LoRA factors); the parameter-mode LoRA
+      aggregators of :mod:`jaxfl.transforms.lora_aggregate` do not fit here.
   """
 
   config: transformer.LMConfig

@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -89,12 +90,15 @@ class PretrainSpec:
     if self.seq_len > self.config.max_len:
       raise ConfigError("pretrain.seq_len", f"at most max_len={self.config.max_len}",
                         self.seq_len)
+    if self.steps % self.eval_every:
+      raise ConfigError("pretrain.eval_every", f"a divisor of steps={self.steps}",
+                        self.eval_every)
     if not (isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.steps):
       raise ConfigError("pretrain.warmup_steps", f"an integer in [0, steps={self.steps})",
                         self.warmup_steps)
-    if not self.learning_rate > 0:
+    if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
       raise ConfigError("pretrain.learning_rate", "a positive number", self.learning_rate)
-    if not self.weight_decay >= 0:
+    if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
       raise ConfigError("pretrain.weight_decay", "a non-negative number", self.weight_decay)
     if not (isinstance(self.seed, int) and self.seed >= 0):
       raise ConfigError("pretrain.seed", "a non-negative integer", self.seed)
@@ -127,15 +131,16 @@ def general_streams(corpus: corpus_lib.Corpus, domains) -> tuple[np.ndarray, np.
           np.concatenate([corpus.validation[d] for d in domains]))
 
 
-def make_train_chunk(spec: PretrainSpec, tx: optax.GradientTransformation, tokens: jax.Array):
-  """``chunk(params, opt_state, key, first_step) -> (params, opt_state, losses)`` (jitted).
+def make_train_chunk(spec: PretrainSpec, tx: optax.GradientTransformation):
+  """``chunk(params, opt_state, key, first_step, tokens) -> (params, opt_state, losses)``.
 
+  Jitted; ``tokens`` (the training stream) is an argument, not a compile-time constant.
   Runs ``eval_every`` steps as one ``lax.scan``; step ``s`` draws its windows with
   ``fold_in(key, s)``, so a chunk's result depends only on the step numbers it covers.
   """
   config = spec.config
 
-  def step(carry, s):
+  def step(carry, s, tokens):
     params, opt_state, key = carry
     x, y = corpus_lib.sample_windows(tokens, jax.random.fold_in(key, s), spec.batch_size,
                                      spec.seq_len)
@@ -144,9 +149,10 @@ def make_train_chunk(spec: PretrainSpec, tx: optax.GradientTransformation, token
     return (optax.apply_updates(params, updates), opt_state, key), loss
 
   @jax.jit
-  def chunk(params, opt_state, key, first_step):
+  def chunk(params, opt_state, key, first_step, tokens):
     steps = first_step + jnp.arange(spec.eval_every)
-    (params, opt_state, _), losses = jax.lax.scan(step, (params, opt_state, key), steps)
+    (params, opt_state, _), losses = jax.lax.scan(functools.partial(step, tokens=tokens),
+                                                  (params, opt_state, key), steps)
     return params, opt_state, losses
 
   return chunk
@@ -172,7 +178,8 @@ def pretrain(spec: PretrainSpec, corpus: corpus_lib.Corpus, *,
   params = transformer.init(config, jax.random.fold_in(key, 0))
   tx = optax.adamw(schedule(spec), weight_decay=spec.weight_decay)
   opt_state = tx.init(params)
-  chunk = make_train_chunk(spec, tx, jnp.asarray(train))
+  chunk = make_train_chunk(spec, tx)
+  tokens = jnp.asarray(train)
   evaluate = make_eval(config, *corpus_lib.eval_windows(valid, spec.seq_len, spec.eval_windows))
   data_key = jax.random.fold_in(key, 1)
   history, start, step = [], time.perf_counter(), 0
@@ -189,7 +196,7 @@ def pretrain(spec: PretrainSpec, corpus: corpus_lib.Corpus, *,
 
   record(None)
   while step < spec.steps:
-    params, opt_state, losses = chunk(params, opt_state, data_key, jnp.int32(step))
+    params, opt_state, losses = chunk(params, opt_state, data_key, jnp.int32(step), tokens)
     step += spec.eval_every
     record(float(jnp.mean(losses)))
   return params, history

@@ -102,6 +102,9 @@ class LMConfig:
       raise ConfigError("model.num_heads", f"a divisor of d_model={self.d_model}", self.num_heads)
     if not (isinstance(self.lora_rank, int) and self.lora_rank >= 0):
       raise ConfigError("model.lora_rank", "an integer >= 0", self.lora_rank)
+    if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and
+            self.lora_alpha > 0):
+      raise ConfigError("model.lora_alpha", "a positive number", self.lora_alpha)
     unknown = [t for t in self.lora_targets if t not in LINEAR_NAMES]
     if unknown:
       raise ConfigError("model.lora_targets", f"names among {LINEAR_NAMES}", unknown)
@@ -156,7 +159,9 @@ class Plan:
       (:func:`jaxfl.peft.quant.quantized_remat`); the block recomputes its VJP from them.
     quant_bits: bits of that storage.
     quant_trainable: which leaves of a quantized block receive gradients: ``'lora'`` (the
-      adapters; base weights frozen) or ``'all'``.
+      adapters; its other leaves get an exact zero gradient, as frozen base weights) or
+      ``'all'`` (full fine-tuning, block expansion). :func:`jaxfl.peft.memory.footprint`
+      rejects ``'lora'`` when non-adapter leaves of a quantized block train.
   """
 
   keep: tuple[bool, ...] | None = None
@@ -164,6 +169,20 @@ class Plan:
   quantized: tuple[int, ...] = ()
   quant_bits: int = 8
   quant_trainable: str = "lora"
+
+  def check(self, num_layers: int) -> None:
+    """ConfigError naming the field unless this plan fits a model of ``num_layers`` blocks."""
+    if self.keep is not None and (len(self.keep) != num_layers or
+                                  not all(isinstance(k, bool) for k in self.keep)):
+      raise ConfigError("plan.keep", f"None or {num_layers} Python bools", self.keep)
+    if not (isinstance(self.grad_floor, int) and 0 <= self.grad_floor <= num_layers):
+      raise ConfigError("plan.grad_floor", f"an integer in [0, {num_layers}]", self.grad_floor)
+    if any(not (isinstance(i, int) and 0 <= i < num_layers) for i in self.quantized):
+      raise ConfigError("plan.quantized", f"block indices in [0, {num_layers})", self.quantized)
+    if self.quant_bits not in (2, 4, 8):
+      raise ConfigError("plan.quant_bits", "2, 4 or 8", self.quant_bits)
+    if self.quant_trainable not in ("lora", "all"):
+      raise ConfigError("plan.quant_trainable", "'lora' or 'all'", self.quant_trainable)
 
 
 class LoRALinear(nnx.Module):
@@ -281,12 +300,14 @@ class TransformerLM(nnx.Module):
         dropped block is skipped at run time with ``lax.cond``.
       key: PRNG key for stochastic rounding of quantized activations (``None``: nearest).
     """
+    plan.check(self.config.num_layers)
+    _check_length(tokens.shape[1], 0, self.config.max_len)
     x = self.embed(tokens) + self.pos_embed[...][None, : tokens.shape[1]]
     for i, block in enumerate(self.blocks):
+      if i == plan.grad_floor and i > 0:  # before the keep check: a dropped floor still stops
+        x = jax.lax.stop_gradient(x)
       if plan.keep is not None and not plan.keep[i]:
         continue
-      if i == plan.grad_floor and i > 0:
-        x = jax.lax.stop_gradient(x)
       if i in plan.quantized:
         run = functools.partial(_quantized_block, block, plan,
                                 None if key is None else jax.random.fold_in(key, i))
@@ -297,12 +318,20 @@ class TransformerLM(nnx.Module):
 
   def decode(self, tokens: jax.Array, cache: KVCache, start) -> tuple[jax.Array, KVCache]:
     """Logits of ``tokens`` ``[B, S]`` at positions ``start..``, reading/writing ``cache``."""
+    _check_length(tokens.shape[1], start, self.config.max_len)
     pos = jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start, tokens.shape[1])
     x = self.embed(tokens) + pos[None]
     k_all, v_all = cache
     for i, block in enumerate(self.blocks):
       x, (k_all, v_all) = block(x, (k_all, v_all, i), start)
     return self.head(self.ln_f(x)), KVCache(k_all, v_all)
+
+
+def _check_length(length: int, start, max_len: int) -> None:
+  """Positions past ``max_len`` have no embedding (and would be clamped silently)."""
+  if isinstance(start, int) and start + length > max_len:
+    raise ConfigError("tokens", f"positions within max_len={max_len}",
+                      f"positions {start}..{start + length - 1}")
 
 
 def _quantized_block(block: Block, plan: Plan, key, x):

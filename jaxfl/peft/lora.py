@@ -81,7 +81,8 @@ def everything(path: Path) -> bool:
   return True
 
 
-def _paths(tree: Any) -> list[tuple[Path, Any]]:
+def leaf_paths(tree: Any) -> list[tuple[Path, Any]]:
+  """``(path, leaf)`` of every leaf, paths as tuples of plain keys."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   return [(tuple(_key(k) for k in kp), leaf) for kp, leaf in flat]
 

@@ -13,8 +13,9 @@ For one training step of the LM with a given trainable set, optimizer and
 Nothing is computed or allocated: everything is traced with ``jax.eval_shape``. These are
 the bytes FedQuad (arXiv 2506.01001) and DropPEFT (arXiv 2503.10217) trade against time:
 LoRA depth ``d`` makes ``activation_bytes`` grow linearly in ``d`` (nothing below block
-``L - d`` is differentiated), and int8 storage of a block's saved activations cuts that
-block's share by ~4x.
+``L - d`` is differentiated), and int8 storage of a block's saved activations (only its
+int8 input, :func:`jaxfl.peft.quant.quantized_remat`) cuts that block's share by about
+two orders of magnitude.
 
 Examples:
   >>> import jax, jax.numpy as jnp, optax
@@ -37,6 +38,7 @@ import dataclasses
 import jax
 import optax
 
+from jaxfl.errors import ConfigError
 from jaxfl.models import transformer
 from jaxfl.peft import lora
 from jaxfl.peft.quant import saved_residual_bytes
@@ -73,6 +75,12 @@ def footprint(config: transformer.LMConfig, params: dict, rule: lora.PathRule,
     plan: layer keep mask, gradient floor, quantized blocks.
   """
   trainable, frozen = lora.split(params, lora.path_labels(params, rule))
+  if plan.quantized and plan.quant_trainable == "lora":
+    wrong = [p for p, _ in lora.leaf_paths(trainable)
+             if lora.block_of(p) in plan.quantized and not lora.is_lora_path(p)]
+    if wrong:  # a quantized 'lora' block gives those leaves zero gradients
+      raise ConfigError("plan.quant_trainable", "'all' when non-adapter leaves of quantized "
+                        "blocks train", f"'lora' with {wrong[0]} trainable")
   found = []
 
   def probe(t, f, x, y):  # everything abstract: params may be ShapeDtypeStructs

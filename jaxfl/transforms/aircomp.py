@@ -41,7 +41,7 @@ import optax
 
 from jaxfl.errors import ConfigError, check
 from jaxfl.planners.power import POLICIES, PowerControl, aggregation_mse, power_control
-from jaxfl.runtime import AxisName, client_weighted_sum
+from jaxfl.runtime import AxisName, client_weighted_sum, split_axis_name
 
 
 class AirCompState(NamedTuple):
@@ -122,14 +122,6 @@ def _rms(tree: Any, batch_dims: int = 0) -> jax.Array:
   return jnp.sqrt(total / max(size, 1))
 
 
-def _split_axis_name(axis_name: AxisName) -> tuple[str, tuple[str, ...]]:
-  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-  check(len(names) > 0 and all(isinstance(n, str) for n in names), "axis_name",
-        "a client axis name or a tuple of names (outer mesh axes..., inner vmap axis)",
-        axis_name)
-  return names[-1], names[:-1]
-
-
 def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optimal",
                  truncation_threshold: float | None = None
                  ) -> optax.GradientTransformationExtraArgs:
@@ -201,7 +193,7 @@ def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optima
     0.1125
   """
   _check_config(noise_var, policy, truncation_threshold)
-  inner, outer = _split_axis_name(axis_name)
+  inner, outer = split_axis_name(axis_name)
 
   def init_fn(params):
     del params

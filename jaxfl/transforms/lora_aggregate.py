@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxfl.errors import ConfigError, check
-from jaxfl.runtime import AxisName, client_weighted_sum
+from jaxfl.runtime import AxisName, client_weighted_sum, split_axis_name
 
 LORA_A = "lora_a"
 LORA_B = "lora_b"
@@ -208,17 +208,9 @@ def merge_lora(tree: Any, scale, *, drop: bool = True) -> Any:
   return _rebuild(tree, None, lora_fn, lambda x, _: x)
 
 
-def _split_axis_name(axis_name: AxisName) -> tuple[str, tuple[str, ...]]:
-  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-  check(len(names) > 0 and all(isinstance(n, str) for n in names), "axis_name",
-        "a client axis name or a tuple of names (outer mesh axes..., inner vmap axis)",
-        axis_name)
-  return names[-1], names[:-1]
-
-
 def _gather(x: jax.Array, axis_name: AxisName) -> jax.Array:
   """``[K, ...]``: every client's ``x`` in global client order (device-major under shard_map)."""
-  inner, outer = _split_axis_name(axis_name)
+  inner, outer = split_axis_name(axis_name)
   out = jax.lax.all_gather(x, inner)
   return jax.lax.all_gather(out, outer, tiled=True) if outer else out
 
@@ -308,7 +300,7 @@ def fedit_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     >>> lora_delta(out, 1.0).tolist()
     [[0.25, 0.25], [0.25, 0.25]]
   """
-  _split_axis_name(axis_name)
+  split_axis_name(axis_name)
 
   def update_fn(tree, state, params=None, *, weight=1.0, **extra_args):
     del extra_args
@@ -353,7 +345,7 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     >>> out['lora_b'].tolist(), bool((out['lora_a'] == a).all())
     ([[0.75, 1.0]], True)
   """
-  _split_axis_name(axis_name)
+  split_axis_name(axis_name)
 
   def update_fn(tree, state, params=None, *, weight=1.0, **extra_args):
     del extra_args
@@ -363,8 +355,12 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
       a, _ = _checked_factors(path, layer)
       out = {k: rnd.mean(v, None if server is None else server[k])
              for k, v in layer.items() if k != LORA_A}
-      # Client 0's A under vmap is a copy of the stacked array's row 0: bitwise the input.
-      out[LORA_A] = _gather(a, axis_name)[0] if server is None else jnp.asarray(server[LORA_A])
+      if server is None:  # the first member's A (bitwise its input): a weight-0 client's
+        # factors may be non-finite, so client 0 is not good enough
+        first = jnp.argmax(_gather(rnd.share, axis_name) > 0)
+        out[LORA_A] = _gather(a, axis_name)[first]
+      else:
+        out[LORA_A] = jnp.asarray(server[LORA_A])
       return {k: out[k] for k in layer}
 
     return _rebuild(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
@@ -417,7 +413,7 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     >>> out['lora_a'].shape, lora_delta(out, 1.0).tolist()
     ((2, 2), [[0.5, 0.0], [0.0, 0.5]])
   """
-  _split_axis_name(axis_name)
+  split_axis_name(axis_name)
 
   def update_fn(tree, state, params=None, *, weight=1.0, rank=None, **extra_args):
     del extra_args
@@ -512,7 +508,7 @@ def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtr
     >>> jnp.round(lora_delta(out, 1.0), 6).tolist()
     [[0.75, 0.0], [0.0, 0.0]]
   """
-  _split_axis_name(axis_name)
+  split_axis_name(axis_name)
   if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
     raise ConfigError("rank", "a positive int (the aggregate's LoRA rank)", rank)
   out_rank = rank
