@@ -2,7 +2,8 @@
 
 from jaxfl.algorithms.fedavg import (SERVER_OPTIMIZERS, FedAvg, RoundMetrics, ServerState,
                                      server_optimizer)
+from jaxfl.algorithms.diloco import WAN, DiLoCo
 from jaxfl.algorithms.fedpeft import FederatedPEFT
 
-__all__ = ["SERVER_OPTIMIZERS", "FedAvg", "FederatedPEFT", "RoundMetrics", "ServerState",
-           "server_optimizer"]
+__all__ = ["SERVER_OPTIMIZERS", "DiLoCo", "FedAvg", "FederatedPEFT", "RoundMetrics",
+           "ServerState", "WAN", "server_optimizer"]
