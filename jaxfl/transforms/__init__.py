@@ -9,8 +9,11 @@ from jaxfl.transforms._aggregate import WeightedMeanState, weighted_mean
 from jaxfl.transforms.aircomp import AirCompState, aircomp_aggregate, aircomp_mean
 from jaxfl.transforms.lora_aggregate import (LoraAggregateState, fedit_mean, ffa_mean, flex_svd,
                                              lora_delta, mask_rank, merge_lora, stack_merge)
+from jaxfl.transforms.delay_comp import (CoCoDCState, DCASGDState, cocodc_correction, cocodc_merge,
+                                         dc_asgd)
 
 __all__ = ["WeightedMeanState", "weighted_mean"]
 __all__ += ["AirCompState", "aircomp_aggregate", "aircomp_mean"]
 __all__ += ["LoraAggregateState", "fedit_mean", "ffa_mean", "flex_svd", "lora_delta",
             "mask_rank", "merge_lora", "stack_merge"]
+__all__ += ["CoCoDCState", "DCASGDState", "cocodc_correction", "cocodc_merge", "dc_asgd"]
