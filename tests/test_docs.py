@@ -10,7 +10,10 @@ MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms
            "jaxfl.data.corpus", "jaxfl.peft.layerdrop",
            "jaxfl.peft.quant", "jaxfl.models.transformer", "jaxfl.models.pretrained",
            "jaxfl.peft.lora", "jaxfl.peft.expand", "jaxfl.peft.memory",
-           "jaxfl.algorithms.fedpeft"]
+           "jaxfl.algorithms.fedpeft", "jaxfl.algorithms.diloco",
+           "jaxfl.transforms.delay_comp",
+           "jaxfl.planners.fragments",
+           "jaxfl.algorithms.streaming_diloco"]
 
 
 @pytest.mark.parametrize("name", MODULES)
