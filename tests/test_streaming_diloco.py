@@ -94,11 +94,26 @@ def test_unhidden_communication_stalls_the_clock():
   assert float(state.sim_time) == pytest.approx(3 * 0.5 + 3.0)
 
 
+def test_low_precision_outer_gradients():
+  d = data()
+  exact, _ = engine().jit_run(engine().init(PARAMS, jax.random.key(0)), d, 12)
+  q8 = engine(outer_bits=8)
+  s8, _ = q8.jit_run(q8.init(PARAMS, jax.random.key(0)), d, 12)
+  q2 = engine(outer_bits=2)
+  s2, _ = q2.jit_run(q2.init(PARAMS, jax.random.key(0)), d, 12)
+  err = lambda s: max(float(jnp.max(jnp.abs(s.params[k] - exact.params[k]))) for k in PARAMS)
+  scale = max(float(jnp.max(jnp.abs(exact.params[k]))) for k in PARAMS)
+  assert 0 < err(s8) < 0.02 * scale < err(s2)  # 8 bits: close to float32; 2 bits: not
+  np.testing.assert_allclose(q8.fragment_comm_time(PARAMS) - 0.1,
+                             (engine().fragment_comm_time(PARAMS) - 0.1) / 4)  # latency 0.1 s
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(mode="ring"), "mode"), (dict(overlap=6), "overlap"), (dict(overlap=0), "overlap"),
     (dict(num_fragments=7, labels={"a": 0, "b": 1, "c": 2}), "num_fragments"),
     (dict(alpha=1.5), "alpha"), (dict(lam0=-1.0), "lam0"),
     (dict(labels={"a": 0, "b": 1, "c": 5}), "labels"), (dict(send_every=0), "send_every"),
+    (dict(outer_bits=16), "outer_bits"),
 ])
 def test_bad_arguments_name_the_field(kwargs, field):
   with pytest.raises(ConfigError, match=field):

@@ -55,6 +55,7 @@ from jaxfl.algorithms.diloco import WAN
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn
 from jaxfl.peft.layerdrop import skip_inactive
+from jaxfl.peft.quant import dequantize_rows, quantize_rows
 from jaxfl.planners import fragments as frag
 from jaxfl.runtime import ClientAxis
 from jaxfl.transforms.delay_comp import cocodc_merge
@@ -111,6 +112,11 @@ class StreamingDiLoCo:
     lam0: CoCoDC's :math:`\\lambda_0` (0: the local progress replayed uncompensated).
     send_every: CoCoDC's ``h``, steps between sends (default ``H // P``).
     offset: Streaming DiLoCo's phase of fragment 0.
+    outer_bits: ``None`` (float32 outer gradients) or 8, 4, 2: each worker's outer
+      gradient is sent quantized per row (symmetric absmax with stochastic rounding,
+      :func:`jaxfl.peft.quant.quantize_rows`; the mean is accumulated in float32), and the
+      all-reduce carries ``bits/32`` of the bytes. A simulation of Streaming DiLoCo's
+      low-precision outer gradients (it uses FP4 E3M0 floats; these are integers).
     step_time: simulated seconds per inner step.
     wan: the link pricing each fragment's all-reduce.
     axis: how workers are mapped.
@@ -130,6 +136,7 @@ class StreamingDiLoCo:
   lam0: float = 0.2
   send_every: int | None = None
   offset: int = 0
+  outer_bits: int | None = None
   step_time: float = 1.0
   wan: WAN = dataclasses.field(default_factory=WAN)
   axis: ClientAxis = dataclasses.field(default_factory=ClientAxis)
@@ -151,6 +158,8 @@ class StreamingDiLoCo:
       raise ConfigError("alpha", "a mixing weight in [0, 1]", self.alpha)
     if not self.lam0 >= 0:
       raise ConfigError("lam0", "a non-negative number", self.lam0)
+    if self.outer_bits not in (None, 2, 4, 8):
+      raise ConfigError("outer_bits", "None, 8, 4 or 2", self.outer_bits)
     if self.send_every is not None and not (isinstance(self.send_every, int) and
                                             self.send_every > 0):
       raise ConfigError("send_every", "None or a positive integer", self.send_every)
@@ -179,8 +188,9 @@ class StreamingDiLoCo:
   def fragment_comm_time(self, params) -> np.ndarray:
     """``[P]`` simulated seconds of each fragment's all-reduce."""
     nbytes = np.zeros(self.num_fragments)
+    bits = self.outer_bits or 32
     for leaf, lab in zip(jax.tree.leaves(params), jax.tree.leaves(self.labels), strict=True):
-      nbytes[lab] += np.size(leaf) * np.dtype(leaf.dtype).itemsize
+      nbytes[lab] += np.size(leaf) * np.dtype(leaf.dtype).itemsize * bits / 32
     return np.array([self.wan.allreduce_time(b, self.num_workers) for b in nbytes])
 
   def step(self, state: StreamingState, data: ClientData) -> tuple[StreamingState, jax.Array]:
@@ -229,7 +239,12 @@ class StreamingDiLoCo:
   def _receive(self, state: StreamingState, p) -> StreamingState:
     mask = frag.fragment_mask(self.labels, p)
     # The mean outer gradient of fragment p; other leaves' values are ignored (skip_inactive).
-    delta = jax.tree.map(lambda g, s: jnp.mean(g[None] - s, axis=0), state.params, state.staged)
+    per_worker = jax.tree.map(lambda g, s: g[None] - s, state.params, state.staged)
+    if self.outer_bits is not None:
+      # This step's key folded with M: workers use 0..M-1 for their batches.
+      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), self.num_workers)
+      per_worker = self._quantize(per_worker, key)
+    delta = jax.tree.map(lambda d: jnp.mean(d, axis=0), per_worker)
     keep = jnp.arange(self.num_fragments) == p
     updates, outer_state = self._outer.update(delta, state.outer_state, state.params, keep=keep)
     params = optax.apply_updates(state.params, updates)
@@ -243,6 +258,16 @@ class StreamingDiLoCo:
                            state.workers)
     return state._replace(params=params, outer_state=outer_state, workers=workers,
                           receive_at=state.receive_at.at[p].set(-1))
+
+  def _quantize(self, tree, key):
+    """Each worker's outer gradient through ``outer_bits`` and back (rows: last axis)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    out = []
+    for i, x in enumerate(leaves):
+      rows = x.reshape(x.shape[0], -1) if x.ndim < 2 else x  # scalars and vectors: one row
+      q, scale = quantize_rows(rows, self.outer_bits, jax.random.fold_in(key, i))
+      out.append(dequantize_rows(q, scale).reshape(x.shape).astype(x.dtype))
+    return jax.tree.unflatten(treedef, out)
 
   def run(self, state: StreamingState, data: ClientData,
           num_steps: int) -> tuple[StreamingState, jax.Array]:
