@@ -45,6 +45,7 @@ import optax
 
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn
+from jaxfl.planners import fragments
 from jaxfl.runtime import ClientAxis
 from jaxfl.sim import tree_bytes
 from jaxfl.transforms import weighted_mean
@@ -63,9 +64,18 @@ class WAN:
   bandwidth: float = 1e8
   latency: float = 0.1
 
-  def allreduce_time(self, num_bytes, num_workers: int):
-    volume = 2.0 * (num_workers - 1) / num_workers * num_bytes
-    return volume / self.bandwidth + self.latency
+  def allreduce_time(self, num_bytes, num_workers: int) -> float:
+    return fragments.blocking_sync_time(num_bytes, self.bandwidth, self.latency, num_workers)
+
+
+def inner_step(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int, params,
+               opt_state, data: ClientData, key: jax.Array):
+  """One worker's inner step on ``batch_size`` examples drawn uniformly from its data;
+  returns ``(params, opt_state, loss)``."""
+  idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(data.count, 1))
+  loss, g = jax.value_and_grad(loss_fn)(params, data.x[idx], data.y[idx])
+  updates, opt_state = tx.update(g, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
 
 
 class DiLoCoState(NamedTuple):
@@ -142,17 +152,13 @@ class DiLoCo:
     key = jax.random.fold_in(state.key, state.step // self.inner_steps)
     worker_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
         key, jnp.arange(self.num_workers))
-    grad_fn = jax.value_and_grad(self.loss_fn)
     mean = weighted_mean(self.axis.axis_name)
 
     def worker(params, inner_state, data: ClientData, k):
       def step(carry, s):
-        p, opt = carry
-        idx = jax.random.randint(jax.random.fold_in(k, s), (self.batch_size,), 0,
-                                 jnp.maximum(data.count, 1))
-        loss, g = grad_fn(p, data.x[idx], data.y[idx])
-        updates, opt = self.inner_tx.update(g, opt, p)
-        return (optax.apply_updates(p, updates), opt), loss
+        p, opt, loss = inner_step(self.loss_fn, self.inner_tx, self.batch_size, *carry, data,
+                                  jax.random.fold_in(k, s))
+        return (p, opt), loss
 
       (local, inner_state), losses = jax.lax.scan(step, (params, inner_state),
                                                   jnp.arange(self.inner_steps))

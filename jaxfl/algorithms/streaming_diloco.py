@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.algorithms.diloco import WAN
+from jaxfl.algorithms.diloco import WAN, inner_step
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn
 from jaxfl.peft.layerdrop import skip_inactive
@@ -199,14 +199,7 @@ class StreamingDiLoCo:
     t = state.step
     key = jax.random.fold_in(state.key, t)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(self.num_workers))
-    grad_fn = jax.value_and_grad(self.loss_fn)
-
-    def inner(p, opt, d: ClientData, k):
-      idx = jax.random.randint(k, (self.batch_size,), 0, jnp.maximum(d.count, 1))
-      loss, g = grad_fn(p, d.x[idx], d.y[idx])
-      updates, opt = self.inner_tx.update(g, opt, p)
-      return optax.apply_updates(p, updates), opt, loss
-
+    inner = functools.partial(inner_step, self.loss_fn, self.inner_tx, self.batch_size)
     mapped = self.axis.map(inner, in_axes=(0, 0, 0, 0), out_axes=(0, 0, 0))
     workers, inner_state, losses = mapped(state.workers, state.inner_state, data, keys)
     state = state._replace(workers=workers, inner_state=inner_state)

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 Path = tuple[Any, ...]
@@ -144,8 +143,3 @@ def combine(a: dict, b: dict) -> dict:
 def count(tree: Any) -> int:
   """Number of scalars in ``tree``."""
   return sum(int(x.size) for x in jax.tree.leaves(tree))
-
-
-def nbytes(tree: Any) -> int:
-  """Bytes of the arrays (or shape/dtype structs) in ``tree``."""
-  return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))

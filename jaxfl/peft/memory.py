@@ -42,6 +42,7 @@ from jaxfl.errors import ConfigError
 from jaxfl.models import transformer
 from jaxfl.peft import lora
 from jaxfl.peft.quant import saved_residual_bytes
+from jaxfl.sim import tree_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,6 @@ def footprint(config: transformer.LMConfig, params: dict, rule: lora.PathRule,
   jax.eval_shape(probe, trainable, frozen, inputs, targets)
   residuals = found[0]
   opt_state = jax.eval_shape(tx.init, trainable)
-  return Footprint(trainable_bytes=lora.nbytes(trainable), optimizer_bytes=lora.nbytes(opt_state),
+  return Footprint(trainable_bytes=tree_bytes(trainable), optimizer_bytes=tree_bytes(opt_state),
                    activation_bytes=residuals.activation_bytes,
-                   frozen_bytes=lora.nbytes(frozen))
+                   frozen_bytes=tree_bytes(frozen))
