@@ -29,24 +29,43 @@ def median(values: Sequence[float | None], better: str = "higher") -> float | No
   return None if math.isinf(m) or math.isnan(m) else m
 
 
+def mean(values: Sequence[float | None], better: str = "higher") -> float | None:
+  """Mean over seeds; a missing value counts as worst, so any missing value gives ``None``."""
+  xs = [v for v in values if v is not None and math.isfinite(v)]
+  if not values or len(xs) < len(values):
+    return None
+  return math.fsum(float(v) for v in xs) / len(xs)
+
+
+AGGREGATES = {"median": median, "mean": mean}
+
+
 def claim(*, id: str, statement: str, paper: str, metric: str, better: str, method: str,
           per_seed: dict[str, list[float | None]], baseline: str | None = None,
-          margin: float = 0.0, threshold: float | None = None, **extra) -> dict:
+          margin: float = 0.0, threshold: float | None = None, aggregate: str = "median",
+          **extra) -> dict:
   """One claim entry.
 
   Exactly one of ``baseline`` (compare medians, ``margin`` slack in the worse
   direction) or ``threshold`` (compare the median with a fixed number) is given.
+  ``aggregate='mean'`` compares means over seeds instead (where an issue states its claim
+  as a mean); the entry records which.
   """
   if better not in BETTER:
     raise ValueError(f"better: expected one of {BETTER}, got {better!r}")
+  if aggregate not in AGGREGATES:
+    raise ValueError(f"aggregate: expected one of {list(AGGREGATES)}, got {aggregate!r}")
   if (baseline is None) == (threshold is None):
     raise ValueError("claim needs exactly one of baseline and threshold")
-  value = median(per_seed[method], better)
+  agg = AGGREGATES[aggregate]
+  value = agg(per_seed[method], better)
   sign = 1.0 if better == "higher" else -1.0
   out = dict(id=id, statement=statement, paper=paper, metric=metric, better=better,
              method=method, value=value)
+  if aggregate != "median":
+    out["aggregate"] = aggregate
   if baseline is not None:
-    base = median(per_seed[baseline], better)
+    base = agg(per_seed[baseline], better)
     out.update(baseline=baseline, baseline_value=base, margin=margin)
     holds = value is not None and base is not None and sign * (value - base) >= -margin
   else:

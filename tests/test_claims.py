@@ -34,6 +34,21 @@ def test_threshold_claim_lower_is_better_and_null():
   assert c["value"] is None and c["holds"] is False
 
 
+def test_mean_aggregate_and_missing_values():
+  assert claims.mean([1.0, 2.0, 6.0]) == 3.0
+  assert claims.mean([1.0, None]) is None and claims.mean([]) is None
+  # Median 1.0 would miss the threshold 2; the mean 3.0 meets it, and the entry says so.
+  c = claims.claim(id="t", statement="s", paper="p", metric="r", better="higher", method="a",
+                   threshold=2.0, aggregate="mean", per_seed={"a": [1.0, 0.0, 8.0]})
+  assert c["value"] == 3.0 and c["holds"] is True and c["aggregate"] == "mean"
+  c = claims.claim(id="t", statement="s", paper="p", metric="l", better="lower", method="a",
+                   baseline="b", aggregate="mean", per_seed={"a": [1.0, None], "b": [2.0, 2.0]})
+  assert c["value"] is None and c["baseline_value"] == 2.0 and c["holds"] is False
+  with pytest.raises(ValueError, match="aggregate"):
+    claims.claim(id="t", statement="s", paper="p", metric="m", better="higher", method="a",
+                 threshold=1.0, aggregate="max", per_seed={"a": [1.0]})
+
+
 def test_claim_needs_exactly_one_reference():
   with pytest.raises(ValueError):
     claims.claim(id="t", statement="s", paper="p", metric="m", better="higher", method="a",

@@ -118,3 +118,29 @@ def test_low_precision_outer_gradients():
 def test_bad_arguments_name_the_field(kwargs, field):
   with pytest.raises(ConfigError, match=field):
     engine(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["streaming", "cocodc"])
+def test_traced_hyperparameters_match_concrete_ones(mode):
+  """A vmapped sweep over (outer lr, alpha or lam0, overlap) equals building each engine
+  with Python numbers: the experiment's tuning grid relies on it."""
+  d = data()
+  grid = [(0.4, 0.5, 1), (0.7, 0.0, 2), (1.0, 0.2, 4)]
+  knob = "alpha" if mode == "streaming" else "lam0"
+
+  def run(lr, k, tau):
+    alg = StreamingDiLoCo(
+        loss, optax.adamw(1e-2), optax.sgd(lr, momentum=0.9, nesterov=True), num_workers=2,
+        inner_steps=6, batch_size=4, labels=LABELS, num_fragments=3, overlap=tau, mode=mode,
+        **{knob: k})
+    state, _ = alg.run(alg.init(PARAMS, jax.random.key(5)), d, 14)
+    return state.params, state.sim_time
+
+  lrs, knobs, taus = (np.asarray(v) for v in zip(*grid))
+  batched = jax.jit(jax.vmap(run))(lrs.astype(np.float32), knobs.astype(np.float32),
+                                   taus.astype(np.int32))
+  for i, (lr, k, tau) in enumerate(grid):
+    params, sim_time = jax.jit(lambda lr=lr, k=k, tau=tau: run(lr, k, tau))()
+    for name in PARAMS:
+      np.testing.assert_allclose(batched[0][name][i], params[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1][i], sim_time, rtol=1e-6)

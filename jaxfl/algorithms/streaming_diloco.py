@@ -63,6 +63,10 @@ from jaxfl.transforms.delay_comp import cocodc_merge
 MODES = ("streaming", "cocodc")
 
 
+def _traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
 class StreamingState(NamedTuple):
   """The run's state; ``[M, ...]`` leaves are per worker.
 
@@ -106,6 +110,9 @@ class StreamingDiLoCo:
       :func:`jaxfl.planners.fragments.fragment_labels`.
     num_fragments: ``P``.
     overlap: ``τ >= 1``: steps between a fragment's send and its receive (``< H``).
+      ``overlap``, ``alpha`` and ``lam0`` may be traced scalars, so that a sweep over them
+      vmaps (build the algorithm inside the vmapped function); they are checked when
+      concrete, and the caller keeps traced ones in range.
     mode: ``'streaming'`` (fixed staggered schedule, :math:`\\alpha`-mixing) or
       ``'cocodc'`` (adaptive schedule, delay-compensated merge).
     alpha: Streaming DiLoCo's mixing weight of the local value.
@@ -142,21 +149,23 @@ class StreamingDiLoCo:
   axis: ClientAxis = dataclasses.field(default_factory=ClientAxis)
 
   def __post_init__(self):
-    for name in ("num_workers", "inner_steps", "batch_size", "num_fragments", "overlap"):
+    for name in ("num_workers", "inner_steps", "batch_size", "num_fragments"):
       value = getattr(self, name)
       if not (isinstance(value, int) and value > 0):
         raise ConfigError(name, "a positive integer", value)
     if self.mode not in MODES:
       raise ConfigError("mode", f"one of {MODES}", self.mode)
-    if self.overlap >= self.inner_steps:
-      raise ConfigError("overlap", f"fewer steps than inner_steps={self.inner_steps}",
-                        self.overlap)
     if self.num_fragments > self.inner_steps:
       raise ConfigError("num_fragments", f"at most inner_steps={self.inner_steps}",
                         self.num_fragments)
-    if not 0.0 <= self.alpha <= 1.0:
+    # overlap, alpha and lam0 may be traced (a vmapped sweep over them): checked when concrete.
+    if not _traced(self.overlap) and not (
+        isinstance(self.overlap, int) and 0 < self.overlap < self.inner_steps):
+      raise ConfigError("overlap", f"an integer in [1, inner_steps={self.inner_steps})",
+                        self.overlap)
+    if not _traced(self.alpha) and not 0.0 <= self.alpha <= 1.0:
       raise ConfigError("alpha", "a mixing weight in [0, 1]", self.alpha)
-    if not self.lam0 >= 0:
+    if not _traced(self.lam0) and not self.lam0 >= 0:
       raise ConfigError("lam0", "a non-negative number", self.lam0)
     if self.outer_bits not in (None, 2, 4, 8):
       raise ConfigError("outer_bits", "None, 8, 4 or 2", self.outer_bits)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ("fedavg", "bench_fl", "air_fedga", "lm_pretrain", "fedlora", "bench_lm")
+EXPERIMENTS = ("fedavg", "bench_fl", "air_fedga", "lm_pretrain", "fedlora", "bench_lm",
+               "cocodc")
 
 
 def get(name: str):
