@@ -13,7 +13,7 @@ MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms
            "jaxfl.algorithms.fedpeft", "jaxfl.algorithms.diloco",
            "jaxfl.transforms.delay_comp",
            "jaxfl.planners.fragments",
-           "jaxfl.algorithms.streaming_diloco"]
+           "jaxfl.algorithms.streaming_diloco", "sweeps.experiments.cocodc"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -136,7 +136,7 @@ def test_traced_hyperparameters_match_concrete_ones(mode):
     state, _ = alg.run(alg.init(PARAMS, jax.random.key(5)), d, 14)
     return state.params, state.sim_time
 
-  lrs, knobs, taus = (np.asarray(v) for v in zip(*grid))
+  lrs, knobs, taus = (np.asarray(v) for v in zip(*grid, strict=True))
   batched = jax.jit(jax.vmap(run))(lrs.astype(np.float32), knobs.astype(np.float32),
                                    taus.astype(np.int32))
   for i, (lr, k, tau) in enumerate(grid):

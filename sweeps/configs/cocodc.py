@@ -15,6 +15,11 @@ Streaming DiLoCo's ``alpha``, CoCoDC's ``lam0``) is chosen from the grids below 
 validation loss of ``num_tuning_seeds`` tuning seeds (``seed + 1000 + i``, never reported),
 per ``τ``; the reported runs evaluate on held-out windows disjoint from the tuning ones.
 
+Measured (quick, 2 idle CPU cores, 2 min 34 s; means over 4 seeds): at τ = 12 CoCoDC ends
+within 0.01 nats/byte of Streaming DiLoCo (2.495 vs 2.502 for seeds 0-3, 2.508 vs 2.498 for
+seeds 100-103) and does not reach its final loss in 10% fewer steps; both streaming methods
+reach DiLoCo's final loss in under half its simulated time. See README.md, "CoCoDC".
+
 Launch:
   python -m sweeps.launch --config sweeps/configs/cocodc.py:quick
   python -m sweeps.launch --config sweeps/configs/cocodc.py:full --workdir /tmp/runs
@@ -38,7 +43,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.num_layers = 4
   c.d_model = 32
   c.num_heads = 2
-  c.d_ff = 128
+  c.d_ff = 64
   c.seq_len = 32
 
   # Workers: one domain each; windows of seq_len bytes.
@@ -69,7 +74,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.lam0_grid = (0.2, 0.5)  # CoCoDC's delay compensation
 
   # Simulated clock: seconds per inner step; WAN bytes/s and latency per all-reduce
-  # (the full model's all-reduce here takes ~20 steps, a fragment's ~7).
+  # (the full model's all-reduce here takes ~16 steps, a fragment's ~6).
   c.step_time = 0.1
   c.bandwidth = 2.0e5
   c.latency = 0.05
