@@ -13,7 +13,8 @@ MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms
            "jaxfl.algorithms.fedpeft", "jaxfl.algorithms.diloco",
            "jaxfl.transforms.delay_comp",
            "jaxfl.planners.fragments",
-           "jaxfl.algorithms.streaming_diloco", "sweeps.experiments.cocodc"]
+           "jaxfl.algorithms.streaming_diloco", "sweeps.experiments.cocodc",
+           "shapes.data", "shapes.ssm", "shapes.tokens", "shapes.metrics"]
 
 
 @pytest.mark.parametrize("name", MODULES)
