@@ -6,4 +6,6 @@
 * :mod:`shapes.tokens`: PRISM's part tokens, a Gaussian-mixture label embedding (plus an
   "empty" class) beside the part's SSM coefficients.
 * :mod:`shapes.metrics`: Chamfer distance, EMD, MMD, COV and 1-NNA for point-cloud sets.
+* :mod:`shapes.diffusion`: a permutation-equivariant set-transformer denoiser over part
+  tokens, DDPM/DDIM sampling and inpainting.
 """

@@ -116,9 +116,18 @@ def encode(spec: TokenSpec, ssm: ssm_lib.PartSSMs, points, exists, key: jax.Arra
   if m != spec.num_labels or ssm.num_modes != spec.num_modes:
     raise ConfigError("spec", f"num_labels={m} and num_modes={ssm.num_modes}",
                       (spec.num_labels, spec.num_modes))
+  return from_coeffs(spec, ssm_lib.encode(ssm, points, jnp.arange(m)), exists, key,
+                     shuffle=shuffle)
+
+
+def from_coeffs(spec: TokenSpec, coeffs, exists, key: jax.Array, *,
+                shuffle: bool = True) -> jax.Array:
+  """Tokens ``[N, m, q + K]`` from canonical-order SSM coefficients ``[N, m, q]`` (a fresh
+  label-noise draw and slot order per call: the diffusion model's training augmentation)."""
+  coeffs, exists = jnp.asarray(coeffs), jnp.asarray(exists, bool)
+  n, m = exists.shape
   labels = jnp.arange(m)
-  v = ssm_lib.encode(ssm, points, labels)  # [N, m, q]
-  v = jnp.where(exists[..., None], v, 0.0)
+  v = jnp.where(exists[..., None], coeffs, 0.0)
   k_noise, k_perm = jax.random.split(key)
   cls = jnp.where(exists, labels[None] + 1, 0)
   c = spec.means()[cls] + spec.sigma * jax.random.normal(k_noise, (n, m, spec.num_classes))
