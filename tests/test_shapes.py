@@ -93,8 +93,9 @@ def test_token_labels_round_trip_and_duplicates_are_dropped():
   spec = tokens.TokenSpec(num_labels=5, num_modes=6)
   # 100 label-noise draws of each of the 200 shapes: 10^5 slots.
   points, exists = np.tile(s.points, (100, 1, 1, 1)), np.tile(s.exists, (100, 1))
-  z = tokens.encode(spec, model, points, exists, jax.random.key(1))
-  out = tokens.decode(spec, model, z)
+  z = jax.jit(lambda p, e, k: tokens.encode(spec, model, p, e, k))(points, exists,
+                                                                   jax.random.key(1))
+  out = jax.jit(lambda z: tokens.decode(spec, model, z))(z)
   assert float(np.mean(np.asarray(out.exists) == exists)) >= 0.999
   assert int(out.duplicates.sum()) == 0
   # The slot order does not matter.
