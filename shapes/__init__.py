@@ -6,6 +6,7 @@
 * :mod:`shapes.tokens`: PRISM's part tokens, a Gaussian-mixture label embedding (plus an
   "empty" class) beside the part's SSM coefficients.
 * :mod:`shapes.metrics`: Chamfer distance, EMD, MMD, COV and 1-NNA for point-cloud sets.
+* :mod:`shapes.baselines`: global PCA over whole shapes and independent part sampling.
 * :mod:`shapes.diffusion`: a permutation-equivariant set-transformer denoiser over part
   tokens, DDPM/DDIM sampling and inpainting.
 """

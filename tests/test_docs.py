@@ -14,7 +14,8 @@ MODULES = ["jaxfl.planners.power", "jaxfl.transforms.aircomp", "jaxfl.transforms
            "jaxfl.transforms.delay_comp",
            "jaxfl.planners.fragments",
            "jaxfl.algorithms.streaming_diloco", "sweeps.experiments.cocodc",
-           "shapes.data", "shapes.ssm", "shapes.tokens", "shapes.metrics", "shapes.diffusion"]
+           "shapes.data", "shapes.ssm", "shapes.tokens", "shapes.metrics", "shapes.diffusion",
+           "shapes.baselines"]
 
 
 @pytest.mark.parametrize("name", MODULES)
