@@ -55,19 +55,12 @@ def fit_global_pca(shapes, num_modes: int | None = None) -> GlobalPCA:
   """PCA of every training shape's vector; ``num_modes=None`` keeps every mode with
   non-zero variance (so the samples have the training covariance exactly)."""
   x = shape_vectors(shapes.points, shapes.exists)
-  n = x.shape[0]
-  if n < 2:
-    raise ConfigError("shapes", "at least 2 training shapes", n)
-  mean = x.mean(axis=0)
-  _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-  var = s**2 / (n - 1)
-  keep = var > 1e-12 * var.sum()
-  if num_modes is not None:
-    if not (isinstance(num_modes, int) and num_modes > 0):
-      raise ConfigError("num_modes", "a positive integer or None", num_modes)
-    keep &= np.arange(var.size) < num_modes
+  if num_modes is not None and not (isinstance(num_modes, int) and num_modes > 0):
+    raise ConfigError("num_modes", "a positive integer or None", num_modes)
+  mean, modes, std, _ = ssm_lib.fit_label(x, num_modes or min(x.shape))
+  keep = std > 0  # fit_label pads degenerate modes with zeros
   _, m, p, _ = shapes.points.shape
-  return GlobalPCA(mean, vt[keep].T, np.sqrt(var[keep]), m, p)
+  return GlobalPCA(mean, modes[:, keep], std[keep], m, p)
 
 
 def sample_global_pca(model: GlobalPCA, num: int, *, seed: int

@@ -36,6 +36,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from typing import NamedTuple
@@ -104,6 +105,7 @@ def _template_rng(name: str) -> np.random.Generator:
                                                    16)])
 
 
+@functools.lru_cache(maxsize=64)
 def box_template(n: int) -> np.ndarray:
   """``[n, 3]`` points on the surface of the unit cube ``[-0.5, 0.5]^3``: equal counts per
   face (the remainder on the first faces), uniform within a face."""
@@ -115,9 +117,10 @@ def box_template(n: int) -> np.ndarray:
     axis, side = divmod(f, 2)
     face = np.insert(uv, axis, side - 0.5, axis=1)
     out.append(face)
-  return np.concatenate(out)
+  return _frozen(np.concatenate(out))
 
 
+@functools.lru_cache(maxsize=64)
 def cylinder_template(n: int, caps: bool = True) -> np.ndarray:
   """``[n, 3]`` points ``(cos θ, h, sin θ)`` on a unit-radius cylinder, ``h ∈ [0, 1]`` (y
   up): two thirds on the side, the rest on the two caps (radius in the unit disc)."""
@@ -126,14 +129,20 @@ def cylinder_template(n: int, caps: bool = True) -> np.ndarray:
   theta = rng.uniform(0, 2 * np.pi, n_side)
   side = np.stack([np.cos(theta), rng.uniform(0, 1, n_side), np.sin(theta)], axis=1)
   if not caps:
-    return side
+    return _frozen(side)
   parts = [side]
   for h in (0.0, 1.0):
     k = n // 6
     r = np.sqrt(rng.uniform(0, 1, k))
     t = rng.uniform(0, 2 * np.pi, k)
     parts.append(np.stack([r * np.cos(t), np.full(k, h), r * np.sin(t)], axis=1))
-  return np.concatenate(parts)
+  return _frozen(np.concatenate(parts))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+  """Templates are cached and shared: read-only, so no caller can change them."""
+  a.setflags(write=False)
+  return a
 
 
 def place_box(template, center, size, tilt: float = 0.0, pivot=None) -> np.ndarray:

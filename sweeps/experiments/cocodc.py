@@ -55,7 +55,8 @@ from sweeps.sweep import RunSpec
 
 FAMILIES = ("diloco", "streaming", "cocodc")
 NAMES = {"diloco": "DiLoCo (blocking)", "streaming": "Streaming DiLoCo", "cocodc": "CoCoDC"}
-KNOB = {"streaming": "alpha", "cocodc": "lam"}  # the second tuned hyperparameter
+KNOB = {"streaming": "alpha", "cocodc": "lam"}  # the second tuned hyperparameter (run names)
+KNOB_METRIC = {"streaming": "alpha", "cocodc": "lam0"}  # ... and its logged metric
 TUNING_OFFSET = 1000
 KEY_MODEL, KEY_RUN = range(2)
 PAPER = ("CoCoDC reduces the training steps to a comparable perplexity by up to 21.0% vs "
@@ -188,8 +189,10 @@ def rounds(c, spec: RunSpec) -> int:
 class Context:
   """Data, each family's compiled program, tuned points and computed rows."""
 
-  def __init__(self, data: ClientData, tune: tuple, test: tuple, domains: tuple[str, ...]):
+  def __init__(self, data: ClientData, tune: tuple, test: tuple, domains: tuple[str, ...],
+               num_params: int):
     self.data = data
+    self.num_params = num_params
     self.tune = tune  # validation windows used for tuning
     self.test = test  # the other validation windows: reported curves
     self.domains = domains
@@ -218,7 +221,7 @@ def prepare(c) -> Context:
   vx = np.concatenate([p[0] for p in parts])
   vy = np.concatenate([p[1] for p in parts])
   return Context(data, (vx[0::2], vy[0::2]), (vx[1::2], vy[1::2]),
-                 tuple(s.domain for s in shards))
+                 tuple(s.domain for s in shards), transformer.num_params(_shapes(c)))
 
 
 def inner_optimizer(c) -> optax.GradientTransformation:
@@ -364,7 +367,9 @@ def _tune(c, ctx: Context, family: str, log) -> None:
 
 
 def _mean_or_inf(xs) -> float:
-  return statistics.fmean(xs) if all(math.isfinite(x) for x in xs) else math.inf
+  """Mean validation loss; a diverged run makes its grid point never chosen."""
+  mean = claims_lib.mean(xs, "lower")
+  return math.inf if mean is None else mean
 
 
 def _rows(result: dict, p: Point, name: str) -> list[tuple]:
@@ -376,12 +381,13 @@ def _rows(result: dict, p: Point, name: str) -> list[tuple]:
     if i == n - 1:
       values.update(outer_lr=p.outer_lr, overlap=float(p.overlap))
       if p.family != "diloco":
-        values["alpha" if p.family == "streaming" else "lam0"] = p.knob
+        values[KNOB_METRIC[p.family]] = p.knob
     rows.append((step, float(result["sim_time"][i]), values))
   return rows
 
 
 def _report_points(c, ctx: Context, family: str, log) -> None:
+  """The family's reported runs at its tuned points (tuning it first if needed)."""
   _tune(c, ctx, family, log)
   points = [Point(family, t, *ctx.chosen[method_name(family, t)], s)
             for t in overlaps(c, family) for s in seeds(c)]
@@ -395,14 +401,10 @@ def compute_all(c, ctx: Context, log=print) -> None:
   """Every family's tuning grid and then its reported runs, the families in parallel
   threads (tracing takes turns; XLA compiles and runs release the GIL, so the families
   share the cores). Each program's results do not depend on the threading."""
-  def family(f):
-    _tune(c, ctx, f, log)
-    _report_points(c, ctx, f, log)
-
   for s in seeds(c) + tuning_seeds(c):  # before the threads, which share them
     _initial_params(c, ctx, s)
   with concurrent.futures.ThreadPoolExecutor(len(FAMILIES)) as pool:
-    for future in [pool.submit(family, f) for f in FAMILIES]:
+    for future in [pool.submit(_report_points, c, ctx, f, log) for f in FAMILIES]:
       future.result()
 
 
@@ -419,7 +421,7 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
     log_metrics(step, sim_time, values)
   progress.update(len(rows), sim_time=rows[-1][1],
                   loss=next(iter(rows[-1][2].values())))
-  return {"params": transformer.num_params(_shapes(c)), "domains": list(ctx.domains)}
+  return {"params": ctx.num_params, "domains": list(ctx.domains)}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -450,9 +452,8 @@ def fragment_comm_seconds(c) -> tuple[float, float]:
   """Simulated seconds of the full model's all-reduce and of one fragment's (mean)."""
   shapes = _shapes(c)
   full = _wan(c).allreduce_time(tree_bytes(shapes), c.num_workers)
-  sizes = frag.fragment_sizes(shapes, _labels(c, shapes), c.num_fragments)
-  frag_s = [_wan(c).allreduce_time(4.0 * n, c.num_workers) for n in sizes]
-  return full, float(np.mean(frag_s))
+  engine = _algorithm(c, "streaming", 1.0, 0.5, int(c.overlaps[0]), _labels(c, shapes))
+  return full, float(np.mean(engine.fragment_comm_time(shapes)))
 
 
 # ----------------------------------------------------------------------------- report
@@ -620,7 +621,7 @@ def write_report(out, c, doc, series, reduction, per_seed_final, tuning) -> None
   rows = []
   for m in reported_methods(c):
     f = _family_of(m)
-    knob = "—" if f == "diloco" else f"{KNOB[f]} {fmt(tuned[m]['alpha' if f == 'streaming' else 'lam0'])}"
+    knob = "—" if f == "diloco" else f"{KNOB[f]} {fmt(tuned[m][KNOB_METRIC[f]])}"
     times = [v[1][-1] for v in series[m].values() if v[1]]
     rows.append(f"| {m} | {fmt(tuned[m]['outer_lr'])} | {knob} | "
                 f"{report_lib.mean_std(per_seed_final(m))} | "
