@@ -16,7 +16,8 @@ Slots are shuffled per shape (the label channel, not the slot position, carries 
 identity), so a permutation-equivariant denoiser sees a set. Decoding takes each slot's
 most likely component (for equal isotropic components, the nearest mean), drops empty
 slots, keeps the most likely slot when two claim one label, and decodes geometry with that
-label's SSM.
+label's SSM. The digest's cheaper variant keeps slots in label order (``shuffle=False``;
+``decode(ordered=True)`` then only asks each slot "own label or empty").
 
 With :math:`\\alpha = 1` the means are :math:`\\sqrt 2` apart, so a label sample is
 decoded wrongly only if its noise moves it :math:`1/\\sqrt 2` along a mean difference,
@@ -146,11 +147,25 @@ def classify(spec: TokenSpec, z) -> tuple[jax.Array, jax.Array]:
   return jnp.argmin(d2, axis=-1), jnp.min(d2, axis=-1)
 
 
-def decode(spec: TokenSpec, ssm: ssm_lib.PartSSMs, z) -> Decoded:
-  """Shapes from tokens ``[..., m, q + K]`` (see the module docstring)."""
+def decode(spec: TokenSpec, ssm: ssm_lib.PartSSMs, z, *, ordered: bool = False) -> Decoded:
+  """Shapes from tokens ``[..., m, q + K]`` (see the module docstring).
+
+  With ``ordered=True`` (slots not shuffled: slot ``j`` is label ``j``) a slot is only
+  asked whether it is nearer label ``j``'s mean or the empty class' mean."""
   z = jnp.asarray(z)
-  cls, d2 = classify(spec, z)  # [..., m]
   m = spec.num_labels
+  if ordered:
+    c = z[..., spec.num_modes:]
+    lead = (1,) * (c.ndim - 2)
+    means = spec.means()
+    own = jnp.sum((c - means[1:].reshape(lead + (m, m + 1))) ** 2, axis=-1)
+    empty = jnp.sum((c - means[0].reshape(lead + (1, m + 1))) ** 2, axis=-1)
+    exists = own < empty
+    v = jnp.where(exists[..., None], z[..., : spec.num_modes], 0.0)
+    points = jnp.where(exists[..., None, None], ssm_lib.decode(ssm, v, jnp.arange(m)), 0.0)
+    cls = jnp.where(exists, jnp.arange(1, m + 1), 0)
+    return Decoded(exists, points, v, cls, jnp.zeros(exists.shape[:-1], jnp.int32))
+  cls, d2 = classify(spec, z)  # [..., m]
   labels = jnp.arange(1, m + 1)
   # For each label, the nearest slot claiming it (a label claimed twice keeps one slot).
   claims = cls[..., None, :] == labels.reshape((1,) * (cls.ndim - 1) + (m, 1))  # [..., label, slot]

@@ -44,6 +44,9 @@ def at_root(monkeypatch):
     (["--config=sweeps/configs/bench_fl.py:quick", "--config.num_clients=0"], "num_clients"),
     (["--config=sweeps/configs/bench_fl.py:quick", "--config.partition=dirichlet",
       "--config.alpha=0.0001"], "alpha"),
+    (["--config=sweeps/configs/prism.py", "--config.slots=sorted"], "slots"),
+    (["--config=sweeps/configs/prism.py", "--config.data_dir=README.md"], "data_dir"),
+    (["--config=sweeps/configs/bench_shapes.py", "--config.ddim_steps=500"], "ddim_steps"),
     ([], "--config"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field):

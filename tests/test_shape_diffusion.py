@@ -73,10 +73,10 @@ def test_denoiser_is_permutation_equivariant_and_training_lowers_the_loss():
   params = diffusion.init(cfg, jax.random.key(0))
   z = jax.random.normal(jax.random.key(1), (2, 3, 4))
   t = jnp.array([10, 90])
-  out = diffusion.apply(cfg, params, z, t)
+  apply = jax.jit(lambda p, z, t: diffusion.apply(cfg, p, z, t))
+  out = apply(params, z, t)
   perm = jnp.array([2, 0, 1])
-  np.testing.assert_allclose(diffusion.apply(cfg, params, z[:, perm], t), out[:, perm],
-                             atol=1e-5)
+  np.testing.assert_allclose(apply(params, z[:, perm], t), out[:, perm], atol=1e-5)
   assert float(jnp.abs(out).max()) == 0.0  # zero-initialised read-out
   # Data: 3 slots holding one of two fixed tokens; the loss at init is 1 (eps ~ N(0, I)).
   protos = jnp.array([[1.0, -1.0, 0.5, 0.0], [-0.5, 1.0, 0.0, 1.0]])
@@ -86,3 +86,38 @@ def test_denoiser_is_permutation_equivariant_and_training_lowers_the_loss():
   # The first step's loss is the mean of 768 squared standard normals: 1 +- 0.05.
   first, last = float(losses[0]), float(losses[-50:].mean())
   assert 0.85 < first < 1.15 and last < 0.5 * first
+
+
+def test_untrained_v_model_gives_the_prior_eps_and_ordered_mlp_shapes():
+  # The read-out is zero at init, so v_hat = 0 and eps = sqrt(1 - ab) z exactly: the
+  # implied x0 = sqrt(ab) z - sqrt(1 - ab) v_hat is the prior-mean shrinkage sqrt(ab) z.
+  z = jax.random.normal(jax.random.key(0), (3, 4, 7))
+  t = jnp.array([1, 40, 100])
+  ab = SCHED.alpha_bar[t - 1][:, None, None]
+  for kind in ("set", "mlp"):
+    config = diffusion.DenoiserConfig(dim=7, width=16, depth=1, heads=2, num_slots=4,
+                                      prediction="v", kind=kind)
+    params = diffusion.init(config, jax.random.key(1))
+    eps = jax.jit(lambda p, z, t, c=config: diffusion.model_eps(c, p, SCHED)(z, t))
+    np.testing.assert_allclose(eps(params, z, t), jnp.sqrt(1 - ab) * z, rtol=1e-6)
+  with pytest.raises(ConfigError, match="sched"):
+    diffusion.model_eps(config, params)
+  with pytest.raises(ConfigError, match="num_slots"):
+    diffusion.DenoiserConfig(dim=7, kind="mlp")
+  with pytest.raises(ConfigError, match="prediction"):
+    diffusion.DenoiserConfig(dim=7, prediction="x0")
+
+
+def test_channel_weights_scale_out_and_select_channels():
+  config = diffusion.DenoiserConfig(dim=5, width=8, depth=1, heads=2)
+  params = diffusion.init(config, jax.random.key(0))
+  z0 = jax.random.normal(jax.random.key(1), (6, 3, 5))
+  key = jax.random.key(2)
+  loss = jax.jit(lambda w: diffusion.loss_fn(config, SCHED, params, z0, key, w))
+  # Equal weights give the plain mean of eps^2 (the untrained model predicts 0), as no
+  # weights do (the training test); a one-hot weight gives that channel's mean.
+  _, k_eps = jax.random.split(key)
+  eps = jax.random.normal(k_eps, z0.shape)
+  assert float(loss(jnp.full(5, 3.0))) == pytest.approx(float(jnp.mean(eps ** 2)), rel=1e-6)
+  assert float(loss(jnp.zeros(5).at[2].set(1.0))) == pytest.approx(
+      float(jnp.mean(eps[..., 2] ** 2)), rel=1e-5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 EXPERIMENTS = ("fedavg", "bench_fl", "air_fedga", "lm_pretrain", "fedlora", "bench_lm",
-               "cocodc")
+               "cocodc", "prism", "bench_shapes")
 
 
 def get(name: str):

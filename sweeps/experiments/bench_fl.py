@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,6 +58,7 @@ from jaxfl.sim import uniform_profiles
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.sweep import RunSpec
+from sweeps.timing import make_matmul, time_interleaved
 
 PARTITIONS = ("iid", "dirichlet")
 METHODS = ("runtime", "runtime_vmap", "centralized", "client_loop", "plain_vmap")
@@ -248,41 +248,6 @@ def make_centralized(loss_fn, c) -> Callable:
   """(ii) ``K * local_steps`` sequential steps of ``batch_size`` on one pooled client."""
   return jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
                                   max_steps=c.num_clients * c.local_steps, mask_steps=False))
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
-                     log=None) -> dict[str, list[float]]:
-  """Seconds per call of each zero-argument function, timed round-robin.
-
-  Each function is called ``warmup`` times (compilation, allocator and cache
-  warm-up), then ``repeats`` rounds of one timed call per function, each ended by
-  ``jax.block_until_ready`` on its output.
-  """
-  for name, fn in fns.items():
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-      jax.block_until_ready(fn())
-    if log:
-      log(f"  warm-up {name}: {warmup} calls in {time.perf_counter() - t0:.2f} s")
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - t0)
-  return times
-
-
-def make_matmul(n: int, key: jax.Array) -> Callable[[], jax.Array]:
-  """A zero-argument jitted float32 ``[n, n] @ [n, n]`` (``2 n^3`` flops): the practical peak."""
-  ka, kb = jax.random.split(key)
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  return lambda: mm(a, b)
 
 
 # ----------------------------------------------------------------------------- repeats

@@ -52,8 +52,8 @@ from jaxfl.models import transformer
 from jaxfl.peft import lora
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
-from sweeps.experiments.bench_fl import make_matmul, time_interleaved
 from sweeps.sweep import RunSpec
+from sweeps.timing import environment, make_matmul, time_interleaved
 
 TRAIN_METHODS = ("full_ft", "lora", "bitfit")
 DECODE_METHODS = ("decode_cache", "decode_nocache")
@@ -318,14 +318,6 @@ def run_specs(c) -> list[RunSpec]:
 def rounds(c, spec: RunSpec) -> int:
   del c, spec
   return 1
-
-
-def environment() -> dict:
-  """Where the numbers were measured (the run's ``info``)."""
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind,
-              cpu_cores=cores, jax_version=jax.__version__,
-              xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def execute(c, spec: RunSpec, ctx, run_dir: str, log_metrics, progress) -> dict:

@@ -1,0 +1,77 @@
+"""Benchmark: PRISM sampling throughput and the cost of the 1-NNA metric.
+
+Measured in one process, after compilation (sweeps/experiments/bench_shapes.py):
+
+* shapes/s of sampling ``sample_batch`` part-token sets and decoding them to points, with
+  ancestral DDPM over all ``diffusion_steps`` and with DDIM over ``ddim_steps``;
+* seconds of 1-NNA-CD for ``nna_shapes`` generated vs ``nna_shapes`` reference shapes of
+  ``nna_points`` points (three Chamfer distance matrices, then the leave-one-out
+  classifier), with the Chamfer distance in :mod:`shapes.metrics`' coordinate-by-coordinate
+  form and, as the baseline in the same process, the matmul form
+  :math:`|x|^2 + |y|^2 - 2 x \\cdot y`.
+
+Claim (median over repeats): DDIM with ``ddim_steps`` steps samples at least
+``min_ddim_speedup`` times the shapes/s of DDPM with ``diffusion_steps`` (4x fewer
+denoiser calls at 200 / 50; decoding and per-step overheads are shared, so only 2.5x is
+required).
+
+The issue's size, 200 x 200 shapes of 2,048 points (``full``), is 1.3 x 10^12 squared
+distances: about 25 minutes on 2 CPU cores, so quick measures 64 x 64 shapes of 512
+points.
+
+Measured (quick, 2 idle CPU cores, about 2 min): DDPM 181 shapes/s, DDIM 850 shapes/s
+(4.7x: holds); 1-NNA 3.7 s, 0.87 G squared distances/s; the matmul form takes 2.05x as
+long. The full variant has not been measured yet.
+
+Launch:
+  python -m sweeps.launch --config sweeps/configs/bench_shapes.py:quick
+  python -m sweeps.launch --config sweeps/configs/bench_shapes.py:full --workdir /tmp/runs
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = "bench_shapes"
+  c.variant = variant
+  c.seed = 0  # seeds the denoiser's random init and the clouds of each repeat
+  c.num_seeds = 2  # repeats of the whole measurement; claims take the median
+
+  # Sampling: a randomly initialised denoiser (throughput does not depend on the weights)
+  # of the prism config's shape, and part SSMs fitted on a few generated shapes.
+  c.category = "chair"
+  c.num_modes = 12
+  c.slots = "ordered"
+  c.denoiser = "mlp"
+  c.width = 256
+  c.depth = 3
+  c.heads = 4
+  c.diffusion_steps = 200
+  c.ddim_steps = 50
+  c.sample_batch = 256
+
+  # 1-NNA: nna_shapes vs nna_shapes clouds of nna_points points (generated shapes).
+  c.nna_shapes = 64
+  c.nna_points = 512
+
+  # Timing: warm-up calls, then timing_repeats timed calls per program, round-robin.
+  c.warmup = 1
+  c.timing_repeats = 3
+
+  c.min_ddim_speedup = 2.5
+
+  if variant == "full":
+    c.slots = "set"
+    c.denoiser = "set"
+    c.width = 128
+    c.depth = 3
+    c.sample_batch = 2048
+    c.nna_shapes = 200
+    c.nna_points = 2048
+    c.timing_repeats = 5
+  elif variant != "quick":
+    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
+  return c

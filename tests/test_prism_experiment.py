@@ -1,0 +1,157 @@
+"""The PRISM experiment and the shapes benchmark: config checks, plumbing, determinism.
+
+The quick variant's claims are measured by ``python -m sweeps.reproduce``; here a shrunken
+run (a one-block denoiser, 30 steps, 24 samples) checks that every claim is recomputed from
+the logged values, that the structure statistics match their definitions on known inputs,
+that inpainting keeps the kept slots exactly, and that a rerun is bit-identical.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxfl.errors import ConfigError
+from shapes import data
+from sweeps.configs import bench_shapes as bench_config
+from sweeps.configs import prism as prism_config
+from sweeps.experiments import bench_shapes, prism
+from sweeps.results import ResultsDB, results_path
+from sweeps.sweep import run_sweep
+
+
+def tiny(data_dir, **overrides):
+  c = prism_config.get_config("quick")
+  c.update({**dict(data_dir=data_dir, num_seeds=2, num_train=40, points_per_part=24,
+                   num_modes=4, width=16, depth=1, heads=2, diffusion_steps=8,
+                   train_steps=30, warmup_steps=5, batch_size=16, num_samples=24, num_eval=6,
+                   eval_points=32, num_pictures=2), **overrides})
+  return c
+
+
+def test_configs_validate():
+  for variant in ("quick", "full"):
+    prism.validate(prism_config.get_config(variant))
+    bench_shapes.validate(bench_config.get_config(variant))
+  for module in (prism_config, bench_config):
+    with pytest.raises(ValueError, match="variant"):
+      module.get_config("huge")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("category", "sofa"), ("slots", "sorted"), ("prediction", "x0"), ("num_eval", 5000),
+    ("warmup_steps", 3000), ("heads", 3), ("points_per_part", 8), ("max_pattern_tv", 2.0),
+    ("label_weight", 0.0), ("diffusion_steps", 1), ("num_pictures", -1),
+])
+def test_prism_validate_names_the_field(field, value):
+  c = prism_config.get_config("quick")
+  c[field] = value
+  with pytest.raises(ConfigError) as e:
+    prism.validate(c)
+  assert e.value.field == field
+
+
+@pytest.mark.parametrize("field,value", [("ddim_steps", 500), ("slots", "x"), ("heads", 5)])
+def test_bench_validate_names_the_field(field, value):
+  c = bench_config.get_config("quick")
+  c[field] = value
+  with pytest.raises(ConfigError) as e:
+    bench_shapes.validate(c)
+  assert e.value.field == field
+
+
+def test_pair_correlation_known_answers():
+  s = data.generate("chair", 300, seed=0, points_per_part=24)
+  # The generator draws back width = seat width x U(0.85, 1): strongly correlated.
+  r = prism.pair_correlation("chair", s.labels, s.points, s.exists)
+  assert r > 0.85
+  # Pairing each back with another chair's seat breaks the tie: |r| at noise level
+  # (about 1 / sqrt(N) = 0.06 for N = 270).
+  shuffled = s.points.copy()
+  shuffled[:, 1] = np.roll(s.points[:, 1], 7, axis=0)
+  both = s.exists[:, 0] & np.roll(s.exists[:, 1], 7)
+  exists = s.exists.copy()
+  exists[:, 0] = exists[:, 1] = both
+  assert abs(prism.pair_correlation("chair", s.labels, shuffled, exists)) < 0.2
+  # Fewer than three shapes with both parts: no correlation.
+  assert prism.pair_correlation("chair", s.labels, s.points[:2], s.exists[:2]) is None
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  root = tmp_path_factory.mktemp("prism")
+  c = tiny(str(root / "tfds"))
+  doc = run_sweep(prism, c, str(root / "a"), stream=io.StringIO())
+  return c, doc, root
+
+
+def test_claims_are_recomputed_from_the_logged_values(swept):
+  c, doc, root = swept
+  with ResultsDB(results_path(str(root / "a"))) as db:
+    final = {n: db.final_values("prism", n) for n in ("1nna_cd", "pattern_tv", "violations",
+                                                     "cov_cd", "heldout_pattern_tv")}
+  seeds = prism.seeds(c)
+  claims = {cl["id"]: cl for cl in doc["claims"]}
+  assert set(claims) == {"nna_vs_global_pca", "nna_vs_independent", "cov_vs_global_pca",
+                         "mmd_vs_global_pca", "pattern_tv", "rule_violations"}
+  gap = [final["1nna_cd"]["global_pca"][s] - final["1nna_cd"]["prism"][s] for s in seeds]
+  assert claims["nna_vs_global_pca"]["value"] == pytest.approx(np.mean(gap), abs=1e-12)
+  assert claims["nna_vs_global_pca"]["holds"] == (np.mean(gap) >= c.min_nna_gap)
+  tv = np.mean([final["pattern_tv"]["prism"][s] for s in seeds])
+  assert claims["pattern_tv"]["value"] == pytest.approx(tv, abs=1e-12)
+  assert claims["pattern_tv"]["heldout_real"] == pytest.approx(
+      np.mean([final["heldout_pattern_tv"]["prism"][s] for s in seeds]), abs=1e-12)
+  cov = {m: np.mean([final["cov_cd"][m][s] for s in seeds]) for m in ("prism", "global_pca")}
+  assert claims["cov_vs_global_pca"]["holds"] == (cov["prism"] >= cov["global_pca"])
+  for s in seeds:
+    for m in prism.METHODS:
+      # 1-NNA over 2 x 6 shapes is a multiple of 1/12; TV and violations lie in [0, 1].
+      assert final["1nna_cd"][m][s] * 12 == pytest.approx(round(final["1nna_cd"][m][s] * 12))
+      assert 0 <= final["pattern_tv"][m][s] <= 1
+      assert 0 <= final["violations"][m][s] <= 1
+  with open(os.path.join(root, "a", "prism", "claims.json")) as f:
+    assert json.load(f) == doc
+
+
+def test_report_has_pictures_and_inpainting_keeps_slots(swept):
+  c, _, root = swept
+  out = os.path.join(root, "a", "prism")
+  for f in ("report.md", "gallery.png", "editing.png"):
+    assert os.path.getsize(os.path.join(out, f)) > 0
+  with ResultsDB(results_path(str(root / "a"))) as db:
+    info = next(r["info"] for r in db.runs("prism", method="prism") if r["seed"] == c.seed)
+  assert info["edits"]["kept_unchanged"] is True
+  assert np.asarray(info["gallery"]["coeffs"]).shape == (c.num_pictures, 5, c.num_modes)
+  # Every kept part of the source shape is present in each edit.
+  kept = [lab not in prism.EDITED["chair"] and e
+          for lab, e in zip(data.CATEGORIES["chair"], info["source"]["exists"], strict=True)]
+  assert np.asarray(info["edits"]["exists"])[:, kept].all()
+
+
+def test_rerun_is_bit_identical(swept):
+  c, _, root = swept
+  ctx = prism.prepare(c)
+  prism.compute_all(c, ctx, lambda *a: None)  # compiled programs are reused
+  with ResultsDB(results_path(str(root / "a"))) as db:
+    for r in db.runs("prism"):
+      logged = {m["name"]: m["value"] for m in db.metrics(run_id=r["id"])}
+      values, _ = ctx.rows[(r["method"], r["seed"])]
+      for name, v in values.items():
+        if not name.endswith("seconds") and name != "shapes_per_second":
+          assert logged[name] == v, (r["method"], r["seed"], name)
+
+
+def test_bench_matmul_form_agrees_and_run_reports():
+  c = bench_config.get_config("quick")
+  c.update(width=16, depth=1, heads=2, num_modes=4, diffusion_steps=8, ddim_steps=2,
+           sample_batch=4, nna_shapes=5, nna_points=40, timing_repeats=1)
+  r = bench_shapes.run_repeat(c, 0, log=lambda *a: None)
+  assert r["nna_plane_value"] == r["nna_matmul_value"]
+  assert r["nna_plane_value"] * 10 == pytest.approx(round(r["nna_plane_value"] * 10))
+  assert r["ddim_speedup"] > 0 and r["ddpm_shapes_per_s"] > 0
+  a = np.random.default_rng(0).normal(size=(3, 50, 3)).astype(np.float32)
+  from shapes import metrics
+  np.testing.assert_allclose(bench_shapes._pairwise_matmul(a, a),
+                             metrics.pairwise_chamfer(a, a), atol=1e-5)
