@@ -30,10 +30,11 @@ Examples:
   >>> s = data.generate("table", 50, seed=0, points_per_part=48)
   >>> model = ssm_lib.fit(s, num_modes=6)
   >>> spec = TokenSpec(num_labels=4, num_modes=6)
-  >>> z = encode(spec, model, s.points, s.exists, jax.random.key(0))
-  >>> z.shape
-  (50, 4, 11)
-  >>> out = decode(spec, model, z)
+  >>> round_trip = jax.jit(lambda pts, ex, key: decode(spec, model,
+  ...                                                  encode(spec, model, pts, ex, key)))
+  >>> out = round_trip(s.points, s.exists, jax.random.key(0))
+  >>> out.coeffs.shape                                       # [shapes, labels, modes]
+  (50, 4, 6)
   >>> bool((out.exists == s.exists).all())
   True
 """

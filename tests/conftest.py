@@ -18,10 +18,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_backend_optimization_level=0").strip()
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxfl-xla-cache-"))
-# Cache every executable, not only those that took over a second to compile: the suite's
-# many small programs recur across tests and processes (measured: 18.7 -> 16.1 min of CPU,
-# 10.6 -> 9.2 min of wall time on 2 cores).
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
