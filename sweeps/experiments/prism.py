@@ -285,15 +285,19 @@ def pictures(c, d: SeedData, params, coeffs, exists, seed: int) -> dict:
   edited = np.array([lab in EDITED[c.category] for lab in labels])
   i = int(np.argmax(d.test.exists[:, edited].sum(axis=1)))
   num_edits = 4
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), KEY_EDIT)
-  k_tok, k_sample = jax.random.split(key)
-  known = tokens.encode(spec, d.ssm, d.test.points[i:i + 1], d.test.exists[i:i + 1], k_tok,
-                        shuffle=False)
-  known = jnp.repeat(known, num_edits, axis=0)
   mask = jnp.broadcast_to(jnp.asarray(~edited), (num_edits, len(labels)))
-  z = diffusion.ddpm_sample(diffusion.model_eps(cfg, params, sched), sched, known.shape,
-                            k_sample, known=known, known_mask=mask)
-  out = tokens.decode(spec, d.ssm, z, ordered=c.slots == "ordered")
+
+  @jax.jit  # one program (compiled once per launch) rather than op by op
+  def edit(params, points, exists, key):
+    k_tok, k_sample = jax.random.split(key)
+    known = tokens.encode(spec, d.ssm, points, exists, k_tok, shuffle=False)
+    known = jnp.repeat(known, num_edits, axis=0)
+    z = diffusion.ddpm_sample(diffusion.model_eps(cfg, params, sched), sched, known.shape,
+                              k_sample, known=known, known_mask=mask)
+    return known, z, tokens.decode(spec, d.ssm, z, ordered=c.slots == "ordered")
+
+  known, z, out = edit(params, d.test.points[i:i + 1], d.test.exists[i:i + 1],
+                       jax.random.fold_in(jax.random.PRNGKey(seed), KEY_EDIT))
   # Interpolation: linear in the SSM coefficients between two held-out shapes with the
   # same parts.
   pat = data.existence_patterns(d.test.exists)
