@@ -72,26 +72,7 @@ def rounds(c, spec: RunSpec) -> int:
   return 1
 
 
-def _matmul_sq_dists(x, y):
-  return (jnp.sum(x * x, 1)[:, None] + jnp.sum(y * y, 1)[None, :] - 2 * x @ y.T)
-
-
-@functools.partial(jax.jit, static_argnames="block")
-def _pairwise_matmul(a, b, block: int = 8):
-  """:func:`shapes.metrics.pairwise_chamfer` with matmul-form squared distances."""
-  def cd(x, y):
-    d = jnp.maximum(_matmul_sq_dists(x, y), 0.0)
-    return jnp.mean(jnp.min(d, axis=1)) + jnp.mean(jnp.min(d, axis=0))
-
-  n = a.shape[0]
-  pad = (-n) % block
-  a_p = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
-  out = jax.lax.map(lambda xs: jax.vmap(lambda x: jax.vmap(lambda y: cd(x, y))(b))(xs),
-                    a_p.reshape(-1, block, *a.shape[1:]))
-  return out.reshape(-1, b.shape[0])[:n]
-
-
-def one_nna_seconds(pairwise, gen, ref) -> float:
+def one_nna(pairwise, gen, ref) -> float:
   """1-NNA-CD of ``gen`` against ``ref`` with the pairwise-distance function given."""
   d_rr, d_sr, d_ss = (np.asarray(pairwise(a, b)) for a, b in ((ref, ref), (gen, ref),
                                                                 (gen, gen)))
@@ -126,13 +107,14 @@ def run_repeat(c, seed: int, log=print) -> dict:
 
   def nna_call(name, pairwise):
     def call():
-      nna[name] = one_nna_seconds(pairwise, gen, ref)
+      nna[name] = one_nna(pairwise, gen, ref)
       return jnp.zeros(())
     return call
 
   fns = {"ddpm": lambda: ddpm(k_sample), "ddim": lambda: ddim(k_sample),
          "nna_plane": nna_call("nna_plane", metrics.pairwise_chamfer),
-         "nna_matmul": nna_call("nna_matmul", _pairwise_matmul)}
+         "nna_matmul": nna_call("nna_matmul", functools.partial(
+             metrics.pairwise_chamfer, sq_dists=metrics.matmul_sq_dists))}
   times = time_interleaved(fns, warmup=c.warmup, repeats=c.timing_repeats, log=log)
   sec = {n: statistics.median(t) for n, t in times.items()}
   result = {"seconds": sec,

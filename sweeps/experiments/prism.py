@@ -210,10 +210,7 @@ def geometry(c, d: SeedData, points, exists, seed: int) -> dict[str, float]:
   """MMD-CD, COV-CD and 1-NNA-CD of the first ``num_eval`` shapes against the references."""
   gen = metrics.normalize(metrics.resample(points[:c.num_eval], exists[:c.num_eval],
                                            c.eval_points, seed + 1))
-  d_sr = np.asarray(metrics.pairwise_chamfer(gen, d.refs))
-  d_ss = np.asarray(metrics.pairwise_chamfer(gen, gen))
-  return {"mmd_cd": metrics.mmd(d_sr), "cov_cd": metrics.coverage(d_sr),
-          "1nna_cd": metrics.one_nna(d.d_rr, d_sr.T, d_ss)}
+  return metrics.generation_metrics(gen, d.refs, d_rr=d.d_rr)
 
 
 def pair_correlation(category: str, labels, points, exists) -> float | None:
