@@ -1,8 +1,17 @@
-"""The driver of a federated run: rounds, evaluation, checkpoints, progress.
+"""The one loop that drives every algorithm (:mod:`jaxfl.algorithms.base`).
 
-The round itself is pure and jitted (``algorithm.jit_round``); this loop is the
-impure shell around it: it checks for divergence, evaluates every few rounds, saves
-checkpoints, appends metrics to a JSON-lines file and prints progress.
+Two drivers over the same ``round``:
+
+* :func:`scan_rounds` is pure: ``num_rounds`` rounds as a ``lax.scan``, evaluating the
+  state every ``eval_every`` rounds (and after the last). It jits, and vmaps over seeds and
+  over traced hyperparameters, so a method's seeds x tuning grid is one program
+  (purejaxrl's ``jit(vmap(train))``).
+* :func:`run_rounds` is the impure shell for long runs: one jitted round at a time, a
+  divergence check, evaluation, orbax checkpoints of the whole state, resume, JSON-lines
+  metrics and progress lines. A run resumed from its checkpoint ends bit-identical to one
+  that never stopped, because every key derives from the state's root key and counters.
+
+Both take ``evaluate(state) -> {name: scalar}`` (a mapping or a NamedTuple).
 """
 
 from __future__ import annotations
@@ -11,18 +20,106 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxfl.checkpoint import Checkpointer
 
 
+class DivergenceError(RuntimeError):
+  """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def eval_rounds(num_rounds: int, eval_every: int, *, initial: bool = False) -> list[int]:
+  """Rounds after which :func:`scan_rounds` evaluates: every ``eval_every``-th and the last
+  (and round 0, the initial state, with ``initial``).
+
+  >>> eval_rounds(10, 4), eval_rounds(3, 1, initial=True)
+  ([4, 8, 10], [0, 1, 2, 3])
+  """
+  if not (isinstance(num_rounds, int) and num_rounds > 0):
+    raise ValueError(f"num_rounds: expected a positive integer, got {num_rounds!r}")
+  if not (isinstance(eval_every, int) and eval_every > 0):
+    raise ValueError(f"eval_every: expected a positive integer, got {eval_every!r}")
+  rounds = sorted({*range(eval_every, num_rounds + 1, eval_every), num_rounds})
+  return [0, *rounds] if initial else rounds
+
+
+def as_dict(values: Any) -> dict[str, Any]:
+  """An evaluation's values as a dict (from a mapping or a NamedTuple)."""
+  if isinstance(values, Mapping):
+    return dict(values)
+  if hasattr(values, "_asdict"):
+    return dict(values._asdict())
+  raise TypeError(f"evaluate must return a mapping or a NamedTuple of scalars, got "
+                  f"{type(values).__name__}")
+
+
+def scan_rounds(algorithm, state, inputs, *, num_rounds: int,
+                evaluate: Callable[[Any], Any] | None = None, eval_every: int = 1,
+                evaluate_initial: bool = False) -> tuple[Any, Any, dict[str, jax.Array]]:
+  """``num_rounds`` rounds of ``algorithm`` as one ``lax.scan``; pure (jit and vmap it).
+
+  Args:
+    algorithm: follows the protocol (``round(state, inputs) -> (state, metrics)``).
+    state: the state to start from (``algorithm.init(params, key)``).
+    inputs: what every round reads (client data...).
+    num_rounds: rounds to run (static).
+    evaluate: ``evaluate(state) -> {name: scalar}``, traced inside the scan.
+    eval_every: evaluation interval in rounds (static); the last round is always evaluated.
+    evaluate_initial: also evaluate ``state`` before the first round.
+
+  Returns:
+    ``(state, metrics, evals)``: the final state, every round's metrics stacked
+    ``[num_rounds, ...]``, and ``{name: [E]}`` at :func:`eval_rounds` (empty without
+    ``evaluate``).
+  """
+  def advance(st, n: int):
+    return jax.lax.scan(lambda s, _: algorithm.round(s, inputs), st, None, length=n)
+
+  if evaluate is None:
+    state, metrics = advance(state, num_rounds)
+    return state, metrics, {}
+
+  def stretch(st, n: int):
+    st, metrics = advance(st, n)
+    return st, (metrics, as_dict(evaluate(st)))
+
+  lengths = np.diff([0, *eval_rounds(num_rounds, eval_every)])
+  full = int(np.sum(lengths == eval_every))  # the leading stretches of eval_every rounds
+  parts = []
+  if evaluate_initial:
+    parts.append((None, jax.tree.map(lambda v: jnp.asarray(v)[None], as_dict(evaluate(state)))))
+  if full:
+    state, (metrics, evals) = jax.lax.scan(lambda st, _: stretch(st, eval_every), state, None,
+                                           length=full)
+    metrics = jax.tree.map(lambda v: v.reshape(full * eval_every, *v.shape[2:]), metrics)
+    parts.append((metrics, evals))
+  for n in lengths[full:]:  # a last, shorter stretch when eval_every does not divide
+    state, (metrics, evals) = stretch(state, int(n))
+    parts.append((metrics, jax.tree.map(lambda v: v[None], evals)))
+  metrics = [m for m, _ in parts if m is not None]
+  metrics = (metrics[0] if len(metrics) == 1 else
+             jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics))
+  evals = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[e for _, e in parts])
+  return state, metrics, evals
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
+
+
+def _get(values, name: str):
+  """``values.name`` or ``values[name]`` (``None`` when absent)."""
+  if isinstance(values, Mapping):
+    return values.get(name)
+  return getattr(values, name, None)
 
 
 def _last_good(checkpointer) -> str:
@@ -30,29 +127,32 @@ def _last_good(checkpointer) -> str:
   return "no checkpoint kept" if last is None else f"last good checkpoint: round {last}"
 
 
-class DivergenceError(RuntimeError):
-  """The training loss became NaN or Inf; the last good checkpoint is kept."""
+def _scalar(value) -> float:
+  return float(np.mean(np.asarray(value)))
 
 
-def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable | None = None,
-               eval_every: int = 10, checkpointer: Checkpointer | None = None,
+def run_rounds(algorithm, state, inputs, *, num_rounds: int,
+               evaluate: Callable[[Any], Any] | None = None, eval_every: int = 10,
+               checkpointer: Checkpointer | None = None, start_round: int = 0,
                metrics_path: str | os.PathLike | None = None,
                on_record: Callable[[dict], Any] | None = None,
-               log: Callable[[str], Any] | None = print, log_prefix: str = "") -> tuple[Any, list[dict]]:
-  """Run rounds until ``state.round == num_rounds``, resuming from a checkpoint if any.
+               log: Callable[[str], Any] | None = print,
+               log_prefix: str = "") -> tuple[Any, list[dict]]:
+  """Run rounds until round ``num_rounds``, resuming from a checkpoint if one exists.
 
   Args:
-    algorithm: has ``jit_round(state, clients) -> (state, metrics)`` with
-      ``metrics.loss``, ``metrics.round_time`` and ``metrics.participants``.
+    algorithm: follows the protocol; its ``jit_round`` is used when it has one (compiled
+      once per algorithm object), else ``jax.jit(algorithm.round)``.
     state: the initial state (also the template a checkpoint is restored into).
-    clients: the padded client data passed to every round.
+    inputs: what every round reads.
     num_rounds: total rounds of the run (not additional rounds).
-    evaluate: ``evaluate(params) -> (accuracy, loss)``, called every ``eval_every``
-      rounds and after the last.
+    evaluate: ``evaluate(state) -> {name: scalar}``, called every ``eval_every`` rounds
+      and after the last; a non-finite ``loss`` among its values is a divergence.
     eval_every: evaluation interval in rounds.
     checkpointer: saves the state of each round on its interval (and the last round)
       once the following round has trained from it with a finite loss, so a saved state
       is always one that trains.
+    start_round: the round ``state`` is at (when no checkpoint is restored).
     metrics_path: JSON-lines file of per-evaluation records; on resume, records past
       the restored round are dropped.
     on_record: called with each evaluation record (e.g. to write it to a database).
@@ -60,32 +160,39 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
     log_prefix: text before each progress line (e.g. the seed).
 
   Returns:
-    ``(state, history)`` where history holds one dict per evaluated round:
-    ``round, sim_time, wall_time, train_loss, participants, accuracy, loss``.
+    ``(state, history)`` where history holds one dict per evaluated round: ``round``,
+    ``wall_time``, ``sim_time`` (when the state keeps a clock), ``train_loss`` and
+    ``participants`` (when the round's metrics have them), and the evaluation's values.
+
+  Raises:
+    DivergenceError: a non-finite training loss, parameters or evaluation loss; the
+      message names the last good checkpoint.
   """
+  round_fn = getattr(algorithm, "jit_round", None) or jax.jit(algorithm.round)
   history: list[dict] = []
+  done = start_round
   if checkpointer is not None and checkpointer.latest_round() is not None:
+    done = checkpointer.latest_round()
     state = checkpointer.restore(state)
     if metrics_path is not None and os.path.exists(metrics_path):
       with open(metrics_path) as f:
-        history = [r for r in map(json.loads, f) if r["round"] <= int(state.round)]
+        history = [r for r in map(json.loads, f) if r["round"] <= done]
     if log:
-      log(f"{log_prefix}resumed at round {int(state.round)}")
+      log(f"{log_prefix}resumed at round {done}")
   if metrics_path is not None:
     with open(metrics_path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in history)
 
   wall0 = time.perf_counter() - (history[-1]["wall_time"] if history else 0.0)
   pending = None  # (round, state) to save once the next round shows it trains finitely
-  for r in range(int(state.round), num_rounds):
-    state, metrics = algorithm.jit_round(state, clients)
-    done = r + 1
-    train_loss = float(metrics.loss)
-    participants = int(metrics.participants)
-    finite_params = bool(_all_finite(state.params))
-    if not (math.isfinite(train_loss) and finite_params):
-      what = (f"training loss {train_loss}" if not math.isfinite(train_loss) else
-              "non-finite parameters")
+  while done < num_rounds:
+    state, metrics = round_fn(state, inputs)
+    done += 1
+    loss = _get(metrics, "loss")
+    train_loss = None if loss is None else _scalar(loss)
+    finite_loss = loss is None or bool(np.all(np.isfinite(np.asarray(loss))))
+    if not (finite_loss and bool(_all_finite(getattr(state, "params", state)))):
+      what = f"training loss {train_loss}" if not finite_loss else "non-finite parameters"
       raise DivergenceError(f"{what} at round {done}; {_last_good(checkpointer)}")
     # Finite parameters can still be garbage (one huge step overflows the logits); the round
     # that trains from a state with a finite loss is what shows the state is good.
@@ -93,13 +200,19 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
       checkpointer.save(*pending, force=True)
       pending = None
     if evaluate is not None and (done % eval_every == 0 or done == num_rounds):
-      accuracy, loss = (float(v) for v in evaluate(state.params))
-      if not math.isfinite(loss):
-        raise DivergenceError(f"evaluation loss {loss} at round {done}; "
+      values = {k: _scalar(v) for k, v in as_dict(evaluate(state)).items()}
+      if "loss" in values and not math.isfinite(values["loss"]):
+        raise DivergenceError(f"evaluation loss {values['loss']} at round {done}; "
                               f"{_last_good(checkpointer)}")
-      record = dict(round=done, sim_time=float(state.sim_time),
-                    wall_time=time.perf_counter() - wall0, train_loss=train_loss,
-                    participants=participants, accuracy=accuracy, loss=loss)
+      record = dict(round=done)
+      if getattr(state, "sim_time", None) is not None:
+        record["sim_time"] = float(state.sim_time)
+      record["wall_time"] = time.perf_counter() - wall0
+      if train_loss is not None:
+        record["train_loss"] = train_loss
+      if _get(metrics, "participants") is not None:
+        record["participants"] = int(_get(metrics, "participants"))
+      record.update(values)
       history.append(record)
       if on_record is not None:
         on_record(record)
@@ -107,8 +220,10 @@ def run_rounds(algorithm, state, clients, *, num_rounds: int, evaluate: Callable
         with open(metrics_path, "a") as f:
           f.write(json.dumps(record) + "\n")
       if log:
-        log(f"{log_prefix}round {done:4d}/{num_rounds} | train loss {train_loss:.4f} | "
-            f"test acc {accuracy:.4f} | sim {record['sim_time']:8.1f} s | "
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+        sim = f" | sim {record['sim_time']:8.1f} s" if "sim_time" in record else ""
+        loss_text = "" if train_loss is None else f" | train loss {train_loss:.4f}"
+        log(f"{log_prefix}round {done:4d}/{num_rounds}{loss_text} | {shown}{sim} | "
             f"wall {record['wall_time']:6.1f} s")
     if checkpointer is not None and (checkpointer.due(done) or done == num_rounds):
       pending = (done, state)

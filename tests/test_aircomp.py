@@ -140,6 +140,13 @@ def test_non_member_does_not_change_the_output():
   faded[2] = 1e-6
   est3, _, _ = run((updates, weights, faded, max_power), 0.1)
   np.testing.assert_array_equal(est3, est)
+  # ...nor a non-finite update (a diverged client that was dropped).
+  for bad in (np.nan, np.inf):
+    broken = updates.copy()
+    broken[2] = bad
+    est4, state4, (ref4, _, _) = run((broken, weights, gains, max_power), 0.1)
+    np.testing.assert_array_equal(est4, est)
+    assert float(state4.mse) == float(state.mse) and np.all(np.isfinite(ref4))
 
 
 @pytest.mark.parametrize("policy", ["optimal", "zero_forcing", "full_power"])

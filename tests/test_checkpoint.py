@@ -61,9 +61,9 @@ def setup():
   alg = FedAvg(softmax_cross_entropy(APPLY_FN), optax.sgd(0.1), server_optimizer("fedadam", 0.03),
                batch_size=4, clients_per_round=4, local_steps=2, profiles=profiles)
   rng = np.random.default_rng(5)
-  evaluate = make_evaluate(APPLY_FN, rng.normal(size=(40, 64)).astype(np.float32),
-                           rng.integers(0, 10, 40).astype(np.int32), batch_size=16)
-  return alg, synthetic_clients(), evaluate
+  on_params = make_evaluate(APPLY_FN, rng.normal(size=(40, 64)).astype(np.float32),
+                            rng.integers(0, 10, 40).astype(np.int32), batch_size=16)
+  return alg, synthetic_clients(), lambda state: on_params(state.params)
 
 
 def initial_state(alg, key):
@@ -211,5 +211,5 @@ def test_divergence_checkpoint_is_usable(tmp_path, setup):
     latest = ckpt.latest_round()
     last_good = ckpt.restore(template) if latest is not None else template
   # The checkpoint the error names as good must give a finite loss when evaluated.
-  loss = float(evaluate(last_good.params).loss)
+  loss = float(evaluate(last_good).loss)
   assert math.isfinite(loss), f"{e.value}; evaluated loss of round {latest}: {loss}"

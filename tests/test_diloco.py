@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxfl.algorithms.diloco import WAN, DiLoCo
+from jaxfl.algorithms.diloco import DiLoCo
+from jaxfl.sim import WAN
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData
 from jaxfl.runtime import ClientAxis, client_mesh

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.algorithms import FederatedPEFT
+from jaxfl.algorithms import FederatedPEFT, PEFTInputs
 from jaxfl.local import ClientData
 from jaxfl.models import transformer as T
 from jaxfl.peft import lora
@@ -26,7 +26,7 @@ def run(axis, rounds=2):
   trainable, frozen = fed.split(T.init(CFG, jax.random.key(0)))
   state = fed.init(trainable, jax.random.key(1))
   for _ in range(rounds):
-    state, metrics = fed.jit_round(state, clients(), frozen, uniform_profiles(4))
+    state, metrics = fed.jit_round(state, PEFTInputs(clients(), frozen, uniform_profiles(4)))
   return trainable, frozen, state, metrics
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer
 from jaxfl.planners import fragments as fr
+from jaxfl.sim import network
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +173,16 @@ def test_capacity_formulas_on_hand_computed_numbers():
   assert fr.send_interval(60, 3) == 20
   assert fr.send_interval(60, 40) == 1
   # 4 workers: all-reduce moves 2·3/4 = 1.5 MB per MB; at 1 MB/s + 0.5 s: 2 s -> 2 steps of 1 s.
-  assert fr.allreduce_bytes(1e6, 4) == 1.5e6
-  assert fr.overlap_steps(1e6, 1e6, 0.5, 1.0, 4) == 2
-  assert fr.overlap_steps(1e6, 1e6, 0.6, 1.0, 4) == 3
-  assert fr.overlap_steps(1e6, 1e6, 0.0, 0.5, 1) == 0  # one worker: nothing to all-reduce
+  assert network.allreduce_bytes(1e6, 4) == 1.5e6
+  assert network.overlap_steps(1e6, 1e6, 0.5, 1.0, 4) == 2
+  assert network.overlap_steps(1e6, 1e6, 0.6, 1.0, 4) == 3
+  assert network.overlap_steps(1e6, 1e6, 0.0, 0.5, 1) == 0  # one worker: nothing to all-reduce
   # Blocking DiLoCo: 10 MB model over 8 workers = 17.5 MB at 5 MB/s + 0.1 s.
-  assert fr.blocking_sync_time(10e6, 5e6, 0.1, 8) == pytest.approx(3.6)
-  assert fr.overlap_stall(6.0, 5, 1.0) == 1.0
-  assert fr.overlap_stall(6.0, 7, 1.0) == 0.0
+  assert network.blocking_sync_time(10e6, 5e6, 0.1, 8) == pytest.approx(3.6)
+  assert network.overlap_stall(6.0, 5, 1.0) == 1.0
+  assert network.overlap_stall(6.0, 7, 1.0) == 0.0
   # §2.6's clock: C/P = 20/3 per fragment (2 workers move 1x the bytes) -> tau = 7 hides it.
-  assert fr.overlap_steps(20 / 3, 1.0, 0.0, 1.0, 2) == math.ceil(20 / 3) == 7
+  assert network.overlap_steps(20 / 3, 1.0, 0.0, 1.0, 2) == math.ceil(20 / 3) == 7
 
 
 def test_bad_inputs_name_the_field(abstract_params):
@@ -205,7 +206,7 @@ def test_bad_inputs_name_the_field(abstract_params):
       (lambda: fr.transmissions_per_interval(0, 1.0, 1e6, 1e6, 0.5, 3), "H"),
       (lambda: fr.send_interval(60, 0), "N"),
       (lambda: fr.send_interval(60, 61), "N"),
-      (lambda: fr.overlap_steps(1e6, 1e6, 0.5, 1.0, 0), "num_workers"),
+      (lambda: network.overlap_steps(1e6, 1e6, 0.5, 1.0, 0), "num_workers"),
   ]
   for fn, field in cases:
     with pytest.raises(ConfigError) as err:

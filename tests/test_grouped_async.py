@@ -11,11 +11,12 @@ from jaxfl.errors import ConfigError
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, functional
+from jaxfl.sim import Comm, group_upload_time
 
 N, N_MAX = 8, 24
 COMPUTE = jnp.asarray([1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0])
 GAIN = jnp.linspace(0.3, 1.0, N)
-COMM = ga.Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=0.1, download_time=0.05,
+COMM = Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=0.1, download_time=0.05,
                max_upload_time=2.0)
 
 
@@ -52,11 +53,11 @@ def simulate(setup, groups, method, *, t_max=20.0, key=0, policies=(), beta0=Non
     mem = members(groups)
     rounds, events = ga.bounds(np.asarray(COMPUTE), [[np.asarray(g) for g in groups]],
                                t_max=t_max, jitter_low=0.9)
-    _COMPILED[spec] = events, jax.jit(lambda k, b: ga.run(
-        k, setup["params"], setup["clients"], mem, COMPUTE, GAIN, setup["evaluate"],
+    _COMPILED[spec] = events, jax.jit(lambda k, b: ga.GroupedAsync(
         loss_fn=setup["loss_fn"], learning_rate=0.1, batch_size=4, local_steps=3,
-        method=method, comm=comm, t_max=t_max, jitter=(0.9, 1.1), rounds=rounds,
-        events=events, policies=policies, beta0=b))
+        method=method, comm=comm, members=mem, compute_time=COMPUTE, path_gain=GAIN,
+        t_max=t_max, jitter=(0.9, 1.1), rounds=rounds, events=events, policies=policies,
+        beta0=b).simulate(setup["params"], k, setup["clients"], setup["evaluate"]))
   events, fn = _COMPILED[spec]
   return jax.device_get(fn(jax.random.PRNGKey(key), beta0)), events
 
@@ -107,7 +108,7 @@ def test_one_group_async_with_full_mixing_is_the_synchronous_method(setup):
 
 def test_noiseless_aircomp_with_channel_inversion_is_exact_aggregation(setup):
   one = [list(range(N))]
-  quiet = ga.Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=1e-12, download_time=0.05)
+  quiet = Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=1e-12, download_time=0.05)
   air, _ = simulate(setup, one, ga.Method("aircomp", True, policy="zero_forcing"), comm=quiet,
                     t_max=15.0)
   exact, _ = simulate(setup, one, ga.Method("ideal", True), comm=quiet, t_max=60.0)
@@ -119,7 +120,7 @@ def test_noiseless_aircomp_with_channel_inversion_is_exact_aggregation(setup):
 
 def test_aircomp_noise_costs_accuracy_and_mse_grows_as_snr_falls(setup):
   one = [list(range(N))]
-  noisy = ga.Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=10.0, download_time=0.05)
+  noisy = Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=10.0, download_time=0.05)
   clean, _ = simulate(setup, one, ga.Method("aircomp", True), t_max=30.0)
   dirty, _ = simulate(setup, one, ga.Method("aircomp", True), t_max=30.0, comm=noisy)
   n = int(clean.valid.sum())
@@ -144,18 +145,18 @@ def test_policies_report_their_mse_on_the_same_channels(setup):
 def test_digital_upload_time_is_bits_over_the_shannon_rate():
   gains = jnp.asarray([1.0, 0.1, 0.0])
   mask = jnp.asarray([True, True, False])
-  comm = ga.Comm(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=1.0, max_upload_time=50.0)
+  comm = Comm(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=1.0, max_upload_time=50.0)
   # 10 params x 8 bits over 100 log2(1 + |h|^2 / 1) bits/s: 0.8 s at |h|^2 = 1.
   each = [0.8, 80 / (100 * np.log2(1.1))]
-  assert float(ga.upload_time(gains, mask, 10, ga.Method("digital", False), comm)) == \
+  assert float(group_upload_time(gains, mask, 10, "digital", comm)) == \
       pytest.approx(max(each), rel=1e-5)
-  assert float(ga.upload_time(gains, mask, 10, ga.Method("tdma", True), comm)) == \
+  assert float(group_upload_time(gains, mask, 10, "tdma", comm)) == \
       pytest.approx(sum(each), rel=1e-5)
-  assert float(ga.upload_time(gains, mask, 10, ga.Method("aircomp", True), comm)) == \
+  assert float(group_upload_time(gains, mask, 10, "aircomp", comm)) == \
       pytest.approx(0.1)
-  capped = ga.Comm(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=1.0, max_upload_time=2.0)
-  assert float(ga.upload_time(jnp.asarray([1e-9]), jnp.asarray([True]), 10,
-                              ga.Method("digital", False), capped)) == 2.0  # a deep fade
+  capped = Comm(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=1.0, max_upload_time=2.0)
+  assert float(group_upload_time(jnp.asarray([1e-9]), jnp.asarray([True]), 10, "digital",
+                                 capped)) == 2.0  # a deep fade
 
 
 def test_time_to_target_and_accuracy_at():

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from jaxfl.errors import ConfigError
-from jaxfl.peft.layerdrop import (SkipInactiveState, drop_rates, layer_index_tree,
-                                  sample_keep, skip_inactive)
+from jaxfl.peft.layerdrop import drop_rates, layer_index_tree, sample_keep
+from jaxfl.transforms import SkipInactiveState, skip_inactive
 
 # ----------------------------------------------------------------------------- drop_rates
 

@@ -9,6 +9,7 @@ import pytest
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer as T
 from jaxfl.peft import expand, layerdrop, lora, memory
+from jaxfl.transforms import skip_inactive
 
 TINY = T.VARIANTS["tiny"]
 # Six blocks to fit a line through depths 1..6; narrow so tracing stays fast.
@@ -202,7 +203,7 @@ def test_layer_dropout_leaves_dropped_adapters_and_adam_state_unchanged(batch):
   cfg = TINY.with_lora(4)
   params = T.init(cfg, jax.random.key(0))
   trainable, frozen = lora.split(params, lora.path_labels(params, lora.is_lora_path))
-  tx = layerdrop.skip_inactive(optax.adam(1e-2), layerdrop.layer_index_tree(trainable))
+  tx = skip_inactive(optax.adam(1e-2), layerdrop.layer_index_tree(trainable))
   state = tx.init(trainable)
 
   @jax.jit

@@ -6,10 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxfl.algorithms.diloco import WAN
 from jaxfl.algorithms.streaming_diloco import StreamingDiLoCo
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData
+from jaxfl.loop import scan_rounds
+from jaxfl.sim import WAN
 
 PARAMS = {"a": jnp.zeros(3), "b": jnp.zeros(()), "c": jnp.zeros(2)}
 LABELS = {"a": 0, "b": 1, "c": 2}
@@ -26,6 +27,17 @@ def data(m=2, n=8):
   return ClientData(x, y, jnp.full([m], n, jnp.int32))
 
 
+_RUNS = {}
+
+
+def run(alg, state, d, n):
+  """``n`` rounds as one jitted scan (compiled once per engine and length)."""
+  key = (id(alg), n)
+  if key not in _RUNS:
+    _RUNS[key] = (alg, jax.jit(lambda s, x: scan_rounds(alg, s, x, num_rounds=n)[:2]))
+  return _RUNS[key][1](state, d)
+
+
 def engine(**kw):
   base = dict(num_workers=2, inner_steps=6, batch_size=4, labels=LABELS, num_fragments=3,
               overlap=2)
@@ -34,8 +46,9 @@ def engine(**kw):
 
 def test_streaming_schedule_staggers_the_fragments():
   alg = engine()
-  state, losses = alg.jit_run(alg.init(PARAMS, jax.random.key(0)), data(), 12)
-  assert losses.shape == (12, 2)
+  state, metrics = run(alg, alg.init(PARAMS, jax.random.key(0)), data(), 12)
+  assert metrics.worker_loss.shape == (12, 2) and metrics.loss.shape == (12,)
+  np.testing.assert_allclose(metrics.loss, metrics.worker_loss.mean(1), rtol=1e-6)
   # Phases 0, 2, 4 of H = 6: the last sends are at 6, 8, 10; 10 + overlap 2 is still ahead.
   assert state.sent_at.tolist() == [6, 8, 10]
   assert state.receive_at.tolist() == [-1, -1, 12]
@@ -43,7 +56,7 @@ def test_streaming_schedule_staggers_the_fragments():
 
 def test_a_receive_changes_only_its_fragment():
   alg = engine()
-  state, _ = alg.jit_run(alg.init(PARAMS, jax.random.key(0)), data(), 3)  # fragment 0 back at 2
+  state, _ = run(alg, alg.init(PARAMS, jax.random.key(0)), data(), 3)  # fragment 0 back at 2
   assert np.any(state.params["a"] != 0)
   assert np.all(state.params["b"] == 0) and np.all(state.params["c"] == 0)
   mu = state.outer_state.inner_state[0].trace
@@ -54,7 +67,7 @@ def test_alpha_one_never_touches_the_workers():
   """With alpha = 1 the merge keeps the local value: workers train as if alone."""
   alg = engine(alpha=1.0)
   d = data()
-  state, _ = alg.jit_run(alg.init(PARAMS, jax.random.key(3)), d, 8)
+  state, _ = run(alg, alg.init(PARAMS, jax.random.key(3)), d, 8)
   inner = optax.adamw(1e-2)
   for m in range(2):
     w, opt = PARAMS, inner.init(PARAMS)
@@ -74,7 +87,7 @@ def test_cocodc_sends_never_sent_then_stale_fragments_and_never_one_in_flight():
   sends = []
   for _ in range(14):
     before = state.sent_at
-    state, _ = alg.jit_run(state, data(), 1)
+    state, _ = alg.jit_round(state, data())
     changed = np.flatnonzero(np.asarray(state.sent_at) != np.asarray(before))
     sends.append(int(changed[0]) if changed.size else -1)
   # h = 2: sends at even steps. Steps 0, 2, 4 send the never-sent 0, 1, 2 (fragment 0 is
@@ -90,17 +103,18 @@ def test_unhidden_communication_stalls_the_clock():
   # which overlap 2 x step 0.5 s = 1 s is hidden: a 3 s stall at its receive.
   alg = engine(step_time=0.5, wan=WAN(bandwidth=4.0, latency=1.0))
   np.testing.assert_allclose(alg.fragment_comm_time(PARAMS), [4.0, 2.0, 3.0])
-  state, _ = alg.jit_run(alg.init(PARAMS, jax.random.key(0)), data(), 3)
+  state, _ = run(alg, alg.init(PARAMS, jax.random.key(0)), data(), 3)
   assert float(state.sim_time) == pytest.approx(3 * 0.5 + 3.0)
 
 
 def test_low_precision_outer_gradients():
   d = data()
-  exact, _ = engine().jit_run(engine().init(PARAMS, jax.random.key(0)), d, 12)
+  base = engine()
+  exact, _ = run(base, base.init(PARAMS, jax.random.key(0)), d, 12)
   q8 = engine(outer_bits=8)
-  s8, _ = q8.jit_run(q8.init(PARAMS, jax.random.key(0)), d, 12)
+  s8, _ = run(q8, q8.init(PARAMS, jax.random.key(0)), d, 12)
   q2 = engine(outer_bits=2)
-  s2, _ = q2.jit_run(q2.init(PARAMS, jax.random.key(0)), d, 12)
+  s2, _ = run(q2, q2.init(PARAMS, jax.random.key(0)), d, 12)
   err = lambda s: max(float(jnp.max(jnp.abs(s.params[k] - exact.params[k]))) for k in PARAMS)
   scale = max(float(jnp.max(jnp.abs(exact.params[k]))) for k in PARAMS)
   assert 0 < err(s8) < 0.02 * scale < err(s2)  # 8 bits: close to float32; 2 bits: not
@@ -133,7 +147,7 @@ def test_traced_hyperparameters_match_concrete_ones(mode):
         loss, optax.adamw(1e-2), optax.sgd(lr, momentum=0.9, nesterov=True), num_workers=2,
         inner_steps=6, batch_size=4, labels=LABELS, num_fragments=3, overlap=tau, mode=mode,
         **{knob: k})
-    state, _ = alg.run(alg.init(PARAMS, jax.random.key(5)), d, 14)
+    state, _, _ = scan_rounds(alg, alg.init(PARAMS, jax.random.key(5)), d, num_rounds=14)
     return state.params, state.sim_time
 
   lrs, knobs, taus = (np.asarray(v) for v in zip(*grid, strict=True))

@@ -38,6 +38,13 @@ def test_zero_weight_clients_are_ignored():
   np.testing.assert_allclose(out, 2.0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_zero_weight_client_with_a_non_finite_update_is_ignored(bad):
+  u = jnp.array([1.0, bad, 3.0])
+  out = aggregate(weighted_mean("clients"), u, jnp.array([1.0, 0.0, 1.0]))
+  assert float(out) == 2.0
+
+
 def test_all_zero_weights_give_zero_update():
   out = aggregate(weighted_mean("clients"), jnp.array([1.0, 2.0]), jnp.zeros([2]))
   assert float(out) == 0.0 and np.isfinite(out)

@@ -11,7 +11,7 @@ with AdamW as the inner optimizer (its state stays on each worker from one outer
 the next) and Nesterov SGD as the outer one (``optax.sgd(lr, momentum=0.9,
 nesterov=True)``, which takes :math:`\\Delta` as its gradient). Synchronisation is
 blocking: every worker waits for the all-reduce, priced on the simulated clock by a WAN
-model, ``bytes / bandwidth + latency`` for an all-reduce of
+model (:class:`jaxfl.sim.WAN`), ``bytes / bandwidth + latency`` for an all-reduce of
 :math:`2 (M-1)/M` times the model's bytes (the ring all-reduce volume).
 
 Workers are the client axis (:class:`jaxfl.runtime.ClientAxis`): the H inner steps are a
@@ -36,36 +36,18 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfl.algorithms.base import JitRound
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn
-from jaxfl.planners import fragments
 from jaxfl.runtime import ClientAxis
-from jaxfl.sim import tree_bytes
+from jaxfl.sim import WAN, tree_bytes
 from jaxfl.transforms import weighted_mean
-
-
-@dataclasses.dataclass(frozen=True)
-class WAN:
-  """A wide-area link: an all-reduce of ``b`` bytes among ``M`` workers takes
-  ``2 (M - 1) / M * b / bandwidth + latency`` seconds.
-
-  Attributes:
-    bandwidth: bytes per second per worker.
-    latency: seconds per synchronisation.
-  """
-
-  bandwidth: float = 1e8
-  latency: float = 0.1
-
-  def allreduce_time(self, num_bytes, num_workers: int) -> float:
-    return fragments.blocking_sync_time(num_bytes, self.bandwidth, self.latency, num_workers)
 
 
 def inner_step(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int, params,
@@ -105,7 +87,7 @@ class DiLoCoMetrics(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DiLoCo:
+class DiLoCo(JitRound):
   """Blocking DiLoCo over a :class:`~jaxfl.runtime.ClientAxis` of workers.
 
   Attributes:
@@ -177,8 +159,3 @@ class DiLoCo:
     new_state = DiLoCoState(params, outer_state, inner_state, state.step + self.inner_steps,
                             sim_time, state.key)
     return new_state, DiLoCoMetrics(jnp.mean(worker_loss), worker_loss, sync)
-
-  @functools.cached_property
-  def jit_round(self):
-    """``round`` compiled once for this algorithm."""
-    return jax.jit(self.round)

@@ -18,13 +18,13 @@ data; keys come from ``fold_in(root, round)`` so a resumed run replays exactly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfl.algorithms.base import JitRound, is_traced
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LocalMetrics, LossFn, local_epochs_to_steps, make_local_train
 from jaxfl.runtime import ClientAxis
@@ -39,14 +39,16 @@ def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float =
                      b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3) -> optax.GradientTransformation:
   """The server optimizer of a FedOpt algorithm, applied to the pseudo-gradient.
 
+  ``learning_rate`` may be an optax schedule (a function of the server step, e.g.
+  ``optax.cosine_decay_schedule``) or a traced scalar (a vmapped sweep over it).
   ``eps`` is the adaptivity :math:`\\tau` of Reddi et al. (arXiv 2003.00295; their range
   1e-3..1e-1). Two departures from their pseudo-code, both optax's: FedAdam and FedYogi
   use bias-corrected moments, and FedAdagrad divides by :math:`\\sqrt{v_t}` with
   :math:`v_{-1} = \\tau^2` (their :math:`\\sqrt{v_t} + \\tau` differs from it by a factor
   of at most 2, since :math:`v_t \\geq \\tau^2`).
   """
-  if learning_rate < 0:
-    raise ConfigError("server_lr", "a non-negative number", learning_rate)
+  if not callable(learning_rate) and not is_traced(learning_rate) and not learning_rate >= 0:
+    raise ConfigError("server_lr", "a non-negative number or an optax schedule", learning_rate)
   if name == "fedavg":
     return optax.sgd(learning_rate)
   if name == "fedavgm":
@@ -80,7 +82,7 @@ class RoundMetrics(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FedAvg:
+class FedAvg(JitRound):
   """FedAvg-family algorithm over a :class:`~jaxfl.runtime.ClientAxis`.
 
   Attributes:
@@ -185,8 +187,3 @@ class FedAvg:
                             state.key)
     metrics = RoundMetrics(loss, jnp.sum(participating).astype(jnp.int32), dt, ids, local)
     return new_state, metrics
-
-  @functools.cached_property
-  def jit_round(self):
-    """``round`` compiled once for this algorithm."""
-    return jax.jit(self.round)

@@ -12,9 +12,10 @@ which FedAvg's weighted mean of the trainable tree computes (with a server learn
 of 1). :class:`FederatedPEFT` runs :class:`~jaxfl.algorithms.FedAvg` on the *trainable*
 part of the parameters chosen by a path rule (:mod:`jaxfl.peft.lora`): ``is_lora_path`` is
 FedIT, ``everything`` federated full fine-tuning, a depth or block rule FedQuad-, HierFedLoRA-
-or FedBE-style training. The frozen part enters each jitted round as an argument (not a
-compile-time constant), so one compiled round serves every seed, and FedAvg's uplink bytes
-and simulated clock count the trainable tree only. Only the trainable leaves are
+or FedBE-style training. The frozen part and the device profiles enter each round through
+its inputs (:class:`PEFTInputs`, arguments rather than compile-time constants), so one
+compiled round serves every seed, and FedAvg's uplink bytes and simulated clock count the
+trainable tree only. Only the trainable leaves are
 differentiated, so nothing below the lowest trainable block stores activations.
 
 Examples:
@@ -30,7 +31,7 @@ Examples:
   >>> x = jnp.zeros((2, 4, 8), jnp.int32)  # 2 clients x 4 windows x 8 tokens
   >>> clients = ClientData(x, x, jnp.array([4, 4]))
   >>> state = fed.init(trainable, jax.random.key(1))
-  >>> state, metrics = fed.jit_round(state, clients, frozen, uniform_profiles(2))
+  >>> state, metrics = fed.jit_round(state, PEFTInputs(clients, frozen, uniform_profiles(2)))
   >>> int(metrics.participants), lora.count(state.params)
   (2, 1408)
 """
@@ -38,11 +39,12 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import functools
+from typing import NamedTuple
 
 import jax
 import optax
 
+from jaxfl.algorithms.base import JitRound
 from jaxfl.algorithms.fedavg import FedAvg, RoundMetrics, ServerState
 from jaxfl.local import ClientData
 from jaxfl.models import transformer
@@ -51,8 +53,22 @@ from jaxfl.runtime import ClientAxis
 from jaxfl.sim import DeviceProfiles, uniform_profiles
 
 
+class PEFTInputs(NamedTuple):
+  """What every round of :class:`FederatedPEFT` reads.
+
+  Attributes:
+    clients: every client's padded token windows ``[N, n_max, T]`` with counts.
+    frozen: the frozen part of the model (:meth:`FederatedPEFT.split`).
+    profiles: the clients' device profiles (availability and the simulated clock).
+  """
+
+  clients: ClientData
+  frozen: dict
+  profiles: DeviceProfiles
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class FederatedPEFT:
+class FederatedPEFT(JitRound):
   """FedAvg over the leaves of an LM that ``rule`` selects; the rest stays frozen.
 
   Attributes:
@@ -100,12 +116,6 @@ class FederatedPEFT:
     # Any profiles of the right size do for init: it reads none of them.
     return self.fedavg({}, uniform_profiles(self.clients_per_round)).init(trainable, key)
 
-  def round(self, state: ServerState, clients: ClientData, frozen: dict,
-            profiles: DeviceProfiles) -> tuple[ServerState, RoundMetrics]:
-    """One FedAvg round (see :meth:`FedAvg.round`); ``clients`` holds token windows."""
-    return self.fedavg(frozen, profiles).round(state, clients)
-
-  @functools.cached_property
-  def jit_round(self):
-    """``round`` compiled once (frozen weights and profiles are arguments)."""
-    return jax.jit(self.round)
+  def round(self, state: ServerState, inputs: PEFTInputs) -> tuple[ServerState, RoundMetrics]:
+    """One FedAvg round (see :meth:`FedAvg.round`) over the inputs' token windows."""
+    return self.fedavg(inputs.frozen, inputs.profiles).round(state, inputs.clients)

@@ -17,8 +17,9 @@ where :math:`\\hat w_g = w_{start,g} + \\widehat{\\Delta}_g` is the group's mode
 :math:`D_g / D` its share of the data and ``M`` the number of groups. A synchronous
 method (one group) takes :math:`\\beta = 1`.
 
-One engine covers every method of the comparison by its groups, its uplink and its
-mixing:
+One engine, :class:`GroupedAsync`, covers every method of the comparison by its groups,
+its uplink and its mixing (:class:`AirFedGA` is the engine with Air-FedGA's uplink and
+mixing as defaults):
 
 =================  ==========================  ===============================  ========
 method             groups                      uplink                           mixing
@@ -36,10 +37,12 @@ use per parameter, whatever the group size; digital: the model's bits over the
 worker's Shannon rate on this round's channel (TDMA: the members' times add up) --
 plus the model's download. Every group starts at time 0 and restarts as soon as it
 receives the new global model. Since neither timing nor channels depend on the model,
-the whole event sequence is drawn first (:func:`schedule`), then training is one
-``lax.scan`` over events; padding events past ``t_max`` change nothing.
+the whole event sequence is drawn by ``init`` (:func:`schedule`) and kept in the state;
+a round (the protocol of :mod:`jaxfl.algorithms.base`) is one server event, so a run is
+:func:`jaxfl.loop.scan_rounds` over ``events`` rounds (:meth:`GroupedAsync.simulate`);
+padding events past ``t_max`` change nothing.
 
-Channel model per round: block fading :math:`h_k = \\sqrt{L_k}\\, \\tilde h_k` with
+Upload and channel costs are :mod:`jaxfl.sim.channel`'s. Channel model per round: block fading :math:`h_k = \\sqrt{L_k}\\, \\tilde h_k` with
 :math:`\\tilde h_k \\sim \\mathcal{CN}(0, 1)` (or Rician), large-scale gain :math:`L_k`
 fixed per worker; the same draw sets a digital upload's rate and an AirComp round's
 power control.
@@ -55,45 +58,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfl.algorithms.base import JitRound
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn, make_local_train
+from jaxfl.loop import scan_rounds
 from jaxfl.planners.power import aggregation_mse, power_control
 from jaxfl.runtime import ClientAxis
-from jaxfl.sim.channel import fading_gain_sq, shannon_rate
+from jaxfl.sim.channel import UPLINKS, Comm, fading_gain_sq, group_upload_time
 from jaxfl.transforms import aircomp_mean, weighted_mean
 
-UPLINKS = ("aircomp", "digital", "tdma", "ideal")
 # Sub-keys of a run's key.
 KEY_JITTER, KEY_CHANNEL, KEY_TRAIN, KEY_NOISE = range(4)
 
 
 @dataclasses.dataclass(frozen=True)
-class Comm:
-  """Communication cost model (seconds; a parameter is one real channel use / ``bits`` bits).
-
-  Attributes:
-    bandwidth_hz: channel uses per second of the uplink (AirComp and digital alike).
-    bits_per_param: bits of one parameter in a digital upload.
-    noise_var: receiver noise power :math:`\\sigma^2` (``P / SNR``).
-    max_power: transmit power limit :math:`P_k` (the same for every worker).
-    download_time: seconds to broadcast the global model to a group.
-    max_upload_time: cap on one digital upload (a deep fade would otherwise stall it).
-    fading: ``rayleigh`` or ``rician`` block fading; ``rician_k`` its K-factor.
-  """
-
-  bandwidth_hz: float
-  bits_per_param: float
-  noise_var: float
-  max_power: float = 1.0
-  download_time: float = 0.0
-  max_upload_time: float = float("inf")
-  fading: str = "rayleigh"
-  rician_k: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
 class Method:
-  """How one method aggregates and mixes (the groups are an input of :func:`run`).
+  """How one method aggregates and mixes (its groups are the engine's ``members``).
 
   Attributes:
     uplink: ``aircomp`` (over the air, with ``policy``), ``digital`` (each member
@@ -150,18 +130,7 @@ def _member_gains(key, path_gain, members, round_, comm: Comm):
                         rician_k=comm.rician_k)
 
 
-def upload_time(gain_sq, mask, num_params: int, method: Method, comm: Comm) -> jax.Array:
-  """Seconds a group's upload takes on this round's channel (``mask``: real members)."""
-  if method.uplink == "aircomp":
-    return jnp.float32(num_params / comm.bandwidth_hz)
-  rate = shannon_rate(gain_sq, comm.max_power, comm.noise_var, comm.bandwidth_hz)
-  each = jnp.minimum(num_params * comm.bits_per_param / jnp.maximum(rate, 1e-30),
-                     comm.max_upload_time)
-  each = jnp.where(mask, each, 0.0)
-  return jnp.max(each) if method.uplink == "digital" else jnp.sum(each)
-
-
-def schedule(key, members, compute_time, path_gain, *, num_params: int, method: Method,
+def schedule(key, members, compute_time, path_gain, *, num_params: int, uplink: str,
              comm: Comm, t_max: float, jitter: tuple[float, float], rounds: int,
              events: int) -> Schedule:
   """Every group's round ends, merged in time order (first ``events`` of them).
@@ -172,6 +141,7 @@ def schedule(key, members, compute_time, path_gain, *, num_params: int, method: 
       never arrives).
     compute_time: ``[N]`` expected compute seconds per local round.
     path_gain: ``[N]`` large-scale gains.
+    uplink: one of :data:`jaxfl.sim.channel.UPLINKS` (its upload time).
     rounds: rounds simulated per group (enough that the fastest group passes ``t_max``).
     events: how many of the earliest arrivals to keep.
   """
@@ -187,7 +157,7 @@ def schedule(key, members, compute_time, path_gain, *, num_params: int, method: 
     kg = jax.random.fold_in(k_chan, g)
     gains = jax.vmap(lambda r: _member_gains(kg, path_gain, members[g], r, comm))(
         jnp.arange(rounds))
-    return jax.vmap(lambda h: upload_time(h, mask[g], num_params, method, comm))(gains)
+    return jax.vmap(lambda h: group_upload_time(h, mask[g], num_params, uplink, comm))(gains)
 
   up = jax.vmap(group_uploads)(jnp.arange(m))  # [M, R]
   duration = jnp.max(comp, -1) + up + comm.download_time
@@ -199,75 +169,151 @@ def schedule(key, members, compute_time, path_gain, *, num_params: int, method: 
                   time <= t_max)
 
 
-class _Carry(NamedTuple):
-  params: Any
-  starts: Any  # [M, ...] the model each group trains from
-  start_version: jax.Array  # [M] int32
-  version: jax.Array  # int32 global updates so far
+class GroupedState(NamedTuple):
+  """Everything a grouped asynchronous run needs to continue.
 
-
-def run(key, params0, clients: ClientData, members, compute_time, path_gain, evaluate, *,
-        loss_fn: LossFn, learning_rate: float, batch_size: int, local_steps: int,
-        method: Method, comm: Comm, t_max: float, jitter: tuple[float, float], rounds: int,
-        events: int, policies: tuple[str, ...] = (), beta0: jax.Array | None = None,
-        axis: ClientAxis | None = None) -> Trace:
-  """Simulate one method to ``t_max`` seconds: a pure function of its inputs (jit/vmap it).
-
-  Args:
-    key: the run's key.
-    params0: initial global model.
-    clients: every worker's padded data ``[N, n_max, ...]`` with counts.
-    members: ``[M, S]`` groups (``-1`` padding).
-    compute_time, path_gain: ``[N]`` per worker (see :func:`schedule`).
-    evaluate: ``evaluate(params) -> (accuracy, loss)`` on the test set.
-    loss_fn, learning_rate, batch_size, local_steps: local SGD of every member.
-    method, comm: see :class:`Method` and :class:`Comm`.
-    t_max, jitter, rounds, events: see :func:`schedule`.
-    policies: power policies whose MSE on each AirComp round's channel is also
-      reported (``Trace.mse_by_policy``).
-    beta0: overrides ``method.beta0`` (may be traced, e.g. vmapped over a grid).
-    axis: how a group's member slots are mapped (default: vmap on one device).
-
-  Returns:
-    The :class:`Trace` of every event.
+  Attributes:
+    params: the global model.
+    starts: ``[M, ...]`` the model each group trains from (the one it last received).
+    start_version: ``[M]`` int32, global updates before each group's model.
+    version: int32, global updates so far.
+    event: int32, server events processed (the round counter).
+    sim_time: float32, arrival time of the last valid event.
+    schedule: every event of the run, drawn by ``init``.
+    key: the run's root key.
   """
-  num_params = sum(x.size for x in jax.tree.leaves(params0))
-  sched = schedule(key, members, compute_time, path_gain, num_params=num_params, method=method,
-                   comm=comm, t_max=t_max, jitter=jitter, rounds=rounds, events=events)
-  k_chan = jax.random.fold_in(key, KEY_CHANNEL)
-  k_train = jax.random.fold_in(key, KEY_TRAIN)
-  k_noise = jax.random.fold_in(key, KEY_NOISE)
-  local_train = make_local_train(loss_fn, optax.sgd(learning_rate), batch_size=batch_size,
-                                 max_steps=local_steps, mask_steps=False)
-  # A group's member slots are the client axis: training and the uplink's collective run
-  # through the runtime (vmap here; shard_map needs member slots divisible by devices).
-  axis = axis or ClientAxis()
-  axis.check_num_clients(members.shape[1], "members")
-  aggregator = (aircomp_mean(axis.axis_name, noise_var=comm.noise_var, policy=method.policy)
-                if method.uplink == "aircomp" else weighted_mean(axis.axis_name))
-  num_groups = jnp.sum(jnp.any(members >= 0, -1))
-  total = jnp.sum(clients.count).astype(jnp.float32)
-  max_power = jnp.full([members.shape[1]], comm.max_power, jnp.float32)
 
-  def step(carry: _Carry, event):
-    time, g, r, valid = event
+  params: Any
+  starts: Any
+  start_version: jax.Array
+  version: jax.Array
+  event: jax.Array
+  sim_time: jax.Array
+  schedule: Schedule
+  key: jax.Array
+
+
+class EventMetrics(NamedTuple):
+  """What one server event did (the round's metrics)."""
+
+  time: jax.Array  # arrival time
+  valid: jax.Array  # bool, arrived by t_max (else a padding event that changed nothing)
+  group: jax.Array  # int32
+  staleness: jax.Array  # int32 tau of the arriving group
+  mse: jax.Array  # AirComp aggregation MSE (normalised signal domain); 0 when digital
+  mse_by_policy: dict[str, jax.Array]  # the same channel under each power policy
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class GroupedAsync(JitRound):
+  """Grouped asynchronous FL on a simulated clock (keyword arguments only).
+
+  A round is one server event: the next group's arrival in the pre-drawn schedule.
+  ``members``, ``compute_time``, ``path_gain`` and ``beta0`` may be traced (build the
+  engine inside a function vmapped over seeds or a grid); the rest is static.
+
+  Attributes:
+    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch.
+    learning_rate: every member's local SGD step size.
+    batch_size, local_steps: every member's local training.
+    method: uplink and mixing (:class:`Method`).
+    comm: the wireless uplink's costs (:class:`jaxfl.sim.Comm`).
+    members: ``[M, S]`` int32 worker indices per group, ``-1`` padding.
+    compute_time: ``[N]`` expected compute seconds per local round.
+    path_gain: ``[N]`` large-scale channel gains.
+    t_max: simulated seconds of the run.
+    jitter: ``(low, high)`` of each round's uniform compute-time factor.
+    rounds, events: static bounds of the schedule (:func:`bounds`).
+    policies: power policies whose MSE on each AirComp round's channel is also reported.
+    beta0: overrides ``method.beta0`` (may be traced, e.g. vmapped over a grid).
+    axis: how a group's member slots are mapped (vmap on one device by default;
+      shard_map needs member slots divisible by the devices).
+  """
+
+  loss_fn: LossFn
+  learning_rate: Any
+  batch_size: int
+  local_steps: int
+  method: Method
+  comm: Comm
+  members: Any
+  compute_time: Any
+  path_gain: Any
+  t_max: float
+  jitter: tuple[float, float]
+  rounds: int
+  events: int
+  policies: tuple[str, ...] = ()
+  beta0: Any = None
+  axis: ClientAxis = dataclasses.field(default_factory=ClientAxis)
+
+  def __post_init__(self):
+    for name in ("batch_size", "local_steps", "rounds", "events"):
+      value = getattr(self, name)
+      if not (isinstance(value, int) and value > 0):
+        raise ConfigError(name, "a positive integer", value)
+    if np.ndim(self.members) != 2:
+      raise ConfigError("members", "an [M, S] array of worker indices (-1 padding)",
+                        np.shape(self.members))
+    self.axis.check_num_clients(np.shape(self.members)[1], "members")
+
+  @property
+  def _aggregator(self):
+    if self.method.uplink == "aircomp":
+      return aircomp_mean(self.axis.axis_name, noise_var=self.comm.noise_var,
+                          policy=self.method.policy)
+    return weighted_mean(self.axis.axis_name)
+
+  def init(self, params, key: jax.Array) -> GroupedState:
+    """Every group starts from ``params`` at time 0; the run's events are drawn from ``key``."""
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    sched = schedule(key, self.members, self.compute_time, self.path_gain,
+                     num_params=num_params, uplink=self.method.uplink, comm=self.comm,
+                     t_max=self.t_max, jitter=self.jitter, rounds=self.rounds,
+                     events=self.events)
+    m = np.shape(self.members)[0]
+    starts = jax.tree.map(lambda p: jnp.broadcast_to(p, (m, *p.shape)), params)
+    return GroupedState(params, starts, jnp.zeros([m], jnp.int32), jnp.int32(0), jnp.int32(0),
+                        jnp.float32(0.0), sched, key)
+
+  def round(self, state: GroupedState,
+            clients: ClientData) -> tuple[GroupedState, EventMetrics]:
+    """The next event: its group trains from its start model, uploads, and is mixed in.
+
+    ``clients`` holds every worker's padded data ``[N, n_max, ...]`` with counts.
+    """
+    members, comm, method = self.members, self.comm, self.method
+    sched = state.schedule
+    time, g, r, valid = (sched.time[state.event], sched.group[state.event],
+                         sched.round[state.event], sched.valid[state.event])
+    k_chan = jax.random.fold_in(state.key, KEY_CHANNEL)
+    k_train = jax.random.fold_in(state.key, KEY_TRAIN)
+    k_noise = jax.random.fold_in(state.key, KEY_NOISE)
+    local_train = make_local_train(self.loss_fn, optax.sgd(self.learning_rate),
+                                   batch_size=self.batch_size, max_steps=self.local_steps,
+                                   mask_steps=False)
+    aggregator = self._aggregator
+    num_groups = jnp.sum(jnp.any(members >= 0, -1))
+    total = jnp.sum(clients.count).astype(jnp.float32)
+    max_power = jnp.full([members.shape[1]], comm.max_power, jnp.float32)
+
     ids = members[g]
     mask = ids >= 0
     safe = jnp.maximum(ids, 0)
     data = jax.tree.map(lambda a: a[safe], clients)
-    start = jax.tree.map(lambda a: a[g], carry.starts)
+    start = jax.tree.map(lambda a: a[g], state.starts)
     k_round = jax.random.fold_in(jax.random.fold_in(k_train, g), r)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_round, safe)
     counts = jnp.where(mask, data.count, 0).astype(jnp.float32)
     group_size = jnp.sum(counts)
     weights = counts / jnp.maximum(group_size, 1.0)
-    gains = _member_gains(jax.random.fold_in(k_chan, g), path_gain, ids, r, comm)
+    gains = _member_gains(jax.random.fold_in(k_chan, g), self.path_gain, ids, r, comm)
     gains = jnp.where(mask, gains, 0.0)
     k_n = jax.random.fold_in(jax.random.fold_in(k_noise, g), r)
 
     def member(data, key, weight, gain):
       """One member slot: train, then send its update through the group's uplink."""
-      new, _ = local_train(start, data, jnp.int32(local_steps), key)
+      new, _ = local_train(start, data, jnp.int32(self.local_steps), key)
       delta = jax.tree.map(lambda n, s: jnp.where(weight > 0, n - s, 0.0), new, start)
       extra = (dict(gain_sq=gain, noise_key=k_n, max_power=comm.max_power)
                if method.uplink == "aircomp" else {})
@@ -275,37 +321,51 @@ def run(key, params0, clients: ClientData, members, compute_time, path_gain, eva
       # Digital uploads are decoded exactly: no aggregation error.
       return mean, getattr(agg_state, "mse", jnp.float32(0.0))
 
-    delta, mse = axis.map(member, in_axes=(0, 0, 0, 0), out_axes=(None, None))(
+    delta, mse = self.axis.map(member, in_axes=(0, 0, 0, 0), out_axes=(None, None))(
         data, keys, weights, gains)
     by_policy = {}
-    for name in policies:
+    for name in self.policies:
       pc = power_control(name, gains, max_power, weights, comm.noise_var)
       by_policy[name] = aggregation_mse(gains, pc.power, pc.eta, weights, comm.noise_var)
     model = jax.tree.map(lambda s, d: s + d, start, delta)
-    tau = carry.version - carry.start_version[g]
+    tau = state.version - state.start_version[g]
     if method.synchronous:
       beta = jnp.float32(1.0)
     else:
-      beta = jnp.minimum(1.0, (method.beta0 if beta0 is None else beta0) * group_size / total
-                         * num_groups
+      beta0 = method.beta0 if self.beta0 is None else self.beta0
+      beta = jnp.minimum(1.0, beta0 * group_size / total * num_groups
                          * (tau + 1.0) ** -method.staleness_exponent)
     beta = jnp.where(valid, beta, 0.0)
-    params = jax.tree.map(lambda w, m: (1 - beta) * w + beta * m, carry.params, model)
-    version = carry.version + valid.astype(jnp.int32)
-    starts = jax.tree.map(lambda a, p: a.at[g].set(jnp.where(valid, p, a[g])), carry.starts, params)
-    start_version = carry.start_version.at[g].set(
-        jnp.where(valid, version, carry.start_version[g]))
-    accuracy, loss = evaluate(params)
-    out = (tau, accuracy, loss, mse, by_policy)
-    return _Carry(params, starts, start_version, version), out
+    params = jax.tree.map(lambda w, m: (1 - beta) * w + beta * m, state.params, model)
+    version = state.version + valid.astype(jnp.int32)
+    starts = jax.tree.map(lambda a, p: a.at[g].set(jnp.where(valid, p, a[g])), state.starts,
+                          params)
+    start_version = state.start_version.at[g].set(
+        jnp.where(valid, version, state.start_version[g]))
+    new_state = GroupedState(params, starts, start_version, version, state.event + 1,
+                             jnp.where(valid, time, state.sim_time), sched, state.key)
+    return new_state, EventMetrics(time, valid, g, tau, mse, by_policy)
 
-  m = members.shape[0]
-  carry = _Carry(params0, jax.tree.map(lambda p: jnp.broadcast_to(p, (m, *p.shape)), params0),
-                 jnp.zeros([m], jnp.int32), jnp.int32(0))
-  _, (tau, acc, loss, mse, by_policy) = jax.lax.scan(
-      step, carry, (sched.time, sched.group, sched.round, sched.valid))
-  acc0, _ = evaluate(params0)
-  return Trace(sched.time, sched.valid, sched.group, tau, acc, loss, mse, by_policy, acc0)
+  def simulate(self, params, key: jax.Array, clients: ClientData, evaluate) -> Trace:
+    """Every event of a run as one scan (:func:`jaxfl.loop.scan_rounds`), the global model
+    evaluated after each: a pure function (jit/vmap it).
+
+    ``evaluate(params) -> (accuracy, loss)`` on the test set.
+    """
+    metric = lambda st: dict(zip(("accuracy", "loss"), evaluate(st.params), strict=True))
+    _, m, ev = scan_rounds(self, self.init(params, key), clients, num_rounds=self.events,
+                           evaluate=metric, eval_every=1, evaluate_initial=True)
+    return Trace(m.time, m.valid, m.group, m.staleness, ev["accuracy"][1:], ev["loss"][1:],
+                 m.mse, m.mse_by_policy, ev["accuracy"][0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class AirFedGA(GroupedAsync):
+  """Air-FedGA (arXiv 2507.05704): :class:`GroupedAsync` with over-the-air aggregation inside
+  groups (optimal power control) and staleness-aware asynchronous mixing across them; pass
+  the planned groups (:func:`jaxfl.planners.grouping.plan_groups`) as ``members``."""
+
+  method: Method = Method("aircomp", synchronous=False)
 
 
 def time_to_target(trace: Trace, target: float) -> jax.Array:

@@ -17,10 +17,11 @@ delay-compensated replay of the local progress made during the ``τ`` overlapped
 ``h`` steps by staleness and drift (:func:`jaxfl.planners.fragments.select_fragment`),
 never one in flight.
 
-Each step: every worker takes one inner step (the client axis), then a fragment whose
+A round of this algorithm is one inner step (the protocol of :mod:`jaxfl.algorithms.base`):
+every worker takes one inner step (the client axis), then a fragment whose
 all-reduce arrives is received, then a fragment may be sent. The outer optimizer has one
 state over the whole model, updated only on the received fragment's leaves
-(:func:`jaxfl.peft.layerdrop.skip_inactive` with fragment labels), which is one outer
+(:func:`jaxfl.transforms.skip_inactive` with fragment labels), which is one outer
 optimizer per fragment as in the papers. The simulated clock advances ``step_time`` per
 step plus, at a receive, the part of the fragment's all-reduce that ``τ`` steps did not
 hide.
@@ -28,6 +29,7 @@ hide.
 Examples:
   >>> import jax, jax.numpy as jnp, optax
   >>> from jaxfl.local import ClientData
+  >>> from jaxfl.loop import scan_rounds
   >>> loss = lambda w, x, y: jnp.mean((x @ w['a'] + w['b'] - y) ** 2)
   >>> params = {'a': jnp.zeros(3), 'b': jnp.zeros(())}
   >>> alg = StreamingDiLoCo(loss, optax.adamw(1e-2), optax.sgd(0.7, momentum=0.9, nesterov=True),
@@ -35,8 +37,9 @@ Examples:
   ...                       labels={'a': 0, 'b': 1}, num_fragments=2, overlap=1)
   >>> x = jax.random.normal(jax.random.key(0), (2, 8, 3))
   >>> data = ClientData(x, x @ jnp.ones(3), jnp.array([8, 8]))
-  >>> state, losses = alg.run(alg.init(params, jax.random.key(1)), data, 8)
-  >>> losses.shape, [int(t) for t in state.sent_at]
+  >>> state, metrics, _ = scan_rounds(alg, alg.init(params, jax.random.key(1)), data,
+  ...                                 num_rounds=8)
+  >>> metrics.worker_loss.shape, [int(t) for t in state.sent_at]
   ((8, 2), [4, 6])
 """
 
@@ -51,20 +54,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.algorithms.diloco import WAN, inner_step
+from jaxfl.algorithms.base import JitRound, is_traced
+from jaxfl.algorithms.diloco import inner_step
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn
-from jaxfl.peft.layerdrop import skip_inactive
 from jaxfl.peft.quant import dequantize_rows, quantize_rows
 from jaxfl.planners import fragments as frag
 from jaxfl.runtime import ClientAxis
-from jaxfl.transforms.delay_comp import cocodc_merge
+from jaxfl.sim import WAN
+from jaxfl.transforms import cocodc_merge, skip_inactive
 
 MODES = ("streaming", "cocodc")
-
-
-def _traced(value) -> bool:
-  return isinstance(value, jax.core.Tracer)
 
 
 class StreamingState(NamedTuple):
@@ -95,8 +95,13 @@ class StreamingState(NamedTuple):
   key: jax.Array
 
 
+class StreamingMetrics(NamedTuple):
+  loss: jax.Array  # mean inner training loss over workers
+  worker_loss: jax.Array  # [M], each worker's inner loss of this step
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class StreamingDiLoCo:
+class StreamingDiLoCo(JitRound):
   """Streaming DiLoCo (``mode='streaming'``) or CoCoDC (``mode='cocodc'``).
 
   Attributes:
@@ -159,13 +164,13 @@ class StreamingDiLoCo:
       raise ConfigError("num_fragments", f"at most inner_steps={self.inner_steps}",
                         self.num_fragments)
     # overlap, alpha and lam0 may be traced (a vmapped sweep over them): checked when concrete.
-    if not _traced(self.overlap) and not (
+    if not is_traced(self.overlap) and not (
         isinstance(self.overlap, int) and 0 < self.overlap < self.inner_steps):
       raise ConfigError("overlap", f"an integer in [1, inner_steps={self.inner_steps})",
                         self.overlap)
-    if not _traced(self.alpha) and not 0.0 <= self.alpha <= 1.0:
+    if not is_traced(self.alpha) and not 0.0 <= self.alpha <= 1.0:
       raise ConfigError("alpha", "a mixing weight in [0, 1]", self.alpha)
-    if not _traced(self.lam0) and not self.lam0 >= 0:
+    if not is_traced(self.lam0) and not self.lam0 >= 0:
       raise ConfigError("lam0", "a non-negative number", self.lam0)
     if self.outer_bits not in (None, 2, 4, 8):
       raise ConfigError("outer_bits", "None, 8, 4 or 2", self.outer_bits)
@@ -202,9 +207,10 @@ class StreamingDiLoCo:
       nbytes[lab] += np.size(leaf) * np.dtype(leaf.dtype).itemsize * bits / 32
     return np.array([self.wan.allreduce_time(b, self.num_workers) for b in nbytes])
 
-  def step(self, state: StreamingState, data: ClientData) -> tuple[StreamingState, jax.Array]:
-    """One inner step on every worker, then a receive and a send if due; returns the
-    workers' losses ``[M]``."""
+  def round(self, state: StreamingState,
+            data: ClientData) -> tuple[StreamingState, StreamingMetrics]:
+    """One inner step on every worker, then a receive and a send if due; ``data`` holds
+    each worker's examples ``[M, n_max, ...]``."""
     t = state.step
     key = jax.random.fold_in(state.key, t)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(self.num_workers))
@@ -221,7 +227,8 @@ class StreamingDiLoCo:
     comm = jnp.asarray(self.fragment_comm_time(state.params), jnp.float32)
     stall = jnp.sum(jnp.where(arriving, jnp.maximum(comm - self.overlap * self.step_time, 0.0),
                               0.0))
-    return state._replace(step=t + 1, sim_time=state.sim_time + self.step_time + stall), losses
+    state = state._replace(step=t + 1, sim_time=state.sim_time + self.step_time + stall)
+    return state, StreamingMetrics(jnp.mean(losses), losses)
 
   def _send_choice(self, state: StreamingState, t) -> jax.Array:
     if self.mode == "streaming":
@@ -270,13 +277,3 @@ class StreamingDiLoCo:
       q, scale = quantize_rows(rows, self.outer_bits, jax.random.fold_in(key, i))
       out.append(dequantize_rows(q, scale).reshape(x.shape).astype(x.dtype))
     return jax.tree.unflatten(treedef, out)
-
-  def run(self, state: StreamingState, data: ClientData,
-          num_steps: int) -> tuple[StreamingState, jax.Array]:
-    """``num_steps`` steps as one ``lax.scan``; returns the state and losses ``[T, M]``."""
-    return jax.lax.scan(lambda s, _: self.step(s, data), state, None, length=num_steps)
-
-  @functools.cached_property
-  def jit_run(self):
-    """``run`` compiled once per number of steps."""
-    return jax.jit(self.run, static_argnums=2)

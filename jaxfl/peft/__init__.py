@@ -3,16 +3,16 @@
 * :mod:`~jaxfl.peft.lora` -- trainability as labels on parameter paths (LoRA, LoRA depth,
   FFA-LoRA, full fine-tuning), split/combine of trainable and frozen trees;
 * :mod:`~jaxfl.peft.quant` -- int8 (or 4/2-bit) storage of saved activations;
-* :mod:`~jaxfl.peft.layerdrop` -- stochastic layer dropout and an optimizer wrapper that
-  leaves dropped layers untouched;
+* :mod:`~jaxfl.peft.layerdrop` -- stochastic layer dropout (rates, keep masks, block labels;
+  the optimizer wrapper that leaves dropped layers untouched is
+  :func:`jaxfl.transforms.skip_inactive`);
 * :mod:`~jaxfl.peft.expand` -- identity-initialised block expansion;
 * :mod:`~jaxfl.peft.memory` -- bytes of trainable params, optimizer state and saved
   activations, measured from JAX.
 """
 
 from jaxfl.peft import expand, layerdrop, lora, memory, quant
-from jaxfl.peft.layerdrop import (SkipInactiveState, drop_rates, layer_index_tree, sample_keep,
-                                  skip_inactive)
+from jaxfl.peft.layerdrop import drop_rates, layer_index_tree, sample_keep
 from jaxfl.peft.memory import Footprint, footprint
 from jaxfl.peft.quant import (ResidualBytes, dequantize_rows, quantize_rows, quantized_remat,
                               saved_residual_bytes)
@@ -20,6 +20,5 @@ from jaxfl.peft.quant import (ResidualBytes, dequantize_rows, quantize_rows, qua
 __all__ = ["expand", "layerdrop", "lora", "memory", "quant"]
 __all__ += ["ResidualBytes", "dequantize_rows", "quantize_rows", "quantized_remat",
             "saved_residual_bytes"]
-__all__ += ["SkipInactiveState", "drop_rates", "layer_index_tree", "sample_keep",
-            "skip_inactive"]
+__all__ += ["drop_rates", "layer_index_tree", "sample_keep"]
 __all__ += ["Footprint", "footprint"]

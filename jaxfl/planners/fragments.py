@@ -21,9 +21,9 @@ are ``[embed (+pos_embed), block_0, ..., block_{L-1}, ln_f (+head)]`` (the code'
 fragments are contiguous near-equal chunks of units; ``strided`` ones take unit ``u`` into
 fragment ``u % P``.
 
-Network capacity enters through ``N`` (transfers that fit into one interval) and ``tau``
-(steps one transfer overlaps), see :func:`transmissions_per_interval` and
-:func:`overlap_steps`. The layout and capacity functions are host-side Python/NumPy; the
+Network capacity enters through ``N`` (transfers that fit into one interval,
+:func:`transmissions_per_interval`) and ``tau`` (steps one transfer overlaps,
+:func:`jaxfl.sim.network.overlap_steps`); the link's costs live in :mod:`jaxfl.sim.network`. The layout and capacity functions are host-side Python/NumPy; the
 per-step rules (:func:`streaming_fragment_at`, :func:`select_fragment`,
 :func:`fragment_drift`, :func:`fragment_mask`) are pure ``jnp`` and can be traced inside
 ``jit``/``scan`` (their ``H``/``P``/``num_fragments`` must then be static Python ints).
@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.errors import ConfigError
+from jaxfl.sim.network import allreduce_bytes, transfer_time
 
 PATTERNS = ("sequential", "strided")
 NEVER_SENT = -1  # the ``sent_at`` of a fragment not yet sent (step 0 is a valid send step)
@@ -228,21 +229,6 @@ def select_fragment(step, sent_at, in_flight, drift, sizes, H) -> jax.Array:
 # --------------------------------------------------------------------------- capacity
 
 
-def allreduce_bytes(nbytes: float, num_workers: int) -> float:
-  """Bytes each worker moves in a ring all-reduce of ``nbytes``: ``2(M-1)/M · nbytes`` (§2.3)."""
-  _check_int(num_workers, "num_workers", 1)
-  return 2.0 * (num_workers - 1) / num_workers * nbytes
-
-
-def transfer_time(nbytes: float, bandwidth: float, latency: float) -> float:
-  """Seconds of one transfer: ``nbytes / bandwidth + latency``."""
-  _check_positive(bandwidth, "bandwidth")
-  if not (latency >= 0 and nbytes >= 0):
-    raise ConfigError("latency" if not latency >= 0 else "nbytes", "a non-negative number",
-                      latency if not latency >= 0 else nbytes)
-  return nbytes / bandwidth + latency
-
-
 def transmissions_per_interval(H: int, step_time: float, fragment_bytes: float,
                                bandwidth: float, latency: float, num_fragments: int) -> int:
   """CoCoDC's ``N``: fragment transfers that fit into one interval of ``H`` steps.
@@ -252,8 +238,8 @@ def transmissions_per_interval(H: int, step_time: float, fragment_bytes: float,
   **A reconstruction:** the authors' code takes ``N`` as a CLI argument; the paper
   (arXiv 2504.17672) only says the schedule adapts to network capacity (§2.3). At least
   one transfer per interval (the staleness guard sends one every ``H`` steps anyway).
-  ``fragment_bytes`` is what one transfer puts on the link (use :func:`allreduce_bytes`
-  for an all-reduce). A ``1e-9`` slack keeps e.g. ``0.3 / 0.1`` from flooring to 2.
+  ``fragment_bytes`` is what one transfer puts on the link (use
+  :func:`jaxfl.sim.network.allreduce_bytes` for an all-reduce). A ``1e-9`` slack keeps e.g. ``0.3 / 0.1`` from flooring to 2.
   """
   _check_int(H, "H", 1)
   _check_positive(step_time, "step_time")
@@ -268,29 +254,6 @@ def send_interval(H: int, N: int) -> int:
   if not isinstance(N, (int, np.integer)) or not 1 <= N <= H:
     raise ConfigError("N", f"an integer between 1 and H={H}", N)
   return H // N
-
-
-def overlap_steps(fragment_bytes: float, bandwidth: float, latency: float, step_time: float,
-                  num_workers: int) -> int:
-  """``tau = ceil(comm_time / step_time)``: inner steps one fragment all-reduce overlaps.
-
-  ``comm_time`` moves :func:`allreduce_bytes` of the fragment plus one ``latency``
-  (§2.3's comm-time simulation, with a latency term added).
-  """
-  _check_positive(step_time, "step_time")
-  comm = transfer_time(allreduce_bytes(fragment_bytes, num_workers), bandwidth, latency)
-  return max(0, math.ceil(comm / step_time - 1e-9))
-
-
-def blocking_sync_time(model_bytes: float, bandwidth: float, latency: float,
-                       num_workers: int) -> float:
-  """Seconds blocking DiLoCo stalls every ``H`` steps: the full-model all-reduce (§2.6)."""
-  return transfer_time(allreduce_bytes(model_bytes, num_workers), bandwidth, latency)
-
-
-def overlap_stall(comm_time: float, tau: int, step_time: float) -> float:
-  """Seconds a fragment sync stalls when ``tau`` steps do not hide it: ``max(0, C - tau·t)`` (§2.6)."""
-  return max(0.0, comm_time - tau * step_time)
 
 
 # --------------------------------------------------------------------------- checks

@@ -12,7 +12,8 @@ Rician with K-factor :math:`\kappa` (line-of-sight power over scattered power);
 :math:`\kappa = 0` is Rayleigh fading, where :math:`|h_k|^2 = L_k \cdot \mathrm{Exp}(1)`.
 In both cases :math:`E|h_k|^2 = L_k`.
 
-Upload times compare the two ways a group of workers can send an ``n``-entry update:
+Upload times compare the ways a group of workers can send an ``n``-entry update
+(:func:`group_upload_time` prices a whole group's upload on one round's channel):
 
 * digital orthogonal access: each worker sends ``n * q`` bits at its Shannon rate
   :math:`B \log_2(1 + P |h|^2 / \sigma^2)`;
@@ -26,12 +27,43 @@ U(0.2, 1)``, Rayleigh fading redrawn each round, ``P = 1``, SNR ``P / sigma^2`` 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxfl.errors import ConfigError, check
 
 FADING = ("rayleigh", "rician")
+#: How a group uploads: over the air; digitally, each member alone on its own band (the
+#: group waits for its slowest member); digitally one member after another (TDMA); or
+#: the noiseless reference with TDMA timing.
+UPLINKS = ("aircomp", "digital", "tdma", "ideal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comm:
+  r"""A wireless uplink's cost model (seconds; a parameter is one real channel use over the
+  air, or ``bits_per_param`` bits digitally).
+
+  Attributes:
+    bandwidth_hz: channel uses per second of the uplink (AirComp and digital alike).
+    bits_per_param: bits of one parameter in a digital upload.
+    noise_var: receiver noise power :math:`\sigma^2` (``P / SNR``).
+    max_power: transmit power limit :math:`P_k` (the same for every worker).
+    download_time: seconds to broadcast the global model to a group.
+    max_upload_time: cap on one digital upload (a deep fade would otherwise stall it).
+    fading: ``rayleigh`` or ``rician`` block fading; ``rician_k`` its K-factor.
+  """
+
+  bandwidth_hz: float
+  bits_per_param: float
+  noise_var: float
+  max_power: float = 1.0
+  download_time: float = 0.0
+  max_upload_time: float = float("inf")
+  fading: str = "rayleigh"
+  rician_k: float = 0.0
 
 
 def fading_gain_sq(key: jax.Array, path_gain: jax.Array, *, fading: str = "rayleigh",
@@ -115,3 +147,27 @@ def aircomp_upload_time(num_params, bandwidth_hz):
   transmit at once, so the time does not depend on the group size.
   """
   return num_params / bandwidth_hz
+
+
+def group_upload_time(gain_sq, mask, num_params: int, uplink: str, comm: Comm) -> jax.Array:
+  """Seconds a group's upload takes on this round's channel (``mask``: real members).
+
+  AirComp: :func:`aircomp_upload_time`, whatever the group size. Digital: each member's
+  :func:`digital_upload_time` at its Shannon rate, capped at ``comm.max_upload_time``;
+  ``digital`` waits for the slowest member, ``tdma`` and ``ideal`` add the members' times.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> comm = Comm(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=1.0)
+    >>> float(group_upload_time(jnp.ones(2), jnp.array([True, True]), 50, 'aircomp', comm))
+    0.5
+  """
+  if uplink not in UPLINKS:
+    raise ConfigError("uplink", f"one of {list(UPLINKS)}", uplink)
+  if uplink == "aircomp":
+    return jnp.float32(aircomp_upload_time(num_params, comm.bandwidth_hz))
+  rate = shannon_rate(gain_sq, comm.max_power, comm.noise_var, comm.bandwidth_hz)
+  each = jnp.minimum(num_params * comm.bits_per_param / jnp.maximum(rate, 1e-30),
+                     comm.max_upload_time)
+  each = jnp.where(mask, each, 0.0)
+  return jnp.max(each) if uplink == "digital" else jnp.sum(each)

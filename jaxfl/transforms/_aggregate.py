@@ -31,8 +31,8 @@ def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
 
   With :math:`w_k = n_k` (client sample counts) this is FedAvg's aggregation
   (McMahan et al. 2017, arXiv 1602.05629). A client with weight 0 (not sampled, or
-  padding) contributes nothing; if every weight is 0 the aggregate is 0, so the
-  server keeps its parameters.
+  padding) contributes nothing, even a non-finite update (it is masked, not multiplied
+  by 0); if every weight is 0 the aggregate is 0, so the server keeps its parameters.
 
   Reduces the client axis: call it inside the client map with one client's update.
   The innermost axis name must be a vmap axis (:func:`jaxfl.runtime.client_weighted_sum`).
@@ -66,6 +66,8 @@ def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     total = jax.lax.psum(weight, axis_name)
     # Guard the all-zero round: the mean of nothing is taken to be no update.
     scale = jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 0.0)
+    # where, not multiply: 0 * inf is nan, and a dropped client's update may be anything.
+    updates = jax.tree.map(lambda u: jnp.where(weight > 0, u, jnp.zeros_like(u)), updates)
     mean = client_weighted_sum(updates, scale, axis_name)
     return mean, WeightedMeanState(count=state.count + 1)
 

@@ -206,6 +206,9 @@ def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optima
     for name, value in (("weight", weight), ("gain_sq", gain_sq), ("noise_key", noise_key)):
       if value is None:
         raise ConfigError(name, "a value passed to aircomp_mean's update", None)
+    # A non-member's update (weight 0) may be non-finite: masked, never multiplied by 0.
+    updates = jax.tree.map(lambda u: jnp.where(jnp.asarray(weight) > 0, u, jnp.zeros_like(u)),
+                           updates)
     local = jnp.stack([jnp.asarray(weight, jnp.float32), jnp.asarray(gain_sq, jnp.float32),
                        jnp.asarray(max_power, jnp.float32), _rms(updates)])
     everyone = jax.lax.all_gather(local, inner)
@@ -244,6 +247,10 @@ def aircomp_aggregate(updates_stacked: Any, weights, gain_sq, max_power, noise_v
     for the normalised weights, and its analytic MSE in the signal domain.
   """
   _check_config(noise_var, policy, truncation_threshold)
+  member = jnp.asarray(weights) > 0
+  updates_stacked = jax.tree.map(
+      lambda u: jnp.where(member.reshape(-1, *[1] * (u.ndim - 1)), u, jnp.zeros_like(u)),
+      updates_stacked)
   gain_sq = jnp.asarray(gain_sq, dtype=float)
   max_power = jnp.broadcast_to(jnp.asarray(max_power, dtype=float), gain_sq.shape)
   plan = _plan(weights, gain_sq, max_power, _rms(updates_stacked, batch_dims=1), noise_var,

@@ -1,6 +1,6 @@
 """Air-FedGA vs Air-FedAvg, FedAsync, digital FedAvg and random grouping on one simulator.
 
-Every method is :func:`jaxfl.algorithms.grouped_async.run` with its own groups, uplink
+Every method is :class:`jaxfl.algorithms.grouped_async.GroupedAsync` with its own groups, uplink
 and mixing (the table in that module). A run's rows are the global model's test
 accuracy at ``log_points`` equally spaced simulated times, then its summary at the
 last of them: time to ``target_accuracy`` (absent if never reached), the mean AirComp
@@ -33,7 +33,7 @@ from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, SIZES, functional
 from jaxfl.planners import grouping
 from jaxfl.planners.power import POLICIES
-from jaxfl.sim.channel import noise_var_from_snr_db
+from jaxfl.sim.channel import Comm, noise_var_from_snr_db
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.sweep import RunSpec, Simulation, simulate_seeds, simulation_rows
@@ -129,8 +129,8 @@ class Context:
     self.tuning: dict[str, dict[float, list]] = {}  # method -> beta0 -> per tuning seed t2t
 
 
-def _comm(c) -> ga.Comm:
-  return ga.Comm(bandwidth_hz=c.bandwidth_hz, bits_per_param=c.bits_per_param,
+def _comm(c) -> Comm:
+  return Comm(bandwidth_hz=c.bandwidth_hz, bits_per_param=c.bits_per_param,
                  noise_var=noise_var_from_snr_db(c.snr_db, c.max_power), max_power=c.max_power,
                  download_time=c.download_time, max_upload_time=c.max_upload_time,
                  fading=c.fading, rician_k=c.rician_k)
@@ -229,13 +229,14 @@ def _simulate_fn(c, ctx: Context, method: str):
                 rngs=nnx.Rngs(params=jax.random.fold_in(key, KEY_MODEL)))
     apply_fn, params0 = functional(model)
     evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
-    method_ = ga.Method(uplink, synchronous, staleness_exponent=c.staleness_exponent)
-    trace = ga.run(jax.random.fold_in(key, KEY_RUN), params0, clients, members, compute,
-                   path_gain, evaluate, loss_fn=softmax_cross_entropy(apply_fn),
-                   learning_rate=c.learning_rate, batch_size=c.batch_size,
-                   local_steps=c.local_steps, method=method_, comm=comm, t_max=c.t_max,
-                   jitter=(c.jitter_low, c.jitter_high), rounds=rounds_, events=events,
-                   policies=policies, beta0=beta0)
+    engine = ga.GroupedAsync(
+        loss_fn=softmax_cross_entropy(apply_fn), learning_rate=c.learning_rate,
+        batch_size=c.batch_size, local_steps=c.local_steps,
+        method=ga.Method(uplink, synchronous, staleness_exponent=c.staleness_exponent),
+        comm=comm, members=members, compute_time=compute, path_gain=path_gain, t_max=c.t_max,
+        jitter=(c.jitter_low, c.jitter_high), rounds=rounds_, events=events,
+        policies=policies, beta0=beta0)
+    trace = engine.simulate(params0, jax.random.fold_in(key, KEY_RUN), clients, evaluate)
     acc = ga.accuracy_at(trace, times)
     valid = trace.valid
     n_valid = jnp.maximum(jnp.sum(valid), 1)

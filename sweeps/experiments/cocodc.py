@@ -40,14 +40,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxfl.algorithms.diloco import WAN, DiLoCo
+from jaxfl.algorithms.diloco import DiLoCo
 from jaxfl.algorithms.streaming_diloco import StreamingDiLoCo
 from jaxfl.data import corpus as corpus_lib
 from jaxfl.errors import check
 from jaxfl.local import ClientData
 from jaxfl.models import transformer
 from jaxfl.planners import fragments as frag
-from jaxfl.sim import tree_bytes
+from jaxfl.sim import WAN, tree_bytes
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.experiments import lm_pretrain
@@ -285,7 +285,7 @@ def _program(c_json: str, family: str):
 
     def advance(state, lr_, knob_, tau):
       alg = build(lr_, knob_, tau)
-      return (alg.round if family == "diloco" else alg.step)(state, data)[0]
+      return alg.round(state, data)[0]
 
     def evaluate(state):
       model = (state.params if family == "diloco" else

@@ -197,7 +197,8 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
   with Checkpointer(os.path.join(run_dir, "checkpoints"), every=c.checkpoint_every) as ckpt:
     if ckpt.latest_round() is not None:
       progress.log(f"resuming from the checkpoint of round {ckpt.latest_round()}")
-    run_rounds(alg, state, clients, num_rounds=c.num_rounds, evaluate=evaluate,
+    run_rounds(alg, state, clients, num_rounds=c.num_rounds,
+               evaluate=lambda st: evaluate(st.params),
                eval_every=c.eval_every, checkpointer=ckpt, on_record=record, log=None)
 
 

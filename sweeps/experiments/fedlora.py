@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.algorithms.fedpeft import FederatedPEFT
+from jaxfl.algorithms.fedpeft import FederatedPEFT, PEFTInputs
 from jaxfl.data import corpus as corpus_lib
 from jaxfl.errors import check
 from jaxfl.local import ClientData
@@ -168,6 +168,7 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
   evaluate = _evaluate_fn(config)
   eval_data = tuple(jnp.asarray(a) for a in (*ctx.downstream, *ctx.general))
   clients = jax.tree.map(jnp.asarray, ctx.clients)
+  inputs = PEFTInputs(clients, frozen, profiles)
   state = fed.init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
   uplink = tree_bytes(trainable)  # one client's upload per round
 
@@ -185,7 +186,7 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
   before = record(0, None)
   uplink_total = 0.0
   for r in range(1, c.num_rounds + 1):
-    state, metrics = fed.jit_round(state, clients, frozen, profiles)
+    state, metrics = fed.jit_round(state, inputs)
     uplink_total += float(metrics.participants) * float(uplink)
     if r % c.eval_every == 0 or r == c.num_rounds:
       after = record(r, float(metrics.loss))
