@@ -7,6 +7,11 @@ round), ``batch_size`` at a time, wrapping around after an epoch, so a batch nev
 contains padding; a client with fewer samples than ``batch_size`` sees each of its
 samples repeatedly in one batch, which weighs them equally.
 
+Loss functions are ``loss_fn(params, x, y)`` or, for stochastic models (dropout, noise
+injection), ``loss_fn(params, x, y, key)``: the key of local step ``s`` is
+``fold_in(client key, s)`` (:func:`keyed_loss`), so it derives from the run seed and
+never disturbs the batch order drawn from the client key itself.
+
 The number of local steps can differ per client (``num_steps``, e.g. a fixed number
 of local epochs ``ceil(E n / B)``); the scan runs to the round's maximum and a
 step past a client's own count leaves its parameters and optimizer state unchanged.
@@ -14,6 +19,7 @@ step past a client's own count leaves its parameters and optimizer state unchang
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +27,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+#: ``loss_fn(params, x, y)`` or ``loss_fn(params, x, y, key)`` -> mean loss of a batch.
+LossFn = Callable[..., jax.Array]
+
+
+def keyed_loss(loss_fn: LossFn) -> Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]:
+  """``loss_fn`` as ``(params, x, y, key) -> loss``.
+
+  A loss that takes a fourth positional argument (or a ``key`` keyword) receives the key;
+  a deterministic three-argument loss is wrapped to ignore it. Decided once, from the
+  signature, when an algorithm is built.
+
+  >>> f = keyed_loss(lambda w, x, y: (w * x - y) ** 2)
+  >>> float(f(2.0, 1.0, 1.0, None))
+  1.0
+  >>> g = keyed_loss(lambda w, x, y, key: key)
+  >>> g(0.0, 0.0, 0.0, 'k')
+  'k'
+  """
+  try:
+    params = inspect.signature(loss_fn).parameters.values()
+  except (TypeError, ValueError):  # no signature (some builtins): assume deterministic
+    params = []
+  positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  takes_key = (len(positional) >= 4 or any(p.name == "key" for p in params)
+               or any(p.kind == p.VAR_POSITIONAL for p in params))
+  if takes_key:
+    return loss_fn
+  return lambda params_, x, y, key: loss_fn(params_, x, y)
 
 
 class ClientData(NamedTuple):
@@ -72,7 +105,8 @@ def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch
   """Build ``local_train(params, data, num_steps, key) -> (params, LocalMetrics)`` for one client.
 
   Args:
-    loss_fn: ``loss_fn(params, x, y)`` -> mean loss over the batch.
+    loss_fn: ``loss_fn(params, x, y[, key])`` -> mean loss over the batch (step ``s``'s key
+      is ``fold_in(key, s)``).
     tx: the client optimizer (its state starts fresh every round).
     batch_size: samples per local step.
     max_steps: length of the scan; clients with ``num_steps < max_steps`` idle for the rest.
@@ -80,7 +114,7 @@ def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch
       only reported, and should be ``max_steps`` or 0 for a client whose result is
       discarded): skips the per-step select, about 6% of a small model's round on CPU.
   """
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(keyed_loss(loss_fn))
 
   def local_train(params, data: ClientData, num_steps: jax.Array, key: jax.Array):
     order = visiting_order(key, data.count, data.x.shape[0])
@@ -89,7 +123,7 @@ def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch
     def step(carry, s):
       params, opt_state = carry
       idx = batch_indices(order, data.count, s, batch_size)
-      loss, grads = grad_fn(params, data.x[idx], data.y[idx])
+      loss, grads = grad_fn(params, data.x[idx], data.y[idx], jax.random.fold_in(key, s))
       updates, new_opt_state = tx.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       if not mask_steps:

@@ -120,3 +120,20 @@ def test_unmasked_scan_equals_masked_when_all_steps_run():
 def test_fractional_epochs_round_exactly():
   # 0.3 * 50 / 5 = 3 exactly; float32 gives 3.0000002, which a plain ceil turns into 4.
   np.testing.assert_array_equal(local_epochs_to_steps(jnp.array([50, 10, 11]), 0.3, 5), [3, 1, 1])
+
+
+def test_a_stochastic_loss_gets_a_fresh_key_per_step_from_the_client_key(key):
+  """A dropout-like loss sees fold_in(key, s) at step s: different per step, the same on a
+  rerun, and the batch order (drawn from the key itself) is that of a deterministic loss."""
+  x = jnp.arange(8.0)[:, None]
+  data = ClientData(x, jnp.zeros(8), jnp.int32(8))
+  seen = lambda w, xb, yb, k: jnp.mean((w * xb[:, 0] - yb) ** 2) + 0.0 * w + jax.random.uniform(k)
+  plain = lambda w, xb, yb: jnp.mean((w * xb[:, 0] - yb) ** 2)
+  train = lambda fn: make_local_train(fn, optax.sgd(0.0), batch_size=2, max_steps=3,
+                                      mask_steps=False)
+  _, m = jax.jit(train(seen))(jnp.float32(1.0), data, jnp.int32(3), key)
+  _, m0 = jax.jit(train(plain))(jnp.float32(1.0), data, jnp.int32(3), key)
+  extra = [float(jax.random.uniform(jax.random.fold_in(key, s))) for s in range(3)]
+  # The mean loss over the 3 steps is the deterministic one plus the mean of the 3 draws.
+  np.testing.assert_allclose(float(m.loss), float(m0.loss) + np.mean(extra), rtol=1e-6)
+  assert len(set(extra)) == 3

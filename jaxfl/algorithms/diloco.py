@@ -44,7 +44,7 @@ import optax
 
 from jaxfl.algorithms.base import JitRound
 from jaxfl.errors import ConfigError
-from jaxfl.local import ClientData, LossFn
+from jaxfl.local import ClientData, LossFn, keyed_loss
 from jaxfl.runtime import ClientAxis
 from jaxfl.sim import WAN, tree_bytes
 from jaxfl.transforms import weighted_mean
@@ -53,9 +53,10 @@ from jaxfl.transforms import weighted_mean
 def inner_step(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int, params,
                opt_state, data: ClientData, key: jax.Array):
   """One worker's inner step on ``batch_size`` examples drawn uniformly from its data;
-  returns ``(params, opt_state, loss)``."""
+  returns ``(params, opt_state, loss)``. A stochastic loss gets ``fold_in(key, 1)``."""
   idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(data.count, 1))
-  loss, g = jax.value_and_grad(loss_fn)(params, data.x[idx], data.y[idx])
+  loss, g = jax.value_and_grad(keyed_loss(loss_fn))(params, data.x[idx], data.y[idx],
+                                                    jax.random.fold_in(key, 1))
   updates, opt_state = tx.update(g, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
@@ -91,7 +92,8 @@ class DiLoCo(JitRound):
   """Blocking DiLoCo over a :class:`~jaxfl.runtime.ClientAxis` of workers.
 
   Attributes:
-    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch.
+    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch; a stochastic model's loss
+      takes a fourth argument, the step's key (:func:`jaxfl.local.keyed_loss`).
     inner_tx: the workers' optimizer (AdamW in DiLoCo); its state persists per worker.
     outer_tx: the outer optimizer on the mean pseudo-gradient (Nesterov SGD in DiLoCo).
     num_workers: ``M`` (a multiple of the axis' devices).

@@ -86,7 +86,8 @@ class FedAvg(JitRound):
   """FedAvg-family algorithm over a :class:`~jaxfl.runtime.ClientAxis`.
 
   Attributes:
-    loss_fn: ``loss_fn(params, x, y)`` -> mean loss.
+    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch; a stochastic model's loss
+      takes a fourth argument, the step's key (:func:`jaxfl.local.keyed_loss`).
     client_tx: client optimizer (fresh state every round).
     server_tx: server optimizer on the pseudo-gradient (:func:`server_optimizer`).
     batch_size: local batch size.

@@ -213,7 +213,8 @@ class GroupedAsync(JitRound):
   engine inside a function vmapped over seeds or a grid); the rest is static.
 
   Attributes:
-    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch.
+    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch; a stochastic model's loss
+      takes a fourth argument, the step's key (:func:`jaxfl.local.keyed_loss`).
     learning_rate: every member's local SGD step size.
     batch_size, local_steps: every member's local training.
     method: uplink and mixing (:class:`Method`).

@@ -105,7 +105,8 @@ class StreamingDiLoCo(JitRound):
   """Streaming DiLoCo (``mode='streaming'``) or CoCoDC (``mode='cocodc'``).
 
   Attributes:
-    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch.
+    loss_fn: ``loss_fn(params, x, y)`` -> mean loss of a batch; a stochastic model's loss
+      takes a fourth argument, the step's key (:func:`jaxfl.local.keyed_loss`).
     inner_tx: the workers' optimizer (AdamW); its state persists per worker.
     outer_tx: the outer optimizer (Nesterov SGD), applied per fragment.
     num_workers: ``M``.
