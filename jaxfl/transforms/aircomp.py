@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxfl.errors import ConfigError, check
@@ -100,11 +101,17 @@ def _plan(weight, gain_sq, max_power, rms, noise_var, policy, truncation_thresho
 
 
 def _add_noise(tree: Any, noise_std: jax.Array, key: jax.Array) -> Any:
-  """Receiver noise: an independent N(0, 1) draw per leaf (fold_in of the leaf index)."""
+  """Receiver noise: one N(0, 1) draw over every entry of the update, split over the leaves.
+
+  One random-number program per round whatever the number of leaves (one per leaf would
+  compile a generator for each).
+  """
   leaves, treedef = jax.tree.flatten(tree)
-  noisy = [x + noise_std.astype(x.dtype) * jax.random.normal(jax.random.fold_in(key, i),
-                                                              x.shape, x.dtype)
-           for i, x in enumerate(leaves)]
+  sizes = [x.size for x in leaves]
+  z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  ends = np.cumsum(sizes)
+  noisy = [x + noise_std.astype(x.dtype) * z[end - x.size:end].reshape(x.shape).astype(x.dtype)
+           for x, end in zip(leaves, ends, strict=True)]
   return jax.tree.unflatten(treedef, noisy)
 
 
