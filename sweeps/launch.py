@@ -2,7 +2,7 @@
 
   python -m sweeps.launch --config sweeps/configs/<name>.py[:variant] [--config.key=value ...]
                           [--workdir DIR] [--backend local|ray|slurm] [--sweep]
-                          [--novmap_seeds]
+                          [--novmap_seeds] [--nocompilation_cache]
 
 Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
 ``--config.key=value`` overrides), validates it, and runs the experiment named by
@@ -11,7 +11,10 @@ Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
 ``get_sweep()`` grid instead (a point's values override the command line's), each
 reported under ``<experiment>/sweep/<point>/``, with ``sweep.md`` over all points.
 On the local backend the seeds of an experiment with ``make_simulate`` run as one
-vmapped call; ``--novmap_seeds`` runs them one by one, with checkpoints.
+vmapped call; ``--novmap_seeds`` runs them one by one, with checkpoints. Compiled programs
+are kept in JAX's persistent cache under ``$JAXFL_CACHE_DIR/xla`` (default
+``~/.cache/jaxfl/xla``; ``--nocompilation_cache`` turns it off), so a relaunch does not
+recompile.
 
 Multi-host: when the environment describes a multi-process JAX job (``srun``,
 ``mpirun``, or ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``),
@@ -49,6 +52,9 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_string("backend", "local", f"one of {list(BACKENDS)}", flag_values=fv)
   flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep() grid",
                     flag_values=fv)
+  flags.DEFINE_bool("compilation_cache", True, "keep compiled XLA programs under "
+                    "$JAXFL_CACHE_DIR/xla (default ~/.cache/jaxfl/xla), so a relaunch does "
+                    "not recompile", flag_values=fv)
   flags.DEFINE_bool("vmap_seeds", True, "local backend: run the seeds of methods with a "
                     "make_simulate as one vmapped call (no per-round checkpoints)", flag_values=fv)
   from sweeps import backends
@@ -107,6 +113,20 @@ def _use_cpu_cores(config) -> None:
   jax.config.update("jax_num_cpu_devices", wanted if wanted > 0 else (cores or 1))
 
 
+def _use_compilation_cache(enabled: bool) -> None:
+  """JAX's persistent compilation cache under jaxfl's cache folder (a relaunch, a resumed
+  sweep or the next variant of a config reuses every executable that took over a second
+  to compile). An explicit ``JAX_COMPILATION_CACHE_DIR`` wins; ``--nocompilation_cache``
+  turns it off."""
+  if not enabled or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  import jax
+
+  from jaxfl import cache_dir
+
+  jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
+
+
 def _grid(path: str) -> list[dict]:
   """The config file's ``get_sweep()`` grid."""
   import importlib.util
@@ -147,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     return fail(f"--workdir: expected a directory, got {fv.workdir!r} (an existing file)")
 
   _use_cpu_cores(config)
+  _use_compilation_cache(fv.compilation_cache)
   from sweeps import backends, experiments
   from sweeps.sweep import run_grid, run_sweep
 

@@ -263,3 +263,11 @@ def test_bad_argument_types(tmp_path):
   with pytest.raises(ConfigError) as err:
     catalog.load_dataset("mnist", data_dir=str(tmp_path), download="yes")
   assert err.value.field == "download"
+
+
+def test_building_the_embedded_data_prints_nothing(tmp_path, capfd):
+  """No tfds progress bars, "Downloading and preparing" lines or absl warnings on a first run."""
+  ds = catalog.load_dataset("digits", data_dir=str(tmp_path))
+  assert len(ds.y_train) == 1438
+  out, err = capfd.readouterr()
+  assert out == "" and err == ""

@@ -101,6 +101,15 @@ def test_zero_server_lr_keeps_params(setup):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_server_schedule_is_accepted_and_a_zero_schedule_keeps_params(setup):
+  """An optax schedule as the server learning rate: a zero schedule is a zero step."""
+  loss_fn, params, data = setup
+  alg = make(loss_fn, server_optimizer("fedavgm", optax.constant_schedule(0.0)))
+  state, _ = alg.jit_round(alg.init(params, jax.random.PRNGKey(0)), data)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_same_seed_bit_identical_different_seed_differs(setup):
   loss_fn, params, data = setup
   alg = make(loss_fn, server_optimizer("fedavg"))

@@ -110,3 +110,24 @@ def test_fedavg_quick_end_to_end(tmp_path):
   for name in ("report.md", "accuracy.png"):
     assert (workdir / "fedavg" / name).exists()
   assert (workdir / "results.sqlite").exists()
+
+
+def test_persistent_compilation_cache_under_the_cache_dir(tmp_path):
+  """The launcher points JAX's compilation cache at $JAXFL_CACHE_DIR/xla, unless told not to
+  or given an explicit JAX_COMPILATION_CACHE_DIR (one process: its JAX config is its own)."""
+  code = """
+import os, jax
+from sweeps.launch import _use_compilation_cache
+seen = []
+for enabled, explicit in ((True, ""), (False, ""), (True, "/elsewhere")):
+  jax.config.update("jax_compilation_cache_dir", explicit or None)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = explicit
+  _use_compilation_cache(enabled)
+  seen.append(str(jax.config.jax_compilation_cache_dir))
+print(",".join(seen))
+"""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["JAXFL_CACHE_DIR"] = str(tmp_path)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True, cwd=ROOT).stdout.strip()
+  assert out.split(",") == [str(tmp_path / "xla"), "None", "/elsewhere"]

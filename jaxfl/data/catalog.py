@@ -38,7 +38,10 @@ writer ids either (the per-writer LEAF/FEMNIST split is not in tfds).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -96,6 +99,26 @@ DATASETS: tuple[str, ...] = tuple(sorted(["digits", *_TFDS_CATALOG]))
 _OFFLINE = tfds.download.DownloadConfig(try_download_gcs=False)
 
 
+@contextlib.contextmanager
+def quiet_tfds():
+  """Silence tfds while it builds an embedded dataset (no network): its progress bars, its
+  bold "Downloading and preparing" / "downloaded and prepared" lines on stdout and absl's
+  INFO and WARNING lines ("Variant folder ... has no dataset_info.json") are noise to a
+  user on a first run."""
+  from tensorflow_datasets.core.utils import tqdm_utils
+
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  tqdm_utils.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tqdm_utils.display_progress_bar(True)
+    absl_logger.setLevel(level)
+
+
 def default_data_dir() -> str:
   """``$JAXFL_DATA_DIR`` if set (and non-empty), else ``~/.cache/jaxfl/tfds``."""
   return os.environ.get(ENV_DATA_DIR) or os.path.join(
@@ -142,9 +165,10 @@ def load_dataset(
 
 def _load_digits(data_dir: str) -> Dataset:
   """Build ``jaxfl_digits`` under ``data_dir`` once, then read it back."""
-  builder = digits_lib.JaxflDigits(data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    builder.download_and_prepare(download_config=_OFFLINE)
+  with quiet_tfds():
+    builder = digits_lib.JaxflDigits(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      builder.download_and_prepare(download_config=_OFFLINE)
   train, test = builder.as_data_source(split=["train", "test"])
   splits = []
   for source in (train, test):

@@ -82,7 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxfl.data.catalog import default_data_dir
+from jaxfl.data.catalog import default_data_dir, quiet_tfds
 from jaxfl.errors import ConfigError
 
 NAME = "jaxfl_stdlib_text"
@@ -422,10 +422,11 @@ def load_corpus(
   if not isinstance(data_dir, (str, os.PathLike)):
     raise ConfigError("data_dir", "a directory path", data_dir)
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  builder = JaxflStdlibText(
-      data_dir=data_dir, config=config_name(), file_format="array_record")
-  if not builder.is_prepared():
-    builder.download_and_prepare(download_config=_OFFLINE)
+  with quiet_tfds():
+    builder = JaxflStdlibText(
+        data_dir=data_dir, config=config_name(), file_format="array_record")
+    if not builder.is_prepared():
+      builder.download_and_prepare(download_config=_OFFLINE)
   names = builder.info.features["domain"].names
   wanted = {DOMAINS.index(d) for d in domains}
   streams: dict[str, dict[str, np.ndarray]] = {}

@@ -38,17 +38,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from jaxfl import ENV_CACHE_DIR, cache_dir  # noqa: F401 -- re-exported: the model cache
 from jaxfl.data import corpus as corpus_lib
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer
-
-ENV_CACHE_DIR = "JAXFL_CACHE_DIR"
-
-
-def cache_dir() -> str:
-  """``$JAXFL_CACHE_DIR`` if set (and non-empty), else ``~/.cache/jaxfl``."""
-  return os.environ.get(ENV_CACHE_DIR) or os.path.join(os.path.expanduser("~"), ".cache",
-                                                       "jaxfl")
 
 
 @dataclasses.dataclass(frozen=True)
