@@ -16,7 +16,7 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer
-from jaxfl.peft import lora
+from jaxfl.models import lora
 from sweeps import launch, report
 from sweeps.configs.bench_lm import get_config
 from sweeps.experiments import bench_lm

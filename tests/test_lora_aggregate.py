@@ -16,9 +16,9 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from jaxfl.runtime import ClientAxis, client_mesh
-from jaxfl.peft import lora
-from jaxfl.transforms import (fedit_mean, ffa_mean, flex_svd, lora_delta, mask_rank, merge_lora,
-                              stack_merge)
+from jaxfl.models import lora
+from jaxfl.models.lora import lora_delta, mask_rank, merge_lora
+from jaxfl.transforms import delta_aggregator, fedit_mean, ffa_mean, flex_svd, stack_merge
 
 K, D_IN, D_OUT, R = 4, 16, 12, 4
 SCALE = 2.0  # alpha / r = 8 / 4
@@ -327,3 +327,25 @@ def test_bad_arguments():
              out_axes=None)(bad_tree)
   with pytest.raises(ConfigError, match="kernel"):
     merge_lora({"lora_a": jnp.ones((4, 3)), "lora_b": jnp.ones((3, 5))}, 1.0)
+
+
+def test_delta_aggregator_runs_a_parameter_aggregator_on_deltas():
+  """delta_aggregator(flex_svd): server + its aggregate delta is FlexLoRA's tree of the
+  clients' parameters (server + delta_k), up to float32 rounding; FLoRA's stacking, which
+  grows the rank, is refused with the field named."""
+  tree, p = make_tree(3), shares()
+  server = jax.tree.map(lambda x: x + 0.5, first(make_tree(4)))
+  deltas = jax.tree.map(lambda t, s: t - s[None], tree, server)
+  direct = aggregate(tree, params=server, flex_ranks=(R,), stacked=False)[f"flex{R}"]
+
+  def adapted(tx):
+    def client(d, w, params):
+      return tx.update(d, tx.init(params), params, weight=w)[0]
+    return jax.jit(VMAP.map(client, in_axes=(0, 0, None), out_axes=None))(deltas, WEIGHTS, server)
+
+  out = jax.tree.map(jnp.add, server, adapted(delta_aggregator(flex_svd("clients", R))))
+  for path in LAYERS:
+    assert rel_err(delta(get(out, path)), delta(get(direct, path))) < 1e-5
+  np.testing.assert_allclose(out["head"], wmean(tree["head"], p), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match=r"aggregator: .*\['lora_a'\] \(16, 16\) for \(16, 4\)"):
+    adapted(delta_aggregator(stack_merge("clients")))

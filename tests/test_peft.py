@@ -8,7 +8,8 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer as T
-from jaxfl.peft import expand, layerdrop, lora, memory
+from jaxfl.models import lora
+from jaxfl.peft import expand, layerdrop, memory
 from jaxfl.transforms import skip_inactive
 
 TINY = T.VARIANTS["tiny"]

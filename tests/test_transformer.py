@@ -7,8 +7,8 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer as T
-from jaxfl.peft import lora
-from jaxfl.transforms import merge_lora
+from jaxfl.models import lora
+from jaxfl.models.lora import merge_lora
 
 TINY = T.VARIANTS["tiny"]
 # Jitted entry points: op-by-op (eager) execution compiles every primitive separately.

@@ -10,7 +10,7 @@ averages ``A`` and ``B`` separately:
 
 which FedAvg's weighted mean of the trainable tree computes (with a server learning rate
 of 1). :class:`FederatedPEFT` runs :class:`~jaxfl.algorithms.FedAvg` on the *trainable*
-part of the parameters chosen by a path rule (:mod:`jaxfl.peft.lora`): ``is_lora_path`` is
+part of the parameters chosen by a path rule (:mod:`jaxfl.models.lora`): ``is_lora_path`` is
 FedIT, ``everything`` federated full fine-tuning, a depth or block rule FedQuad-, HierFedLoRA-
 or FedBE-style training. The frozen part and the device profiles enter each round through
 its inputs (:class:`PEFTInputs`, arguments rather than compile-time constants), so one
@@ -22,7 +22,7 @@ Examples:
   >>> import jax, jax.numpy as jnp, optax
   >>> from jaxfl.local import ClientData
   >>> from jaxfl.models import transformer
-  >>> from jaxfl.peft import lora
+  >>> from jaxfl.models import lora
   >>> from jaxfl.sim import uniform_profiles
   >>> cfg = transformer.VARIANTS['tiny'].with_lora(2)
   >>> fed = FederatedPEFT(cfg, lora.is_lora_path, optax.adam(1e-3), batch_size=2,
@@ -48,7 +48,7 @@ from jaxfl.algorithms.base import JitRound
 from jaxfl.algorithms.fedavg import FedAvg, RoundMetrics, ServerState
 from jaxfl.local import ClientData
 from jaxfl.models import transformer
-from jaxfl.peft import lora
+from jaxfl.models import lora
 from jaxfl.runtime import ClientAxis
 from jaxfl.sim import DeviceProfiles, uniform_profiles
 
@@ -81,8 +81,9 @@ class FederatedPEFT(JitRound):
     local_steps: local steps per client per round.
     axis: how clients are mapped (vmap, or shard_map over a mesh).
     aggregator: reducing transform of the clients' *deltas* over the client axis (default:
-      the weighted mean, which is FedIT for LoRA factors); the parameter-mode LoRA
-      aggregators of :mod:`jaxfl.transforms.lora_aggregate` do not fit here.
+      the weighted mean, which is FedIT for LoRA factors); a parameter-mode LoRA
+      aggregator (FlexLoRA's :func:`jaxfl.transforms.flex_svd`, FFA-LoRA's) plugs in
+      through :func:`jaxfl.transforms.delta_aggregator`.
   """
 
   config: transformer.LMConfig

@@ -58,7 +58,7 @@ from jaxfl.algorithms.base import JitRound, is_traced
 from jaxfl.algorithms.diloco import inner_step
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, LossFn
-from jaxfl.peft.quant import dequantize_rows, quantize_rows
+from jaxfl.models.quant import dequantize_rows, quantize_rows
 from jaxfl.planners import fragments as frag
 from jaxfl.runtime import ClientAxis
 from jaxfl.sim import WAN
@@ -127,7 +127,7 @@ class StreamingDiLoCo(JitRound):
     offset: Streaming DiLoCo's phase of fragment 0.
     outer_bits: ``None`` (float32 outer gradients) or 8, 4, 2: each worker's outer
       gradient is sent quantized per row (symmetric absmax with stochastic rounding,
-      :func:`jaxfl.peft.quant.quantize_rows`; the mean is accumulated in float32), and the
+      :func:`jaxfl.models.quant.quantize_rows`; the mean is accumulated in float32), and the
       all-reduce carries ``bits/32`` of the bytes. A simulation of Streaming DiLoCo's
       low-precision outer gradients (it uses FP4 E3M0 floats; these are integers).
     step_time: simulated seconds per inner step.

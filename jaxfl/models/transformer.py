@@ -8,7 +8,7 @@ Pre-LN GPT blocks (Radford et al. 2019): for block input :math:`x`,
 with causal multi-head self-attention, a GELU MLP, learned position embeddings, a final
 LayerNorm and an untied output head over a byte-level vocabulary.
 
-Every dense layer is a :class:`LoRALinear`: ``y = x W + b + (alpha / r) (x A) B`` with
+Every dense layer is a :class:`jaxfl.models.lora.LoRALinear`: ``y = x W + b + (alpha / r) (x A) B`` with
 ``A`` ``[in, r]`` Kaiming-uniform and ``B`` ``[r, out]`` zero (Hu et al. 2021,
 arXiv 2106.09685; the HF PEFT defaults), so a model with adapters computes exactly the
 function of the model without them until ``B`` is trained. Adapters are created on the
@@ -18,7 +18,7 @@ The model is an NNX module inside; jaxfl code handles it as ``(config, params)``
 ``params`` a plain nested dict (``nnx.to_pure_dict``), through :func:`init`, :func:`apply`,
 :func:`decode` and :func:`generate`. Block ``i``'s parameters sit at ``params['blocks'][i]``
 and adapters at ``...[name]['lora_a' | 'lora_b']``, so trainability is a function of the
-parameter path (see :mod:`jaxfl.peft.lora`).
+parameter path (see :mod:`jaxfl.models.lora`).
 
 Training-time structure is a static :class:`Plan`: the blocks kept in this step (layer
 dropout), the lowest block that receives gradients (LoRA depth), and the blocks whose saved
@@ -56,6 +56,8 @@ import optax
 from flax import nnx
 
 from jaxfl.errors import ConfigError
+from jaxfl.models import lora, quant
+from jaxfl.models.lora import LoRALinear
 
 Params = dict[str, Any]
 
@@ -156,7 +158,7 @@ class Plan:
       below it are neither differentiated nor store activations for backward (LoRA depth
       ``d`` is ``grad_floor = L - d``).
     quantized: blocks whose activations are saved for backward as int8 rows
-      (:func:`jaxfl.peft.quant.quantized_remat`); the block recomputes its VJP from them.
+      (:func:`jaxfl.models.quant.quantized_remat`); the block recomputes its VJP from them.
     quant_bits: bits of that storage.
     quant_trainable: which leaves of a quantized block receive gradients: ``'lora'`` (the
       adapters; its other leaves get an exact zero gradient, as frozen base weights) or
@@ -183,39 +185,6 @@ class Plan:
       raise ConfigError("plan.quant_bits", "2, 4 or 8", self.quant_bits)
     if self.quant_trainable not in ("lora", "all"):
       raise ConfigError("plan.quant_trainable", "'lora' or 'all'", self.quant_trainable)
-
-
-class LoRALinear(nnx.Module):
-  """Dense layer ``y = x W + b`` with an optional rank-``r`` adapter ``(alpha/r) (x A) B``.
-
-  ``W`` is ``[in, out]`` (LeCun-normal), ``A`` ``[in, r]`` Kaiming-uniform with bound
-  ``1/sqrt(in)`` (PyTorch's ``kaiming_uniform_(a=sqrt(5))``, PEFT's default), ``B`` zero.
-  The adapter factors are :class:`flax.nnx.LoRAParam` variables named ``lora_a`` and
-  ``lora_b``.
-  """
-
-  def __init__(self, in_features: int, out_features: int, *, rank: int = 0, scale: float = 0.0,
-               rngs: nnx.Rngs):
-    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (in_features,
-                                                                            out_features)))
-    self.bias = nnx.Param(jnp.zeros((out_features,)))
-    self.scale = scale
-    if rank:
-      bound = 1.0 / math.sqrt(in_features)
-      self.lora_a = nnx.LoRAParam(jax.random.uniform(rngs.params(), (in_features, rank),
-                                                     minval=-bound, maxval=bound))
-      self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_features)))
-    else:
-      self.lora_a = self.lora_b = None
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    # Flat rows: XLA:CPU runs 2-D matmuls (and their weight gradients, which contract over
-    # batch and time) markedly faster than batched 3-D ones, the adapters' thin products most.
-    rows = x.reshape(-1, x.shape[-1])
-    y = rows @ self.kernel[...] + self.bias[...][None]
-    if self.lora_a is not None:
-      y = y + self.scale * ((rows @ self.lora_a[...]) @ self.lora_b[...])
-    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class KVCache(NamedTuple):
@@ -335,9 +304,7 @@ def _check_length(length: int, start, max_len: int) -> None:
 
 
 def _quantized_block(block: Block, plan: Plan, key, x):
-  """Run ``block`` saving only its int8 input for backward (see jaxfl.peft.quant)."""
-  from jaxfl.peft import lora, quant  # pylint: disable=g-import-not-at-top  (peft imports us)
-
+  """Run ``block`` saving only its int8 input for backward (see :mod:`jaxfl.models.quant`)."""
   graphdef, state = nnx.split(block)
   params = nnx.to_pure_dict(state)
   is_trainable = lora.is_lora_path if plan.quant_trainable == "lora" else (lambda path: True)

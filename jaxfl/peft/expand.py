@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from jaxfl.errors import ConfigError
 from jaxfl.models.transformer import LMConfig, Params
-from jaxfl.peft import lora
+from jaxfl.models import lora
 
 #: The projections whose zeroing makes a block the identity.
 ZEROED = (("out", "kernel"), ("out", "bias"), ("down", "kernel"), ("down", "bias"))

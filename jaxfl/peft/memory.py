@@ -7,20 +7,20 @@ For one training step of the LM with a given trainable set, optimizer and
 * ``optimizer_bytes``: the optimizer state of those parameters (``tx.init`` shapes);
 * ``activation_bytes``: residuals reverse-mode differentiation saves between the forward
   and backward pass, excluding the caller's own arrays (weights, batch): measured with
-  :func:`jaxfl.peft.quant.saved_residual_bytes` from the traced VJP;
+  :func:`jaxfl.models.quant.saved_residual_bytes` from the traced VJP;
 * ``frozen_bytes``: parameters held but not trained (the same for every PEFT method).
 
 Nothing is computed or allocated: everything is traced with ``jax.eval_shape``. These are
 the bytes FedQuad (arXiv 2506.01001) and DropPEFT (arXiv 2503.10217) trade against time:
 LoRA depth ``d`` makes ``activation_bytes`` grow linearly in ``d`` (nothing below block
 ``L - d`` is differentiated), and int8 storage of a block's saved activations (only its
-int8 input, :func:`jaxfl.peft.quant.quantized_remat`) cuts that block's share by about
+int8 input, :func:`jaxfl.models.quant.quantized_remat`) cuts that block's share by about
 two orders of magnitude.
 
 Examples:
   >>> import jax, jax.numpy as jnp, optax
   >>> from jaxfl.models import transformer
-  >>> from jaxfl.peft import lora
+  >>> from jaxfl.models import lora
   >>> cfg = transformer.VARIANTS['tiny'].with_lora(4)
   >>> params = transformer.init(cfg, jax.random.key(0))
   >>> x = jnp.zeros((2, 16), jnp.int32)
@@ -40,8 +40,8 @@ import optax
 
 from jaxfl.errors import ConfigError
 from jaxfl.models import transformer
-from jaxfl.peft import lora
-from jaxfl.peft.quant import saved_residual_bytes
+from jaxfl.models import lora
+from jaxfl.models.quant import saved_residual_bytes
 from jaxfl.sim import tree_bytes
 
 
@@ -69,7 +69,7 @@ def footprint(config: transformer.LMConfig, params: dict, rule: lora.PathRule,
   Args:
     config: the model shape.
     params: its parameters (arrays or ``jax.ShapeDtypeStruct``-compatible arrays).
-    rule: which parameter paths train (:mod:`jaxfl.peft.lora`).
+    rule: which parameter paths train (:mod:`jaxfl.models.lora`).
     tx: the optimizer of the trainable leaves.
     inputs: a batch of token windows ``[B, T]``.
     targets: its next tokens ``[B, T]``.

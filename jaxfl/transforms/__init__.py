@@ -5,17 +5,16 @@ update and collect over the named client axis; per-client transforms act on one
 client's update. All chain with optax and with each other.
 """
 
-from jaxfl.transforms._aggregate import WeightedMeanState, weighted_mean
+from jaxfl.transforms._aggregate import WeightedMeanState, delta_aggregator, weighted_mean
 from jaxfl.transforms.aircomp import AirCompState, aircomp_aggregate, aircomp_mean
 from jaxfl.transforms.lora_aggregate import (LoraAggregateState, fedit_mean, ffa_mean, flex_svd,
-                                             lora_delta, mask_rank, merge_lora, stack_merge)
+                                             stack_merge)
 from jaxfl.transforms.masking import SkipInactiveState, skip_inactive
 from jaxfl.transforms.delay_comp import (CoCoDCState, DCASGDState, cocodc_correction, cocodc_merge,
                                          dc_asgd)
 
-__all__ = ["WeightedMeanState", "weighted_mean"]
+__all__ = ["WeightedMeanState", "delta_aggregator", "weighted_mean"]
 __all__ += ["AirCompState", "aircomp_aggregate", "aircomp_mean"]
-__all__ += ["LoraAggregateState", "fedit_mean", "ffa_mean", "flex_svd", "lora_delta",
-            "mask_rank", "merge_lora", "stack_merge"]
+__all__ += ["LoraAggregateState", "fedit_mean", "ffa_mean", "flex_svd", "stack_merge"]
 __all__ += ["CoCoDCState", "DCASGDState", "cocodc_correction", "cocodc_merge", "dc_asgd"]
 __all__ += ["SkipInactiveState", "skip_inactive"]

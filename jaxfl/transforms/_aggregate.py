@@ -1,5 +1,8 @@
 """Aggregators: reduce per-client updates over the named client axis.
 
+:func:`weighted_mean` is FedAvg's; :func:`delta_aggregator` turns any aggregator of
+parameters (the LoRA aggregators) into one of deltas.
+
 An aggregator is an optax ``GradientTransformationExtraArgs`` called *inside* the
 client map (:class:`jaxfl.runtime.ClientAxis`) with one client's update. Its output
 is the aggregate, identical on every client (a collective reduced the axis), so the
@@ -14,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfl.errors import ConfigError
 from jaxfl.runtime import AxisName, client_weighted_sum
 
 
@@ -70,5 +74,56 @@ def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     updates = jax.tree.map(lambda u: jnp.where(weight > 0, u, jnp.zeros_like(u)), updates)
     mean = client_weighted_sum(updates, scale, axis_name)
     return mean, WeightedMeanState(count=state.count + 1)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def delta_aggregator(param_aggregator: optax.GradientTransformation
+                     ) -> optax.GradientTransformationExtraArgs:
+  r"""A parameter aggregator as a delta aggregator, so it plugs into FedAvg-style rounds.
+
+  The LoRA aggregators (:func:`~jaxfl.transforms.fedit_mean`,
+  :func:`~jaxfl.transforms.ffa_mean`, :func:`~jaxfl.transforms.flex_svd`) take each
+  client's *parameters* after local training and return the new global parameters;
+  :class:`jaxfl.algorithms.FedAvg` (and so :class:`jaxfl.algorithms.FederatedPEFT`)
+  reduces *deltas*. With the server's parameters :math:`x` (optax's ``params``,
+  unmapped) this computes
+
+  .. math::
+    \bar\Delta = \mathrm{agg}(\{x + \Delta_k\}, x) - x,
+
+  so FedAvg's server step SGD(1) lands on the aggregator's tree (up to float rounding of
+  :math:`x + (y - x)`). The aggregate must keep the parameters' shapes: FLoRA's stacking
+  (:func:`~jaxfl.transforms.stack_merge`) grows the rank and is refused; merge it into the
+  kernels instead.
+
+  Args:
+    param_aggregator: a reducing transform called with one client's parameters, its
+      state, the server's parameters and extra args (``weight``...).
+
+  Returns:
+    A transform whose ``update(delta, state, params, **extra)`` takes one client's delta
+    and returns the aggregate delta (the same on every client).
+
+  Raises:
+    ConfigError: no ``params`` (the server's tree), or an aggregate of another shape.
+  """
+
+  def init_fn(params):
+    return param_aggregator.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ConfigError("params", "the server's parameters (the tree the clients started "
+                        "from), passed unmapped to a delta_aggregator's update", None)
+    client = jax.tree.map(jnp.add, params, updates)
+    new, state = param_aggregator.update(client, state, params, **extra_args)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new)[0],
+                            jax.tree.leaves(params), strict=True):
+      if jnp.shape(a) != jnp.shape(b):
+        raise ConfigError("aggregator", "a parameter aggregator that keeps the parameters' "
+                          "shapes (FLoRA's stacking grows the rank: merge it instead)",
+                          f"{jax.tree_util.keystr(path)} {jnp.shape(a)} for {jnp.shape(b)}")
+    return jax.tree.map(jnp.subtract, new, params), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -39,7 +39,8 @@ factors themselves), so a delta-based round such as
 :class:`jaxfl.algorithms.fedavg.FedAvg`'s cannot use them as its aggregator unchanged.
 
 None of them needs :math:`s`: each keeps :math:`s\,A B` for whatever :math:`s` the clients
-use, so use the same :math:`s` to run or merge the result (:func:`merge_lora`). A model
+use, so use the same :math:`s` to run or merge the result
+(:func:`jaxfl.models.lora.merge_lora`). A model
 with another scale :math:`s'` (e.g. one built for the stacked rank) must multiply both
 factors by :math:`\sqrt{s/s'}`.
 """
@@ -54,158 +55,17 @@ import jax.numpy as jnp
 import optax
 
 from jaxfl.errors import ConfigError, check
+from jaxfl.models.lora import (LORA_A, LORA_B, LORA_KEYS, lora_factors, map_lora_layers,
+                               rank_mask)
 from jaxfl.runtime import AxisName, client_weighted_sum, split_axis_name
 
-LORA_A = "lora_a"
-LORA_B = "lora_b"
-_FACTORS = (LORA_A, LORA_B)
+_FACTORS = LORA_KEYS
 
 
 class LoraAggregateState(NamedTuple):
   """Running count of aggregation rounds (int32 scalar), for logging."""
 
   count: jax.Array
-
-
-# --- LoRA trees -----------------------------------------------------------------------------
-
-
-def _is_lora(x: Any) -> bool:
-  return isinstance(x, Mapping) and LORA_A in x and LORA_B in x
-
-
-def _checked_factors(path, layer: Mapping) -> tuple[jax.Array, jax.Array]:
-  a, b = jnp.asarray(layer[LORA_A]), jnp.asarray(layer[LORA_B])
-  ok = (a.ndim >= 2 and b.ndim == a.ndim and a.shape[-1] == b.shape[-2]
-        and a.shape[:-2] == b.shape[:-2])
-  check(ok, f"tree{jax.tree_util.keystr(path)}",
-        "lora_a [..., in, r] and lora_b [..., r, out] with the same r and batch dims",
-        (tuple(a.shape), tuple(b.shape)))
-  return a, b
-
-
-def _rebuild(tree: Any, params: Any, lora_fn: Callable, leaf_fn: Callable) -> Any:
-  """Map ``lora_fn(path, layer, server_layer)`` over LoRA dicts, ``leaf_fn(x, server_x)`` over
-  the other leaves; the ``server_*`` arguments are ``params``' matching parts, or None."""
-  items, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_lora)
-  server = ([None] * len(items) if params is None
-            else treedef.flatten_up_to(params))
-  out = [lora_fn(path, x, q) if _is_lora(x) else leaf_fn(x, q)
-         for (path, x), q in zip(items, server)]
-  return jax.tree.unflatten(treedef, out)
-
-
-def _rank_mask(x: jax.Array, rank, axis: int) -> jax.Array:
-  """Zero the entries of ``x`` at index >= ``rank`` along the rank ``axis``."""
-  r = x.shape[axis]
-  keep = jnp.arange(r) < rank
-  shape = [1] * x.ndim
-  shape[axis] = r
-  return jnp.where(keep.reshape(shape), x, jnp.zeros_like(x))
-
-
-def mask_rank(tree: Any, rank) -> Any:
-  r"""Zero every adapter's components at index :math:`j \ge` ``rank``: columns of A, rows of B.
-
-  A client of rank :math:`r_k` in a model built at rank :math:`r_{max}` holds its factors
-  zero-padded this way; zero columns of :math:`A` and zero rows of :math:`B` add nothing to
-  :math:`A B`. After :func:`flex_svd` it truncates the global factors to the client's own
-  rank, which (singular values being sorted) is the best rank-:math:`r_k` approximation.
-
-  Args:
-    tree: a LoRA tree.
-    rank: int or traced int scalar (per client under a client map).
-
-  Returns:
-    ``tree`` with the factors masked; shapes, and every other leaf, unchanged.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> layer = {'lora_a': jnp.ones((3, 2)), 'lora_b': jnp.ones((2, 1))}
-    >>> out = mask_rank({'dense': layer}, 1)['dense']
-    >>> out['lora_a'].tolist(), out['lora_b'].tolist()
-    ([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], [[1.0], [0.0]])
-  """
-
-  def lora_fn(path, layer, _):
-    a, b = _checked_factors(path, layer)
-    return {**layer, LORA_A: _rank_mask(a, rank, -1), LORA_B: _rank_mask(b, rank, -2)}
-
-  return _rebuild(tree, None, lora_fn, lambda x, _: x)
-
-
-def lora_delta(tree: Any, scale) -> Any:
-  r"""The dense update :math:`\Delta W = s\,A B` ``[..., in, out]`` of every adapter.
-
-  Args:
-    tree: a LoRA tree (e.g. any aggregator's output).
-    scale: :math:`s = \alpha / r`.
-
-  Returns:
-    ``tree`` with each LoRA dict replaced by its :math:`\Delta W` (float32) and every
-    other leaf by ``None``, so ``jax.tree.leaves`` lists the updates.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> tree = {'dense': {'kernel': jnp.zeros((2, 2)), 'lora_a': jnp.array([[1.0], [2.0]]),
-    ...                   'lora_b': jnp.array([[3.0, 0.0]])}, 'head': jnp.ones(3)}
-    >>> lora_delta(tree, 0.5)
-    {'dense': Array([[1.5, 0. ],
-           [3. , 0. ]], dtype=float32), 'head': None}
-  """
-
-  def lora_fn(path, layer, _):
-    a, b = _checked_factors(path, layer)
-    return scale * jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32))
-
-  return _rebuild(tree, None, lora_fn, lambda x, _: None)
-
-
-def merge_lora(tree: Any, scale, *, drop: bool = True) -> Any:
-  r"""Fold every adapter into its kernel: :math:`W_0 \leftarrow W_0 + s\,A B`.
-
-  The step after :func:`stack_merge`: FLoRA's clients merge the stacked global update
-  into the base weights and start the next round from a fresh adapter. It works on any
-  aggregator's output (for FedIT, FFA-LoRA and FlexLoRA it commits the adapter to the base).
-
-  Args:
-    tree: a LoRA tree whose LoRA dicts hold ``'kernel'``.
-    scale: :math:`s = \alpha / r` of the clients that trained the factors.
-    drop: ``True`` removes ``'lora_a'`` and ``'lora_b'`` (plain dense layers); ``False``
-      keeps ``'lora_a'`` and zeroes ``'lora_b'`` (the LoRA init: the layer's output is
-      unchanged and the adapter trains on from there; after :func:`stack_merge` replace
-      the ``[in, K r]`` ``'lora_a'`` by a fresh ``[in, r]`` one).
-
-  Returns:
-    The merged tree; kernels keep their dtype.
-
-  Raises:
-    ConfigError: a LoRA dict without ``'kernel'``.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> layer = {'kernel': jnp.eye(2), 'lora_a': jnp.array([[1.0], [0.0]]),
-    ...          'lora_b': jnp.array([[0.0, 2.0]])}
-    >>> merge_lora({'dense': layer}, 0.5)['dense']['kernel'].tolist()
-    [[1.0, 1.0], [0.0, 1.0]]
-    >>> sorted(merge_lora({'dense': layer}, 0.5, drop=False)['dense'])
-    ['kernel', 'lora_a', 'lora_b']
-  """
-
-  def lora_fn(path, layer, _):
-    check("kernel" in layer, f"tree{jax.tree_util.keystr(path)}",
-          "a LoRA dict with a 'kernel' to merge into", sorted(layer))
-    a, b = _checked_factors(path, layer)
-    kernel = jnp.asarray(layer["kernel"])
-    delta = scale * jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32))
-    merged = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
-    out = {k: v for k, v in layer.items() if k not in _FACTORS}
-    out["kernel"] = merged
-    if not drop:
-      out[LORA_A], out[LORA_B] = layer[LORA_A], jnp.zeros_like(b)
-    return out
-
-  return _rebuild(tree, None, lora_fn, lambda x, _: x)
 
 
 def _gather(x: jax.Array, axis_name: AxisName) -> jax.Array:
@@ -252,7 +112,7 @@ def _init(params):
 def _stacked(rnd: _Round, a: jax.Array, b: jax.Array, rank) -> tuple[jax.Array, jax.Array]:
   r"""FLoRA's stacked factors :math:`[p_1 A_1, \dots, p_K A_K]`, :math:`[B_1; \dots; B_K]`."""
   if rank is not None:
-    a, b = _rank_mask(a, rank, -1), _rank_mask(b, rank, -2)
+    a, b = rank_mask(a, rank, -1), rank_mask(b, rank, -2)
   member = rnd.share > 0
   a = jnp.where(member, rnd.share.astype(a.dtype) * a, jnp.zeros_like(a))
   b = jnp.where(member, b, jnp.zeros_like(b))
@@ -292,12 +152,13 @@ def fedit_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     product of the means is not.
 
     >>> import jax, jax.numpy as jnp
+    >>> from jaxfl.models import lora
     >>> tree = {'lora_a': jnp.array([[[1.0], [0.0]], [[0.0], [1.0]]]),
     ...         'lora_b': jnp.array([[[1.0, 0.0]], [[0.0, 1.0]]])}
     >>> agg = fedit_mean('clients')
     >>> out = jax.jit(jax.vmap(lambda t: agg.update(t, agg.init(t))[0], axis_name='clients',
     ...                        out_axes=None))(tree)
-    >>> lora_delta(out, 1.0).tolist()
+    >>> lora.lora_delta(out, 1.0).tolist()
     [[0.25, 0.25], [0.25, 0.25]]
   """
   split_axis_name(axis_name)
@@ -307,10 +168,10 @@ def fedit_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     rnd = _round(weight, axis_name, params is not None)
 
     def lora_fn(path, layer, server):
-      _checked_factors(path, layer)
+      lora_factors(path, layer)
       return {k: rnd.mean(v, None if server is None else server[k]) for k, v in layer.items()}
 
-    return _rebuild(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
+    return map_lora_layers(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
 
   return optax.GradientTransformationExtraArgs(_init, update_fn)
 
@@ -323,7 +184,8 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     s A_g B_g = \sum_k p_k\, s A B_k \quad \text{exactly}
 
   (Sun et al., "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024,
-  arXiv 2403.12313). Train with labels from :func:`jaxfl.peft.lora.is_lora_b_path` so :math:`A` stays the shared random
+  arXiv 2403.12313). Train with labels from :func:`jaxfl.models.lora.is_lora_b_path` so
+  :math:`A` stays the shared random
   init; only :math:`B` need be communicated. The output's :math:`A` is ``params``'
   ``lora_a`` when ``params`` is given, else client 0's, bit for bit (the clients' are
   identical by construction, and a mean would round). Other leaves get the weighted mean.
@@ -337,6 +199,7 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
 
   Examples:
     >>> import jax, jax.numpy as jnp
+    >>> from jaxfl.models import lora
     >>> a = jnp.array([[1.0], [2.0]])
     >>> tree = {'lora_a': jnp.stack([a, a]), 'lora_b': jnp.array([[[1.0, 0.0]], [[0.0, 4.0]]])}
     >>> agg = ffa_mean('clients')
@@ -352,7 +215,7 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     rnd = _round(weight, axis_name, params is not None)
 
     def lora_fn(path, layer, server):
-      a, _ = _checked_factors(path, layer)
+      a, _ = lora_factors(path, layer)
       out = {k: rnd.mean(v, None if server is None else server[k])
              for k, v in layer.items() if k != LORA_A}
       if server is None:  # the first member's A (bitwise its input): a weight-0 client's
@@ -363,7 +226,7 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
         out[LORA_A] = jnp.asarray(server[LORA_A])
       return {k: out[k] for k in layer}
 
-    return _rebuild(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
+    return map_lora_layers(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
 
   return optax.GradientTransformationExtraArgs(_init, update_fn)
 
@@ -378,11 +241,13 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
 
   (Wang et al., "FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous
   Low-Rank Adaptations", NeurIPS 2024, arXiv 2409.05976). The clients then merge
-  :math:`s A_g B_g` into :math:`W_0` (:func:`merge_lora`) and re-initialise their
+  :math:`s A_g B_g` into :math:`W_0` (:func:`jaxfl.models.lora.merge_lora`) and
+  re-initialise their
   adapters (random :math:`A`, zero :math:`B`) for the next round.
 
   Heterogeneous ranks: the model is built at :math:`r_{max}` and a client of rank
-  :math:`r_k` passes ``rank=r_k``; its factors are zero-padded (:func:`mask_rank`) beyond
+  :math:`r_k` passes ``rank=r_k``; its factors are zero-padded
+  (:func:`jaxfl.models.lora.mask_rank`) beyond
   it, and zero columns of :math:`A` / rows of :math:`B` add nothing, so stacking stays
   exact. With one model every client uses the same :math:`s = \alpha / r_{max}`.
 
@@ -405,12 +270,13 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     The update of the :func:`fedit_mean` example, exactly:
 
     >>> import jax, jax.numpy as jnp
+    >>> from jaxfl.models import lora
     >>> tree = {'lora_a': jnp.array([[[1.0], [0.0]], [[0.0], [1.0]]]),
     ...         'lora_b': jnp.array([[[1.0, 0.0]], [[0.0, 1.0]]])}
     >>> agg = stack_merge('clients')
     >>> out = jax.jit(jax.vmap(lambda t: agg.update(t, agg.init(t))[0], axis_name='clients',
     ...                        out_axes=None))(tree)
-    >>> out['lora_a'].shape, lora_delta(out, 1.0).tolist()
+    >>> out['lora_a'].shape, lora.lora_delta(out, 1.0).tolist()
     ((2, 2), [[0.5, 0.0], [0.0, 0.5]])
   """
   split_axis_name(axis_name)
@@ -420,13 +286,13 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     rnd = _round(weight, axis_name, params is not None)
 
     def lora_fn(path, layer, server):
-      a, b = _checked_factors(path, layer)
+      a, b = lora_factors(path, layer)
       out = {k: rnd.mean(v, None if server is None else server[k])
              for k, v in layer.items() if k not in _FACTORS}
       out[LORA_A], out[LORA_B] = _stacked(rnd, a, b, rank)
       return {k: out[k] for k in layer}
 
-    return _rebuild(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
+    return map_lora_layers(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
 
   return optax.GradientTransformationExtraArgs(_init, update_fn)
 
@@ -477,7 +343,8 @@ def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtr
   stacked factors' product (:func:`stack_merge`), through QR when the stacked rank
   :math:`K r` is below :math:`\min(in, out)`. Heterogeneous client ranks: pass ``rank=r_k``
   to ``update`` as in :func:`stack_merge`; afterwards a client of rank :math:`r_k` keeps
-  the first :math:`r_k` components (:func:`mask_rank`), its best approximation. In an
+  the first :math:`r_k` components (:func:`jaxfl.models.lora.mask_rank`), its best
+  approximation. In an
   empty round with ``params`` given, :math:`\Delta W_g` is ``params``' own adapter
   (refactorised: unchanged up to rounding if its rank is at most ``rank``) and the other
   leaves are ``params``'; without ``params`` the clients count equally.
@@ -500,12 +367,13 @@ def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtr
     singular component survives:
 
     >>> import jax, jax.numpy as jnp
+    >>> from jaxfl.models import lora
     >>> tree = {'lora_a': jnp.array([[[1.0], [0.0]], [[0.0], [1.0]]]),
     ...         'lora_b': jnp.array([[[1.0, 0.0]], [[0.0, 1.0]]])}
     >>> agg = flex_svd('clients', rank=1)
     >>> out = jax.jit(jax.vmap(lambda t, w: agg.update(t, agg.init(t), weight=w)[0],
     ...                        axis_name='clients', out_axes=None))(tree, jnp.array([3.0, 1.0]))
-    >>> jnp.round(lora_delta(out, 1.0), 6).tolist()
+    >>> jnp.round(lora.lora_delta(out, 1.0), 6).tolist()
     [[0.75, 0.0], [0.0, 0.0]]
   """
   split_axis_name(axis_name)
@@ -518,13 +386,13 @@ def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtr
     rnd = _round(weight, axis_name, params is not None)
 
     def lora_fn(path, layer, server):
-      a, b = _checked_factors(path, layer)
+      a, b = lora_factors(path, layer)
       out = {k: rnd.mean(v, None if server is None else server[k])
              for k, v in layer.items() if k not in _FACTORS}
       a_g, b_g = _stacked(rnd, a, b, rank)
       if server is not None:
         # The server's adapter as one more block, weighted 1 in an empty round and 0 otherwise.
-        a_s, b_s = _checked_factors(path, server)
+        a_s, b_s = lora_factors(path, server)
         a_g = jnp.concatenate([a_g, jnp.where(rnd.empty, a_s, 0).astype(a_g.dtype)], axis=-1)
         b_g = jnp.concatenate([b_g, jnp.where(rnd.empty, b_s, 0).astype(b_g.dtype)], axis=-2)
       u, sigma, vt = _svd(a_g, b_g)
@@ -538,6 +406,6 @@ def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtr
       out[LORA_A], out[LORA_B] = new_a.astype(a.dtype), new_b.astype(b.dtype)
       return {k: out[k] for k in layer}
 
-    return _rebuild(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
+    return map_lora_layers(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
 
   return optax.GradientTransformationExtraArgs(_init, update_fn)

@@ -49,7 +49,7 @@ import optax
 
 from jaxfl.errors import check
 from jaxfl.models import transformer
-from jaxfl.peft import lora
+from jaxfl.models import lora
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.sweep import RunSpec

@@ -21,7 +21,7 @@ from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.loop import run_rounds, scan_rounds
 from jaxfl.models import MLP, functional
 from jaxfl.models import transformer as T
-from jaxfl.peft import lora
+from jaxfl.models import lora
 from jaxfl.sim import Comm, uniform_profiles
 
 ROUNDS = 4
