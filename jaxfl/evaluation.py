@@ -26,7 +26,8 @@ def make_evaluate(apply_fn: Callable, x, y, *, batch_size: int = 2048) -> Callab
   batch_size = min(batch_size, n)
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
-  xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(num_batches, batch_size, *x.shape[1:])
+  xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+  xb = xb.reshape(num_batches, batch_size, *x.shape[1:])
   yb = jnp.pad(y, (0, pad)).reshape(num_batches, batch_size)
   mb = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 

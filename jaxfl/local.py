@@ -85,7 +85,8 @@ def visiting_order(key: jax.Array, count: jax.Array, n_max: int) -> jax.Array:
   return jnp.argsort(jnp.where(jnp.arange(n_max) < count, u, 2.0))
 
 
-def batch_indices(order: jax.Array, count: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
+def batch_indices(order: jax.Array, count: jax.Array, step: jax.Array,
+                  batch_size: int) -> jax.Array:
   """Indices of step ``step``'s batch: the next ``batch_size`` samples of ``order``, wrapping."""
   pos = (step * batch_size + jnp.arange(batch_size)) % jnp.maximum(count, 1)
   return order[pos]

@@ -65,7 +65,8 @@ class ClientAxis:
 
   def check_num_clients(self, num_clients: int, field: str = "clients_per_round") -> None:
     if num_clients <= 0 or num_clients % self.num_devices:
-      raise ConfigError(field, f"a positive multiple of the {self.num_devices} devices", num_clients)
+      raise ConfigError(field, f"a positive multiple of the {self.num_devices} devices",
+                        num_clients)
 
   def map(self, fn: Callable, in_axes: Sequence[Any], out_axes: Any) -> Callable:
     """Map ``fn`` (one client) over the leading client axis of its inputs.

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 
 
-def sample_clients(key: jax.Array, availability: jax.Array, num_sampled: int) -> tuple[jax.Array, jax.Array]:
+def sample_clients(key: jax.Array, availability: jax.Array,
+                   num_sampled: int) -> tuple[jax.Array, jax.Array]:
   """Sample ``num_sampled`` distinct clients uniformly among those online this round.
 
   Client k is online with probability ``availability[k]``, independently (resolved to

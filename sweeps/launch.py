@@ -48,7 +48,8 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   # config_flags discovers the --config.* overrides in sys_argv (default: sys.argv).
   config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
                                   flag_values=fv, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", "runs", "where results, reports and checkpoints go", flag_values=fv)
+  flags.DEFINE_string("workdir", "runs", "where results, reports and checkpoints go",
+                      flag_values=fv)
   flags.DEFINE_string("backend", "local", f"one of {list(BACKENDS)}", flag_values=fv)
   flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep() grid",
                     flag_values=fv)

@@ -72,7 +72,8 @@ def plot_curves(path: str, curves: dict[str, dict[int, tuple]], *, ylabel: str, 
       continue
     n = min(len(v[0]) for v in by_seed.values())
     steps = np.asarray(next(iter(by_seed.values()))[0][:n], float)
-    sims = np.array([[np.nan if t is None else t for t in v[1][:n]] for v in by_seed.values()], float)
+    sims = np.array([[np.nan if t is None else t for t in v[1][:n]] for v in by_seed.values()],
+                    float)
     ys = np.array([v[2][:n] for v in by_seed.values()], float)
     mean, lo, hi = ys.mean(0), ys.min(0), ys.max(0)
     color = f"C{i % 10}"
@@ -126,7 +127,8 @@ def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
     folder: the experiment's report folder (``<workdir>/<experiment>``).
     points: ``(overrides, report folder relative to folder, claims doc)`` per point.
   """
-  rows = ["| point | claim | method | value | baseline value | holds |", "|---|---|---|---|---|---|"]
+  rows = ["| point | claim | method | value | baseline value | holds |",
+          "|---|---|---|---|---|---|"]
   for point, rel, doc in points:
     label = ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "(base config)"
     for cl in doc["claims"]:

@@ -45,7 +45,8 @@ def table(docs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m sweeps.reproduce", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m sweeps.reproduce",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="quick variants (minutes on a CPU)")
   parser.add_argument("--only", default="", help="comma-separated experiment names")
   parser.add_argument("--workdir", default="runs")

@@ -35,7 +35,8 @@ every writer on the file's host). Checkpoints live under the workdir, which remo
 workers must share (a cluster file system) for resumption to work. A run that fails is
 recorded as ``failed``; the other runs still finish, then the first failure is raised.
 
-Multi-host (``jax.process_count() > 1``, after :func:`sweeps.backends.maybe_initialize_distributed`):
+Multi-host (``jax.process_count() > 1``, after
+:func:`sweeps.backends.maybe_initialize_distributed`):
 every process runs every run's SPMD program together; process 0 alone reads and writes
 the database and the reports, and tells the others which runs are left.
 
@@ -94,7 +95,8 @@ class RunOutcome(NamedTuple):
 
 
 def run_dir(workdir: str, experiment: str, digest: str, spec: RunSpec) -> str:
-  """Where one run keeps its checkpoints: ``<workdir>/<experiment>/runs/<hash>/<method>-seed<seed>``."""
+  """Where one run keeps its checkpoints:
+  ``<workdir>/<experiment>/runs/<hash>/<method>-seed<seed>``."""
   return os.path.join(workdir, experiment, "runs", digest, f"{spec.method}-seed{spec.seed}")
 
 
@@ -388,7 +390,8 @@ def point_config(config, point: Mapping[str, Any]):
   return c
 
 
-def run_grid(runner, config, grid: Sequence[Mapping[str, Any]], workdir: str, **kwargs) -> list[dict]:
+def run_grid(runner, config, grid: Sequence[Mapping[str, Any]], workdir: str,
+             **kwargs) -> list[dict]:
   """Run every grid point's sweep; write ``<experiment>/sweep.md``; return the claims docs.
 
   Every point's config is validated before any point runs. ``kwargs`` go to

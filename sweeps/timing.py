@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
                      log=None) -> dict[str, list[float]]:
   """Seconds per call of each zero-argument function, timed round-robin.

@@ -16,8 +16,8 @@ from flax import nnx
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, functional
-from sweeps.configs.bench_fl import get_config, get_sweep
 from sweeps import report
+from sweeps.configs.bench_fl import get_config, get_sweep
 from sweeps.experiments import bench_fl
 from sweeps.sweep import run_sweep
 

@@ -15,8 +15,7 @@ import optax
 import pytest
 
 from jaxfl.errors import ConfigError
-from jaxfl.models import transformer
-from jaxfl.models import lora
+from jaxfl.models import lora, transformer
 from sweeps import launch, report
 from sweeps.configs.bench_lm import get_config
 from sweeps.experiments import bench_lm

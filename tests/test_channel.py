@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from jaxfl.errors import ConfigError
-from jaxfl.sim import (aircomp_upload_time, digital_upload_time, fading_gain_sq,
-                       noise_var_from_snr_db, shannon_rate)
+from jaxfl.sim import (
+  aircomp_upload_time,
+  digital_upload_time,
+  fading_gain_sq,
+  noise_var_from_snr_db,
+  shannon_rate,
+)
 
 DRAWS = 100_000
 

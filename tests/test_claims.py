@@ -18,7 +18,8 @@ def test_median_odd_even_and_missing():
 
 def test_baseline_claim_with_margin():
   c = claims.claim(id="x", statement="s", paper="p", metric="acc", better="higher", method="a",
-                   baseline="b", margin=3.0, per_seed={"a": [90.0, 91.0, 92.0], "b": [93.0, 94.0, 95.0]})
+                   baseline="b", margin=3.0,
+                   per_seed={"a": [90.0, 91.0, 92.0], "b": [93.0, 94.0, 95.0]})
   assert c["value"] == 91.0 and c["baseline_value"] == 94.0 and c["holds"] is True
   c = claims.claim(id="x", statement="s", paper="p", metric="acc", better="higher", method="a",
                    baseline="b", margin=2.9, per_seed={"a": [91.0], "b": [94.0]})

@@ -12,8 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from jaxfl.data import catalog
-from jaxfl.data import digits
+from jaxfl.data import catalog, digits
 from jaxfl.errors import ConfigError
 
 # (shape of one image, num_classes) of the tfds catalog datasets.
@@ -155,10 +154,10 @@ def test_catalog_mock_data(name, monkeypatch, tmp_path, no_prepare):
   for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
     assert x.shape == (24, *shape)
     assert x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert x.max() > 0.5  # Random uint8 pixels, so not all dark.
     assert y.shape == (24,) and y.dtype == np.int32
-    assert 0 <= y.min() and y.max() < num_classes
+    assert y.min() >= 0 and y.max() < num_classes
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -7,10 +7,10 @@ import optax
 import pytest
 
 from jaxfl.algorithms.diloco import DiLoCo
-from jaxfl.sim import WAN
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData
 from jaxfl.runtime import ClientAxis, client_mesh
+from jaxfl.sim import WAN
 
 
 def loss(w, x, y):

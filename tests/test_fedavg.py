@@ -128,7 +128,8 @@ def test_same_seed_bit_identical_different_seed_differs(setup):
 ])
 def test_bad_arguments_name_the_field(setup, kwargs, field):
   loss_fn, _, _ = setup
-  base = dict(batch_size=BATCH, clients_per_round=N, profiles=uniform_profiles(N), local_steps=STEPS)
+  base = dict(batch_size=BATCH, clients_per_round=N, profiles=uniform_profiles(N),
+              local_steps=STEPS)
   base.update(kwargs)
   with pytest.raises(ConfigError, match=field):
     FedAvg(loss_fn, optax.sgd(0.1), optax.sgd(1.0), **base)

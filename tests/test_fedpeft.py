@@ -7,8 +7,8 @@ import optax
 
 from jaxfl.algorithms import FederatedPEFT, PEFTInputs
 from jaxfl.local import ClientData
-from jaxfl.models import transformer as T
 from jaxfl.models import lora
+from jaxfl.models import transformer as T
 from jaxfl.runtime import ClientAxis, client_mesh
 from jaxfl.sim import uniform_profiles
 

@@ -51,7 +51,8 @@ def test_fragment_labels_cover_every_leaf(abstract_params):
     unit_of = {u: p for p, f in enumerate(frags) for u in f}
     assert labels["pos_embed"] == labels["embed"]["embedding"] == unit_of[0]
     assert set(jax.tree.leaves(labels["blocks"][1])) == {unit_of[2]}
-    assert set(jax.tree.leaves(labels["head"])) | set(jax.tree.leaves(labels["ln_f"])) == {unit_of[3]}
+    edge = set(jax.tree.leaves(labels["head"])) | set(jax.tree.leaves(labels["ln_f"]))
+    assert edge == {unit_of[3]}
     sizes = fr.fragment_sizes(abstract_params, labels, 2)
     assert sizes.sum() == 44290  # the tiny model's parameter count: every leaf labelled once
     assert (sizes > 0).all()
@@ -59,7 +60,8 @@ def test_fragment_labels_cover_every_leaf(abstract_params):
   labels = fr.fragment_labels(abstract_params, fr.fragment_units(4, 4))
   assert sorted(set(jax.tree.leaves(labels))) == [0, 1, 2, 3]
   mask = fr.fragment_mask(labels, 2)
-  assert all(bool(m) == (lab == 2) for m, lab in zip(jax.tree.leaves(mask), jax.tree.leaves(labels)))
+  assert all(bool(m) == (lab == 2)
+             for m, lab in zip(jax.tree.leaves(mask), jax.tree.leaves(labels)))
 
 
 def test_fragment_drift_sums_l1_over_workers_per_fragment():
@@ -98,7 +100,8 @@ selection_cases = st.integers(1, 8).flatmap(lambda p: st.tuples(
     st.lists(st.integers(-1, 200), min_size=p, max_size=p),  # sent_at (clipped to <= step)
     st.lists(st.booleans(), min_size=p, max_size=p),
     # No subnormals: XLA:CPU flushes them to zero, which is not what the rule is about.
-    st.lists(st.one_of(st.just(0.0), st.floats(0.0009765625, 1e3, width=32)), min_size=p, max_size=p),
+    st.lists(st.one_of(st.just(0.0), st.floats(0.0009765625, 1e3, width=32)), min_size=p,
+             max_size=p),
     st.lists(st.integers(1, 10_000), min_size=p, max_size=p)))
 
 _select = jax.jit(fr.select_fragment)

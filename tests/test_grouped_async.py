@@ -30,7 +30,8 @@ def setup():
   x_test = rng.normal(size=(200, 16)).astype(np.float32)
   y_test = np.argmax(x_test @ w, -1).astype(np.int32)
   apply_fn, params = functional(MLP(16, (16,), 4, rngs=nnx.Rngs(0)))
-  return dict(params=params, clients=ClientData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(counts)),
+  return dict(params=params,
+              clients=ClientData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(counts)),
               loss_fn=softmax_cross_entropy(apply_fn),
               evaluate=make_evaluate(apply_fn, x_test, y_test))
 

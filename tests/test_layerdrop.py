@@ -149,7 +149,8 @@ def test_layer_index_tree_key_styles():
   assert layer_index_tree({"blocks": [{"w": 0}, {"w": 0}]}) == {"blocks": [{"w": 0}, {"w": 1}]}
   assert layer_index_tree({"blocks/11/mlp/kernel": 0, "head/bias": 0}) == {
       "blocks/11/mlp/kernel": 11, "head/bias": -1}
-  assert layer_index_tree({"model": {"blocks": {1: {"w": 0}}}}) == {"model": {"blocks": {1: {"w": 1}}}}
+  nested = {"model": {"blocks": {1: {"w": 0}}}}
+  assert layer_index_tree(nested) == {"model": {"blocks": {1: {"w": 1}}}}
   # A custom (nested) prefix; other containers with numbered children are not blocks.
   tree = {"encoder": {"layers": {4: {"w": 0}}}, "decoder": {"layers": {0: {"w": 0}}}}
   assert layer_index_tree(tree, "encoder/layers") == {

@@ -6,8 +6,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxfl.local import (ClientData, batch_indices, local_epochs_to_steps, make_local_train,
-                         softmax_cross_entropy, visiting_order)
+from jaxfl.local import (
+  ClientData,
+  batch_indices,
+  local_epochs_to_steps,
+  make_local_train,
+  softmax_cross_entropy,
+  visiting_order,
+)
 from jaxfl.models import MLP, functional
 
 
@@ -37,7 +43,8 @@ def test_batches_cover_an_epoch_then_wrap():
 
 def test_tiny_client_batch_repeats_its_samples():
   order = jnp.array([1, 0, 5, 5])
-  np.testing.assert_array_equal(batch_indices(order, jnp.int32(2), jnp.int32(0), 5), [1, 0, 1, 0, 1])
+  np.testing.assert_array_equal(batch_indices(order, jnp.int32(2), jnp.int32(0), 5),
+                                [1, 0, 1, 0, 1])
 
 
 def test_epochs_to_steps():
@@ -73,8 +80,10 @@ def test_steps_beyond_num_steps_change_nothing():
   loss_fn = softmax_cross_entropy(apply_fn)
   tx = optax.sgd(0.1, momentum=0.9)
   key = jax.random.PRNGKey(1)
-  long, m_long = make_local_train(loss_fn, tx, batch_size=8, max_steps=10)(params, data, jnp.int32(4), key)
-  short, m_short = make_local_train(loss_fn, tx, batch_size=8, max_steps=4)(params, data, jnp.int32(4), key)
+  long, m_long = make_local_train(loss_fn, tx, batch_size=8, max_steps=10)(
+      params, data, jnp.int32(4), key)
+  short, m_short = make_local_train(loss_fn, tx, batch_size=8, max_steps=4)(
+      params, data, jnp.int32(4), key)
   for a, b in zip(jax.tree.leaves(long), jax.tree.leaves(short)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(m_long.loss, m_short.loss, rtol=1e-6)

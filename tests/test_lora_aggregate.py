@@ -15,9 +15,9 @@ import optax
 import pytest
 
 from jaxfl.errors import ConfigError
-from jaxfl.runtime import ClientAxis, client_mesh
 from jaxfl.models import lora
 from jaxfl.models.lora import lora_delta, mask_rank, merge_lora
+from jaxfl.runtime import ClientAxis, client_mesh
 from jaxfl.transforms import delta_aggregator, fedit_mean, ffa_mean, flex_svd, stack_merge
 
 K, D_IN, D_OUT, R = 4, 16, 12, 4

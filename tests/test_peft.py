@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from jaxfl.errors import ConfigError
-from jaxfl.models import transformer as T
 from jaxfl.models import lora
+from jaxfl.models import transformer as T
 from jaxfl.peft import expand, layerdrop, memory
 from jaxfl.transforms import skip_inactive
 

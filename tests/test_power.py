@@ -10,8 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxfl.errors import ConfigError
-from jaxfl.planners import (POLICIES, aggregation_mse, optimal_power, power_control,
-                            truncated_inversion)
+from jaxfl.planners import (
+  POLICIES,
+  aggregation_mse,
+  optimal_power,
+  power_control,
+  truncated_inversion,
+)
 
 # Jitted once per policy; tests keep to a few group sizes (3, 6, 12) and always pass
 # [K] float32 arrays, so each compiles a handful of times (eager dispatch compiles every

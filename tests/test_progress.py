@@ -200,11 +200,10 @@ def test_bad_arguments_raise_value_error_naming_the_field(make, field):
 def test_interactive_mode_draws_tqdm_bars_with_metric_postfix():
   stream = io.StringIO()
   with Progress(2, desc="fedavg/quick", stream=stream, interactive=True,
-                min_interval_s=0) as progress:
-    with progress.run("seed 0", 100) as run:
-      run.update(10, sim_time=38.5, acc=0.943)
-      run.update(11, sim_time=42.0)  # the postfix keeps the last accuracy
-      run.log("a line above the bars")
+                min_interval_s=0) as progress, progress.run("seed 0", 100) as run:
+    run.update(10, sim_time=38.5, acc=0.943)
+    run.update(11, sim_time=42.0)  # the postfix keeps the last accuracy
+    run.log("a line above the bars")
   out = stream.getvalue()
   assert "fedavg/quick" in out and "seed 0" in out
   assert "acc 0.943 | sim 38.5 s" in out

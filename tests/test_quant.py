@@ -13,8 +13,7 @@ from flax import nnx
 
 from jaxfl.errors import ConfigError
 from jaxfl.models import quant
-from jaxfl.models.quant import (dequantize_rows, quantize_rows, quantized_remat,
-                              saved_residual_bytes)
+from jaxfl.models.quant import dequantize_rows, quantize_rows, quantized_remat, saved_residual_bytes
 
 B, T, D, HEADS, RANK = 4, 32, 64, 4, 8
 

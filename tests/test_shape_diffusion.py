@@ -10,7 +10,6 @@ import pytest
 from jaxfl.errors import ConfigError
 from shapes import diffusion
 
-
 SCHED = diffusion.Schedule.cosine(100)
 
 

@@ -13,8 +13,16 @@ from jaxfl.algorithms import FedAvg, server_optimizer
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, functional
-from jaxfl.sim import (DeviceProfiles, client_times, load_profiles, round_time, sample_profiles,
-                       save_profiles, tree_bytes, uniform_profiles)
+from jaxfl.sim import (
+  DeviceProfiles,
+  client_times,
+  load_profiles,
+  round_time,
+  sample_profiles,
+  save_profiles,
+  tree_bytes,
+  uniform_profiles,
+)
 
 # MLP(64, (8,), 10): 64*8 + 8 + 8*10 + 10 = 610 float32 parameters = 2440 bytes.
 NUM_PARAMS = 610

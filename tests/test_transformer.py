@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxfl.errors import ConfigError
-from jaxfl.models import transformer as T
 from jaxfl.models import lora
+from jaxfl.models import transformer as T
 from jaxfl.models.lora import merge_lora
 
 TINY = T.VARIANTS["tiny"]

@@ -9,8 +9,10 @@ import pytest
 from jaxfl.runtime import ClientAxis, client_mesh
 from jaxfl.transforms import weighted_mean
 
+VMAP = ClientAxis()
 
-def aggregate(tx, updates, weights, axis=ClientAxis()):
+
+def aggregate(tx, updates, weights, axis=VMAP):
   def client(u, w):
     return tx.update(u, tx.init(u), weight=w)[0]
 

@@ -3,8 +3,13 @@
 
 from jaxfl.algorithms.base import Algorithm, JitRound, check_algorithm
 from jaxfl.algorithms.diloco import DiLoCo
-from jaxfl.algorithms.fedavg import (SERVER_OPTIMIZERS, FedAvg, RoundMetrics, ServerState,
-                                     server_optimizer)
+from jaxfl.algorithms.fedavg import (
+                                     SERVER_OPTIMIZERS,
+                                     FedAvg,
+                                     RoundMetrics,
+                                     ServerState,
+                                     server_optimizer,
+)
 from jaxfl.algorithms.fedpeft import FederatedPEFT, PEFTInputs
 from jaxfl.algorithms.grouped_async import AirFedGA, GroupedAsync
 from jaxfl.algorithms.streaming_diloco import StreamingDiLoCo

@@ -36,7 +36,8 @@ SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def server_optimizer(name: str, learning_rate: float = 1.0, *, momentum: float = 0.9,
-                     b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3) -> optax.GradientTransformation:
+                     b1: float = 0.9, b2: float = 0.99,
+                     eps: float = 1e-3) -> optax.GradientTransformation:
   """The server optimizer of a FedOpt algorithm, applied to the pseudo-gradient.
 
   ``learning_rate`` may be an optax schedule (a function of the server step, e.g.
@@ -145,7 +146,8 @@ class FedAvg(JitRound):
     """One synchronous round; ``clients`` holds every client's padded data ``[N, n_max, ...]``."""
     key = jax.random.fold_in(state.key, state.round)
     k_sample, k_train = jax.random.split(key)
-    ids, participating = sample_clients(k_sample, self.profiles.availability, self.clients_per_round)
+    ids, participating = sample_clients(k_sample, self.profiles.availability,
+                                        self.clients_per_round)
     batch = jax.tree.map(lambda a: a[ids], clients)
     if self.local_steps is not None:
       steps = jnp.full([self.clients_per_round], self.local_steps, jnp.int32)

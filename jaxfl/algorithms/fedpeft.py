@@ -47,8 +47,7 @@ import optax
 from jaxfl.algorithms.base import JitRound
 from jaxfl.algorithms.fedavg import FedAvg, RoundMetrics, ServerState
 from jaxfl.local import ClientData
-from jaxfl.models import transformer
-from jaxfl.models import lora
+from jaxfl.models import lora, transformer
 from jaxfl.runtime import ClientAxis
 from jaxfl.sim import DeviceProfiles, uniform_profiles
 

@@ -42,7 +42,8 @@ a round (the protocol of :mod:`jaxfl.algorithms.base`) is one server event, so a
 :func:`jaxfl.loop.scan_rounds` over ``events`` rounds (:meth:`GroupedAsync.simulate`);
 padding events past ``t_max`` change nothing.
 
-Upload and channel costs are :mod:`jaxfl.sim.channel`'s. Channel model per round: block fading :math:`h_k = \\sqrt{L_k}\\, \\tilde h_k` with
+Upload and channel costs are :mod:`jaxfl.sim.channel`'s. Channel model per round: block
+fading :math:`h_k = \\sqrt{L_k}\\, \\tilde h_k` with
 :math:`\\tilde h_k \\sim \\mathcal{CN}(0, 1)` (or Rician), large-scale gain :math:`L_k`
 fixed per worker; the same draw sets a digital upload's rate and an AirComp round's
 power control.

@@ -43,7 +43,8 @@ import importlib.util
 import io
 import logging
 import os
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds

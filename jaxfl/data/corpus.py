@@ -59,8 +59,9 @@ Example:
 [104, 195, 169, 108, 108, 111, 256]
 >>> tok.decode(ids)
 'héllo'
->>> client_domains(2, domains=("json", "email", "http"))
-(ClientShard(domain='json', shard=0, num_shards=1), ClientShard(domain='email', shard=0, num_shards=1))
+>>> client_domains(2, domains=("json", "email", "http"))  # doctest: +NORMALIZE_WHITESPACE
+(ClientShard(domain='json', shard=0, num_shards=1),
+ ClientShard(domain='email', shard=0, num_shards=1))
 >>> [c.domain for c in client_domains(4, domains=("json", "email"))]
 ['json', 'json', 'email', 'email']
 """

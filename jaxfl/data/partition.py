@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Union
 
 import numpy as np
 
 from jaxfl.errors import ConfigError
 
-Seed = Union[int, np.integer, np.random.Generator, np.random.SeedSequence]
+Seed = int | np.integer | np.random.Generator | np.random.SeedSequence
 
 
 def _rng(seed: Seed | None) -> np.random.Generator:

@@ -236,7 +236,8 @@ def mask_rank(tree: Any, rank) -> Any:
 
   A client of rank :math:`r_k` in a model built at rank :math:`r_{max}` holds its factors
   zero-padded this way; zero columns of :math:`A` and zero rows of :math:`B` add nothing to
-  :math:`A B`. After :func:`jaxfl.transforms.flex_svd` it truncates the global factors to the client's own
+  :math:`A B`. After :func:`jaxfl.transforms.flex_svd` it truncates the global factors to the
+  client's own
   rank, which (singular values being sorted) is the best rank-:math:`r_k` approximation.
 
   Args:
@@ -291,7 +292,8 @@ def lora_delta(tree: Any, scale) -> Any:
 def merge_lora(tree: Any, scale, *, drop: bool = True) -> Any:
   r"""Fold every adapter into its kernel: :math:`W_0 \leftarrow W_0 + s\,A B`.
 
-  The step after :func:`jaxfl.transforms.stack_merge`: FLoRA's clients merge the stacked global update
+  The step after :func:`jaxfl.transforms.stack_merge`: FLoRA's clients merge the stacked global
+  update
   into the base weights and start the next round from a fresh adapter. It works on any
   aggregator's output (for FedIT, FFA-LoRA and FlexLoRA it commits the adapter to the base).
 
@@ -300,7 +302,8 @@ def merge_lora(tree: Any, scale, *, drop: bool = True) -> Any:
     scale: :math:`s = \alpha / r` of the clients that trained the factors.
     drop: ``True`` removes ``'lora_a'`` and ``'lora_b'`` (plain dense layers); ``False``
       keeps ``'lora_a'`` and zeroes ``'lora_b'`` (the LoRA init: the layer's output is
-      unchanged and the adapter trains on from there; after :func:`jaxfl.transforms.stack_merge` replace
+      unchanged and the adapter trains on from there; after
+      :func:`jaxfl.transforms.stack_merge` replace
       the ``[in, K r]`` ``'lora_a'`` by a fresh ``[in, r]`` one).
 
   Returns:

@@ -8,7 +8,8 @@ Pre-LN GPT blocks (Radford et al. 2019): for block input :math:`x`,
 with causal multi-head self-attention, a GELU MLP, learned position embeddings, a final
 LayerNorm and an untied output head over a byte-level vocabulary.
 
-Every dense layer is a :class:`jaxfl.models.lora.LoRALinear`: ``y = x W + b + (alpha / r) (x A) B`` with
+Every dense layer is a :class:`jaxfl.models.lora.LoRALinear`:
+``y = x W + b + (alpha / r) (x A) B`` with
 ``A`` ``[in, r]`` Kaiming-uniform and ``B`` ``[r, out]`` zero (Hu et al. 2021,
 arXiv 2106.09685; the HF PEFT defaults), so a model with adapters computes exactly the
 function of the model without them until ``B`` is trained. Adapters are created on the

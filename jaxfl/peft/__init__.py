@@ -14,8 +14,13 @@
 """
 
 from jaxfl.models import lora, quant
-from jaxfl.models.quant import (ResidualBytes, dequantize_rows, quantize_rows, quantized_remat,
-                                saved_residual_bytes)
+from jaxfl.models.quant import (
+                                ResidualBytes,
+                                dequantize_rows,
+                                quantize_rows,
+                                quantized_remat,
+                                saved_residual_bytes,
+)
 from jaxfl.peft import expand, layerdrop, memory
 from jaxfl.peft.layerdrop import drop_rates, layer_index_tree, sample_keep
 from jaxfl.peft.memory import Footprint, footprint

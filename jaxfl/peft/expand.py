@@ -34,8 +34,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from jaxfl.errors import ConfigError
-from jaxfl.models.transformer import LMConfig, Params
 from jaxfl.models import lora
+from jaxfl.models.transformer import LMConfig, Params
 
 #: The projections whose zeroing makes a block the identity.
 ZEROED = (("out", "kernel"), ("out", "bias"), ("down", "kernel"), ("down", "bias"))

@@ -39,8 +39,7 @@ import jax
 import optax
 
 from jaxfl.errors import ConfigError
-from jaxfl.models import transformer
-from jaxfl.models import lora
+from jaxfl.models import lora, transformer
 from jaxfl.models.quant import saved_residual_bytes
 from jaxfl.sim import tree_bytes
 
@@ -63,7 +62,7 @@ class Footprint:
 
 def footprint(config: transformer.LMConfig, params: dict, rule: lora.PathRule,
               tx: optax.GradientTransformation, inputs, targets, *,
-              plan: transformer.Plan = transformer.Plan()) -> Footprint:
+              plan: transformer.Plan | None = None) -> Footprint:
   """Measure one step's bytes for the leaves ``rule`` selects, trained by ``tx``.
 
   Args:
@@ -73,8 +72,9 @@ def footprint(config: transformer.LMConfig, params: dict, rule: lora.PathRule,
     tx: the optimizer of the trainable leaves.
     inputs: a batch of token windows ``[B, T]``.
     targets: its next tokens ``[B, T]``.
-    plan: layer keep mask, gradient floor, quantized blocks.
+    plan: layer keep mask, gradient floor, quantized blocks (default: none of them).
   """
+  plan = transformer.Plan() if plan is None else plan
   trainable, frozen = lora.split(params, lora.path_labels(params, rule))
   if plan.quantized and plan.quant_trainable == "lora":
     wrong = [p for p, _ in lora.leaf_paths(trainable)

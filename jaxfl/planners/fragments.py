@@ -23,7 +23,8 @@ fragment ``u % P``.
 
 Network capacity enters through ``N`` (transfers that fit into one interval,
 :func:`transmissions_per_interval`) and ``tau`` (steps one transfer overlaps,
-:func:`jaxfl.sim.network.overlap_steps`); the link's costs live in :mod:`jaxfl.sim.network`. The layout and capacity functions are host-side Python/NumPy; the
+:func:`jaxfl.sim.network.overlap_steps`); the link's costs live in :mod:`jaxfl.sim.network`.
+The layout and capacity functions are host-side Python/NumPy; the
 per-step rules (:func:`streaming_fragment_at`, :func:`select_fragment`,
 :func:`fragment_drift`, :func:`fragment_mask`) are pure ``jnp`` and can be traced inside
 ``jit``/``scan`` (their ``H``/``P``/``num_fragments`` must then be static Python ints).
@@ -58,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.errors import ConfigError
-from jaxfl.sim.network import allreduce_bytes, transfer_time
+from jaxfl.sim.network import transfer_time
 
 PATTERNS = ("sequential", "strided")
 NEVER_SENT = -1  # the ``sent_at`` of a fragment not yet sent (step 0 is a valid send step)
@@ -239,7 +240,8 @@ def transmissions_per_interval(H: int, step_time: float, fragment_bytes: float,
   (arXiv 2504.17672) only says the schedule adapts to network capacity (§2.3). At least
   one transfer per interval (the staleness guard sends one every ``H`` steps anyway).
   ``fragment_bytes`` is what one transfer puts on the link (use
-  :func:`jaxfl.sim.network.allreduce_bytes` for an all-reduce). A ``1e-9`` slack keeps e.g. ``0.3 / 0.1`` from flooring to 2.
+  :func:`jaxfl.sim.network.allreduce_bytes` for an all-reduce). A ``1e-9`` slack keeps e.g.
+  ``0.3 / 0.1`` from flooring to 2.
   """
   _check_int(H, "H", 1)
   _check_positive(step_time, "step_time")

@@ -57,7 +57,8 @@ class GroupPlan(NamedTuple):
 
 
 def speed_sorted(compute_time: np.ndarray, num_groups: int) -> list[np.ndarray]:
-  """Workers sorted by expected compute time, cut into ``num_groups`` near-equal contiguous groups."""
+  """Workers sorted by expected compute time, cut into ``num_groups`` near-equal contiguous
+  groups."""
   compute_time = np.asarray(compute_time, float)
   _check_groups(num_groups, len(compute_time))
   order = np.argsort(compute_time, kind="stable")
@@ -71,7 +72,8 @@ def random_groups(num_workers: int, num_groups: int, rng: np.random.Generator) -
 
 
 def members_array(groups: list[np.ndarray], max_groups: int, max_size: int) -> np.ndarray:
-  """``[max_groups, max_size]`` int32 worker indices, ``-1`` for padding (empty slots and groups)."""
+  """``[max_groups, max_size]`` int32 worker indices, ``-1`` for padding (empty slots and
+  groups)."""
   if len(groups) > max_groups or max(len(g) for g in groups) > max_size:
     raise ConfigError("groups", f"at most {max_groups} groups of at most {max_size} workers",
                       [len(g) for g in groups])
@@ -82,12 +84,14 @@ def members_array(groups: list[np.ndarray], max_groups: int, max_size: int) -> n
 
 
 def idle_time(groups: list[np.ndarray], compute_time: np.ndarray) -> float:
-  """:math:`\\sum_g \\sum_{k \\in g} (\\max_{j \\in g} T_j - T_k)`: time members wait for their group."""
+  """:math:`\\sum_g \\sum_{k \\in g} (\\max_{j \\in g} T_j - T_k)`: time members wait for
+  their group."""
   return float(sum(np.sum(compute_time[g].max() - compute_time[g]) for g in groups))
 
 
 def label_divergence(groups: list[np.ndarray], label_hist: np.ndarray) -> float:
-  """:math:`\\sum_g \\mathrm{KL}(p_g \\| p)` of the groups' label distributions to the population's."""
+  """:math:`\\sum_g \\mathrm{KL}(p_g \\| p)` of the groups' label distributions to the
+  population's."""
   total = label_hist.sum(0) / label_hist.sum()
   kl = 0.0
   for g in groups:

@@ -1,14 +1,33 @@
 """Cost models of the simulated clocks: device profiles, synchronous rounds, wireless uplinks
 (fading, Shannon rates, AirComp and digital upload times) and wide-area all-reduces."""
 
-from jaxfl.sim.channel import (FADING, UPLINKS, Comm, aircomp_upload_time, digital_upload_time,
-                               fading_gain_sq, group_upload_time, noise_var_from_snr_db,
-                               shannon_rate)
+from jaxfl.sim.channel import (
+                               FADING,
+                               UPLINKS,
+                               Comm,
+                               aircomp_upload_time,
+                               digital_upload_time,
+                               fading_gain_sq,
+                               group_upload_time,
+                               noise_var_from_snr_db,
+                               shannon_rate,
+)
 from jaxfl.sim.clock import client_times, round_time, tree_bytes
-from jaxfl.sim.network import (WAN, allreduce_bytes, blocking_sync_time, overlap_stall,
-                               overlap_steps, transfer_time)
-from jaxfl.sim.profiles import (DeviceProfiles, load_profiles, sample_profiles, save_profiles,
-                                uniform_profiles)
+from jaxfl.sim.network import (
+                               WAN,
+                               allreduce_bytes,
+                               blocking_sync_time,
+                               overlap_stall,
+                               overlap_steps,
+                               transfer_time,
+)
+from jaxfl.sim.profiles import (
+                               DeviceProfiles,
+                               load_profiles,
+                               sample_profiles,
+                               save_profiles,
+                               uniform_profiles,
+)
 
 __all__ = ["DeviceProfiles", "client_times", "load_profiles", "round_time", "sample_profiles",
            "save_profiles", "tree_bytes", "uniform_profiles"]

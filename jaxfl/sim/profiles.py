@@ -108,12 +108,14 @@ def load_profiles(path: str | os.PathLike, num_clients: int | None = None) -> De
     bad = ~(np.isfinite(table[c]) & (table[c] > 0))
     if bad.any():
       row = int(np.argmax(bad))
-      raise ConfigError(f"profiles_file.{c}", f"positive values (row {row + 1})", float(table[c][row]))
+      raise ConfigError(f"profiles_file.{c}", f"positive values (row {row + 1})",
+                        float(table[c][row]))
   a = table["availability"]
   bad = ~((a > 0) & (a <= 1))
   if bad.any():
     row = int(np.argmax(bad))
-    raise ConfigError("profiles_file.availability", f"values in (0, 1] (row {row + 1})", float(a[row]))
+    raise ConfigError("profiles_file.availability", f"values in (0, 1] (row {row + 1})",
+                      float(a[row]))
   return DeviceProfiles(*(jnp.asarray(table[c]) for c in COLUMNS))
 
 

@@ -47,16 +47,14 @@ factors by :math:`\sqrt{s/s'}`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfl.errors import ConfigError, check
-from jaxfl.models.lora import (LORA_A, LORA_B, LORA_KEYS, lora_factors, map_lora_layers,
-                               rank_mask)
+from jaxfl.errors import ConfigError
+from jaxfl.models.lora import LORA_A, LORA_B, LORA_KEYS, lora_factors, map_lora_layers, rank_mask
 from jaxfl.runtime import AxisName, client_weighted_sum, split_axis_name
 
 _FACTORS = LORA_KEYS

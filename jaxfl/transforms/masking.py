@@ -98,7 +98,8 @@ def skip_inactive(inner: optax.GradientTransformation, layer_of: Any
   Args:
     inner: the optimizer to wrap (any optax transform, extra-args or not).
     layer_of: pytree mirroring the params with the int block index of each leaf, −1
-      outside the blocks (:func:`jaxfl.peft.layerdrop.layer_index_tree`). ``L`` is its largest index + 1.
+      outside the blocks (:func:`jaxfl.peft.layerdrop.layer_index_tree`). ``L`` is its largest
+      index + 1.
 
   Returns:
     A transform whose ``update(updates, state, params=None, *, keep=None, **extra_args)``

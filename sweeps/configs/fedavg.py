@@ -48,7 +48,8 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.server_lr = 1.0
   c.num_rounds = 200
   c.eval_every = 10
-  c.num_devices = 1  # > 1: shard_map clients over that many local devices; 0: all (CPU: one per core)
+  # > 1: shard_map clients over that many local devices; 0: all (CPU: one per core).
+  c.num_devices = 1
 
   # Centralized baseline: the same model, optimizer and batch size on the pooled data, for
   # at least as many sample visits as FedAvg makes (200 rounds x ~8.5 online clients x 2

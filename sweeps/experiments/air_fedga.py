@@ -54,7 +54,8 @@ TUNING_OFFSET = 1000
 
 def validate(c) -> None:
   """Check every field before anything runs or is written."""
-  pos = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+  pos = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   and v > 0)
   pos_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
   check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
   check(pos_int(c.num_seeds), "num_seeds", "a positive integer", c.num_seeds)

@@ -313,7 +313,8 @@ def build_programs(c, ds) -> Programs:
   apply_fn, _ = init_model(c, ds, jax.random.PRNGKey(0))
   loss_fn = softmax_cross_entropy(apply_fn)
   return Programs(loss_fn, make_fedavg(loss_fn, c, c.num_clients),
-                  make_fedavg(loss_fn, c, c.num_clients, num_devices=1), make_centralized(loss_fn, c),
+                  make_fedavg(loss_fn, c, c.num_clients, num_devices=1),
+                  make_centralized(loss_fn, c),
                   make_client_loop_round(loss_fn, c), make_plain_vmap_round(apply_fn, c),
                   {k: make_fedavg(loss_fn, c, k) for k in c.scaling_clients},
                   make_matmul(c.matmul_size, jax.random.PRNGKey(c.seed)))

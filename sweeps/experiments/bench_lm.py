@@ -34,6 +34,7 @@ run, so :func:`report` rebuilds claims.json and report.md from the database alon
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -48,8 +49,7 @@ import numpy as np
 import optax
 
 from jaxfl.errors import check
-from jaxfl.models import transformer
-from jaxfl.models import lora
+from jaxfl.models import lora, transformer
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.sweep import RunSpec
@@ -161,10 +161,9 @@ def compile_program(fn: Callable, *args) -> Compiled:
   compiled = lowered.compile()
   t2 = time.perf_counter()
   cost = None
-  try:
+  # Backends without cost analysis raise various errors.
+  with contextlib.suppress(Exception):
     cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 -- backends without cost analysis raise various errors
-    pass
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   flops = float(cost["flops"]) if cost and "flops" in cost else None

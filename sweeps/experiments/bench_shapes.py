@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.errors import check
-from shapes import data, diffusion, metrics, ssm as ssm_lib, tokens
+from shapes import data, diffusion, metrics, tokens
+from shapes import ssm as ssm_lib
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.sweep import RunSpec

@@ -22,8 +22,7 @@ from jaxfl.algorithms.fedpeft import FederatedPEFT, PEFTInputs
 from jaxfl.data import corpus as corpus_lib
 from jaxfl.errors import check
 from jaxfl.local import ClientData
-from jaxfl.models import pretrained, transformer
-from jaxfl.models import lora
+from jaxfl.models import lora, pretrained, transformer
 from jaxfl.sim import sample_profiles, tree_bytes
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib

@@ -38,7 +38,8 @@ import numpy as np
 import optax
 
 from jaxfl.errors import check
-from shapes import baselines, data, diffusion, metrics, ssm as ssm_lib, tokens
+from shapes import baselines, data, diffusion, metrics, tokens
+from shapes import ssm as ssm_lib
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.sweep import RunSpec

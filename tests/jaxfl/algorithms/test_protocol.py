@@ -13,15 +13,23 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxfl.algorithms import (Algorithm, AirFedGA, DiLoCo, FedAvg, FederatedPEFT, PEFTInputs,
-                              StreamingDiLoCo, check_algorithm, server_optimizer)
+from jaxfl.algorithms import (
+  AirFedGA,
+  Algorithm,
+  DiLoCo,
+  FedAvg,
+  FederatedPEFT,
+  PEFTInputs,
+  StreamingDiLoCo,
+  check_algorithm,
+  server_optimizer,
+)
 from jaxfl.algorithms import grouped_async as ga
 from jaxfl.checkpoint import Checkpointer
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.loop import run_rounds, scan_rounds
-from jaxfl.models import MLP, functional
+from jaxfl.models import MLP, functional, lora
 from jaxfl.models import transformer as T
-from jaxfl.models import lora
 from jaxfl.sim import Comm, uniform_profiles
 
 ROUNDS = 4
