@@ -22,7 +22,7 @@ from sweeps import backends, experiments, launch
 from sweeps.results import results_path
 from sweeps.sweep import RunSpec, execute_run, run_sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "sweeps/configs/fedavg.py:quick"
 # A closed port on loopback: connections are refused at once.
 CLOSED = "127.0.0.1:1"

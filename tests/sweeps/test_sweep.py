@@ -12,7 +12,7 @@ import pytest
 from sweeps import report
 from sweeps.results import ResultsDB, results_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A small FedAvg sweep: 2 seeds x (fedavg, centralized), 24 rounds, checkpoints every 4,
 # run one by one (--novmap_seeds) so that a kill lands between checkpoints.
 TINY = ["--config=sweeps/configs/fedavg.py:quick", "--config.num_seeds=2",

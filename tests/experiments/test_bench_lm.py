@@ -21,7 +21,7 @@ from sweeps.configs.bench_lm import get_config
 from sweeps.experiments import bench_lm
 from sweeps.sweep import run_sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "sweeps/configs/bench_lm.py:quick"
 CLAIM_IDS = {"cache_speedup", "lora_train_speedup"}
 

@@ -24,6 +24,36 @@ units_and_fragments = st.integers(1, 40).flatmap(
     lambda n: st.tuples(st.just(n), st.integers(1, n), st.sampled_from(fr.PATTERNS)))
 
 
+def brute_force(step, sent_at, in_flight, drift, sizes, H):
+  """The rule written out longhand: forced, then never-sent, then argmax R."""
+  free = [p for p in range(len(sent_at)) if not in_flight[p]]
+  if not free:
+    return -1, None
+  interval = {p: step - sent_at[p] for p in free}
+  stale = [p for p in free if interval[p] >= H]
+  if stale:
+    return max(stale, key=lambda p: (interval[p], -p)), None
+  never = [p for p in free if sent_at[p] == -1]
+  if never:
+    return min(never), None
+  ratio = {p: np.float32(drift[p]) / (np.float32(max(interval[p], 1)) * np.float32(sizes[p]))
+           for p in free}
+  return None, ratio
+
+
+selection_cases = st.integers(1, 8).flatmap(lambda p: st.tuples(
+    st.integers(1, 50),  # H
+    st.integers(0, 200),  # step
+    st.lists(st.integers(-1, 200), min_size=p, max_size=p),  # sent_at (clipped to <= step)
+    st.lists(st.booleans(), min_size=p, max_size=p),
+    # No subnormals: XLA:CPU flushes them to zero, which is not what the rule is about.
+    st.lists(st.one_of(st.just(0.0), st.floats(0.0009765625, 1e3, width=32)), min_size=p,
+             max_size=p),
+    st.lists(st.integers(1, 10_000), min_size=p, max_size=p)))
+
+_select = jax.jit(fr.select_fragment)
+
+
 @settings(max_examples=100, deadline=None)
 @given(units_and_fragments)
 def test_fragments_partition_the_units(args):
@@ -75,36 +105,6 @@ def test_fragment_drift_sums_l1_over_workers_per_fragment():
   np.testing.assert_allclose(drift, [4 * 1 + 4 * 2 + 0.5 + 0.5, 0 + 3])
   jitted = jax.jit(fr.fragment_drift, static_argnums=3)(glob, local, labels, 2)
   np.testing.assert_allclose(jitted, drift)
-
-
-def brute_force(step, sent_at, in_flight, drift, sizes, H):
-  """The rule written out longhand: forced, then never-sent, then argmax R."""
-  free = [p for p in range(len(sent_at)) if not in_flight[p]]
-  if not free:
-    return -1, None
-  interval = {p: step - sent_at[p] for p in free}
-  stale = [p for p in free if interval[p] >= H]
-  if stale:
-    return max(stale, key=lambda p: (interval[p], -p)), None
-  never = [p for p in free if sent_at[p] == -1]
-  if never:
-    return min(never), None
-  ratio = {p: np.float32(drift[p]) / (np.float32(max(interval[p], 1)) * np.float32(sizes[p]))
-           for p in free}
-  return None, ratio
-
-
-selection_cases = st.integers(1, 8).flatmap(lambda p: st.tuples(
-    st.integers(1, 50),  # H
-    st.integers(0, 200),  # step
-    st.lists(st.integers(-1, 200), min_size=p, max_size=p),  # sent_at (clipped to <= step)
-    st.lists(st.booleans(), min_size=p, max_size=p),
-    # No subnormals: XLA:CPU flushes them to zero, which is not what the rule is about.
-    st.lists(st.one_of(st.just(0.0), st.floats(0.0009765625, 1e3, width=32)), min_size=p,
-             max_size=p),
-    st.lists(st.integers(1, 10_000), min_size=p, max_size=p)))
-
-_select = jax.jit(fr.select_fragment)
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,7 +10,7 @@ import pytest
 from sweeps import launch
 
 CONFIG = "sweeps/configs/fedavg.py:quick"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

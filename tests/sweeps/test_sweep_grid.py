@@ -16,7 +16,7 @@ from sweeps.experiments import fedavg
 from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import RunSpec, point_config, point_name, run_sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny(**overrides):

@@ -15,7 +15,7 @@ import pytest
 from sweeps import results
 from sweeps.results import ResultsDB, config_hash
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
