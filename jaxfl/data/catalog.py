@@ -120,6 +120,17 @@ def quiet_tfds():
     absl_logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def data_dir_errors(data_dir: str | os.PathLike[str]):
+  """Turn an ``OSError`` while building or reading data under ``data_dir`` (not a folder,
+  no permission, a full disk) into a ConfigError naming the field ``data_dir``."""
+  try:
+    yield
+  except OSError as e:
+    raise ConfigError("data_dir", f"a directory that can be created and written ({e})",
+                      os.fspath(data_dir)) from e
+
+
 def default_data_dir() -> str:
   """``$JAXFL_DATA_DIR`` if set (and non-empty), else ``~/.cache/jaxfl/tfds``."""
   return os.environ.get(ENV_DATA_DIR) or os.path.join(
@@ -148,7 +159,7 @@ def load_dataset(
     ConfigError: unknown ``name`` (field ``dataset``); catalog data missing with
       ``download=False`` (field ``dataset``); ``download=True`` on missing data
       without TensorFlow (field ``download``); bad ``data_dir``/``download``
-      types.
+      types; a ``data_dir`` that cannot be created or written (field ``data_dir``).
   """
   if not isinstance(name, str) or name not in DATASETS:
     raise ConfigError("dataset", f"one of {list(DATASETS)}", name)
@@ -159,9 +170,10 @@ def load_dataset(
   if not isinstance(download, bool):
     raise ConfigError("download", "a bool", download)
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  if name == "digits":
-    return _load_digits(data_dir)
-  return _load_tfds(name, data_dir, download)
+  with data_dir_errors(data_dir):
+    if name == "digits":
+      return _load_digits(data_dir)
+    return _load_tfds(name, data_dir, download)
 
 
 def _load_digits(data_dir: str) -> Dataset:

@@ -83,8 +83,9 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxfl.data.catalog import default_data_dir, quiet_tfds
+from jaxfl.data.catalog import data_dir_errors, default_data_dir, quiet_tfds
 from jaxfl.errors import ConfigError
+from jaxfl.local import ClientData
 
 NAME = "jaxfl_stdlib_text"
 
@@ -423,7 +424,7 @@ def load_corpus(
   if not isinstance(data_dir, (str, os.PathLike)):
     raise ConfigError("data_dir", "a directory path", data_dir)
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  with quiet_tfds():
+  with data_dir_errors(data_dir), quiet_tfds():
     builder = JaxflStdlibText(
         data_dir=data_dir, config=config_name(), file_format="array_record")
     if not builder.is_prepared():
@@ -666,3 +667,38 @@ def client_streams(corpus: Corpus, num_clients: int, *, split: str = "train",
   streams = getattr(corpus, split)
   return [shard_stream(streams[c.domain], c.shard, c.num_shards)
           for c in shards]
+
+
+def client_windows(corpus: Corpus, num_clients: int, seq_len: int, windows_per_client: int, *,
+                   equal: bool = False, domains: Sequence[str] = CLIENT_DOMAINS) -> ClientData:
+  """Each client's training windows (:func:`client_streams`, :func:`eval_windows`), stacked.
+
+  Clients with fewer windows are zero-padded to the longest and carry their counts
+  (:class:`jaxfl.local.ClientData`); with ``equal`` every client is cut to the shortest
+  instead (for workers that draw batches uniformly from a full array).
+
+  Returns:
+    numpy ``ClientData``: ``x``, ``y`` ``int32 [num_clients, n, seq_len]``, ``count [N]``.
+  """
+  streams = client_streams(corpus, num_clients, domains=domains)
+  xs, ys = zip(*(eval_windows(s, seq_len, windows_per_client) for s in streams), strict=True)
+  if equal:
+    n = min(len(x) for x in xs)
+    return ClientData(np.stack([x[:n] for x in xs]), np.stack([y[:n] for y in ys]),
+                      np.full([num_clients], n, np.int32))
+  n_max = max(len(x) for x in xs)
+  pad = lambda a: np.pad(a, [(0, n_max - len(a)), (0, 0)])
+  return ClientData(np.stack([pad(x) for x in xs]), np.stack([pad(y) for y in ys]),
+                    np.array([len(x) for x in xs], np.int32))
+
+
+def domain_windows(corpus: Corpus, domains: Sequence[str], seq_len: int,
+                   windows_per_domain: int, *, split: str = "validation"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """``(inputs, targets)``: :func:`eval_windows` of each domain's ``split`` stream, concatenated
+  in the order of ``domains`` (held-out text of the clients' domains, or of general ones)."""
+  if split not in SPLITS:
+    raise ConfigError("split", f"one of {list(SPLITS)}", split)
+  parts = [eval_windows(getattr(corpus, split)[d], seq_len, windows_per_domain)
+           for d in domains]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

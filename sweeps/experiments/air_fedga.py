@@ -27,7 +27,7 @@ from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import grouped_async as ga
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import check
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, SIZES, functional
@@ -161,11 +161,7 @@ def _num_params(c, ds) -> int:
 
 def prepare(c) -> Context:
   """Data, partitions, path gains and every method's groups for every seed."""
-  try:
-    ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
-  except OSError as e:
-    raise ConfigError("data_dir", "a directory that can be created and written",
-                      c.data_dir or jdata.default_data_dir()) from e
+  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
   check(c.num_workers * c.min_client_size <= len(ds.y_train), "num_workers",
         f"at most {len(ds.y_train) // c.min_client_size} (training samples of {c.dataset} / "
         f"min_client_size)", c.num_workers)

@@ -50,7 +50,7 @@ from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import FedAvg, ServerState, server_optimizer
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import check
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy, visiting_order
 from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import make_client_axis, resolve_num_devices
@@ -254,11 +254,7 @@ def make_centralized(loss_fn, c) -> Callable:
 
 
 def load(c):
-  try:
-    ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None)
-  except OSError as e:
-    raise ConfigError("data_dir", "a directory that can be created and written",
-                      c.data_dir or jdata.default_data_dir()) from e
+  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None)
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
   return ds

@@ -210,16 +210,11 @@ def model_config(c) -> transformer.LMConfig:
 def prepare(c) -> Context:
   corpus = lm_pretrain.load_corpus(c)
   shards = corpus_lib.client_domains(c.num_workers)
-  streams = corpus_lib.client_streams(corpus, c.num_workers)
-  xs, ys = zip(*(corpus_lib.eval_windows(s, c.seq_len, c.windows_per_worker) for s in streams),
-               strict=True)
-  n = min(len(x) for x in xs)  # equal counts: workers draw batches uniformly from their own
-  data = ClientData(np.stack([x[:n] for x in xs]), np.stack([y[:n] for y in ys]),
-                    np.full([c.num_workers], n, np.int32))
-  parts = [corpus_lib.eval_windows(corpus.validation[s.domain], c.seq_len, c.eval_windows)
-           for s in shards]
-  vx = np.concatenate([p[0] for p in parts])
-  vy = np.concatenate([p[1] for p in parts])
+  # Equal counts: workers draw batches uniformly from their own windows.
+  data = corpus_lib.client_windows(corpus, c.num_workers, c.seq_len, c.windows_per_worker,
+                                   equal=True)
+  vx, vy = corpus_lib.domain_windows(corpus, [s.domain for s in shards], c.seq_len,
+                                     c.eval_windows)
   return Context(data, (vx[0::2], vy[0::2]), (vx[1::2], vy[1::2]),
                  tuple(s.domain for s in shards), transformer.num_params(_shapes(c)))
 

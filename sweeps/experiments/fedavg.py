@@ -15,7 +15,7 @@ from flax import nnx
 from jaxfl import data as jdata
 from jaxfl.algorithms import SERVER_OPTIMIZERS, FedAvg, server_optimizer
 from jaxfl.checkpoint import Checkpointer
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import check
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
 from jaxfl.loop import DivergenceError, run_rounds
@@ -90,11 +90,7 @@ class Context(NamedTuple):
 
 def prepare(c) -> Context:
   """Load the data and partition it for every seed; raises ConfigError on bad input."""
-  try:
-    ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
-  except OSError as e:
-    raise ConfigError("data_dir", "a directory that can be created and written",
-                      c.data_dir or jdata.default_data_dir()) from e
+  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
   profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None

@@ -82,18 +82,8 @@ class Context(NamedTuple):
 def prepare(c) -> Context:
   corpus = lm_pretrain.load_corpus(c)
   shards = corpus_lib.client_domains(c.num_clients)
-  streams = corpus_lib.client_streams(corpus, c.num_clients)
-  xs, ys = zip(*(corpus_lib.eval_windows(s, c.seq_len, c.windows_per_client) for s in streams))
-  n_max = max(len(x) for x in xs)
-  pad = lambda a: np.pad(a, [(0, n_max - len(a)), (0, 0)])
-  clients = ClientData(np.stack([pad(x) for x in xs]), np.stack([pad(y) for y in ys]),
-                       np.array([len(x) for x in xs], np.int32))
-
-  def windows(domains):
-    parts = [corpus_lib.eval_windows(corpus.validation[d], c.seq_len, c.eval_windows)
-             for d in domains]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
+  clients = corpus_lib.client_windows(corpus, c.num_clients, c.seq_len, c.windows_per_client)
+  windows = lambda domains: corpus_lib.domain_windows(corpus, domains, c.seq_len, c.eval_windows)
   used = tuple(dict.fromkeys(s.domain for s in shards))
   return Context(corpus, clients, windows(used), windows(corpus_lib.GENERAL_DOMAINS),
                  tuple(s.domain for s in shards))

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxfl.data import corpus as corpus_lib
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import check
 from jaxfl.models import pretrained, transformer
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
@@ -47,11 +47,7 @@ class Context(NamedTuple):
 
 
 def load_corpus(c) -> corpus_lib.Corpus:
-  try:
-    return corpus_lib.load_corpus(c.data_dir or None)
-  except OSError as e:
-    raise ConfigError("data_dir", "a directory that can be created and written",
-                      c.data_dir) from e
+  return corpus_lib.load_corpus(c.data_dir or None)
 
 
 def prepare(c) -> Context:

@@ -270,3 +270,10 @@ def test_building_the_embedded_data_prints_nothing(tmp_path, capfd):
   assert len(ds.y_train) == 1438
   out, err = capfd.readouterr()
   assert out == "" and err == ""
+
+
+def test_an_unwritable_data_dir_names_the_field(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  with pytest.raises(ConfigError, match="data_dir: expected a directory that can be created"):
+    catalog.load_dataset("digits", data_dir=str(blocker / "tfds"))

@@ -327,3 +327,25 @@ def test_client_streams_cover_domains(text):
   with pytest.raises(ConfigError) as e:
     corpus.client_streams(text, 2, split="test")
   assert e.value.field == "split"
+
+
+def _toy_corpus():
+  """Two domains of known streams (no build): 'json' 0..40, 'email' 100..120."""
+  train = {"json": np.arange(41, dtype=np.int32), "email": np.arange(100, 121, dtype=np.int32)}
+  return corpus.Corpus(("json", "email"), train, {d: v + 1 for d, v in train.items()},
+                       {}, {}, "3.11")
+
+
+def test_client_windows_pad_or_cut_and_domain_windows_concatenate():
+  toy = _toy_corpus()
+  # One client per domain, windows of 4 tokens: json has 10, email 5.
+  padded = corpus.client_windows(toy, 2, 4, 100, domains=("json", "email"))
+  assert padded.x.shape == (2, 10, 4) and padded.count.tolist() == [10, 5]
+  assert padded.x[1, 0].tolist() == [100, 101, 102, 103] and padded.y[1, 0, 0] == 101
+  assert not padded.x[1, 5:].any()  # zero padding past the count
+  cut = corpus.client_windows(toy, 2, 4, 100, equal=True, domains=("json", "email"))
+  assert cut.x.shape == (2, 5, 4) and cut.count.tolist() == [5, 5]
+  assert np.array_equal(cut.x[0], padded.x[0, :5])
+  x, y = corpus.domain_windows(toy, ["email", "json"], 4, 2)
+  assert x.shape == (4, 4) and x[0, 0] == 101 and x[2, 0] == 1  # validation = train + 1
+  assert np.array_equal(y[:, :-1], x[:, 1:])
