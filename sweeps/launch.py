@@ -10,8 +10,9 @@ Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
 ``<workdir>/<experiment>/``. ``--sweep`` runs every point of the config file's
 ``get_sweep()`` grid instead (a point's values override the command line's), each
 reported under ``<experiment>/sweep/<point>/``, with ``sweep.md`` over all points.
-On the local backend the seeds of an experiment with ``make_simulate`` run as one
-vmapped call; ``--novmap_seeds`` runs them one by one, with checkpoints. Compiled programs
+On the local backend an experiment's method families run as vmapped calls over seeds
+and tuning grids (:mod:`sweeps.families`); ``--novmap_seeds`` runs an experiment that also
+has a per-run host loop (FedAvg) one run at a time, with checkpoints. Compiled programs
 are kept in JAX's persistent cache under ``$JAXFL_CACHE_DIR/xla`` (default
 ``~/.cache/jaxfl/xla``; ``--nocompilation_cache`` turns it off), so a relaunch does not
 recompile.
@@ -56,8 +57,9 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_bool("compilation_cache", True, "keep compiled XLA programs under "
                     "$JAXFL_CACHE_DIR/xla (default ~/.cache/jaxfl/xla), so a relaunch does "
                     "not recompile", flag_values=fv)
-  flags.DEFINE_bool("vmap_seeds", True, "local backend: run the seeds of methods with a "
-                    "make_simulate as one vmapped call (no per-round checkpoints)", flag_values=fv)
+  flags.DEFINE_bool("vmap_seeds", True, "local backend: run method families as vmapped "
+                    "calls; false runs an experiment with a per-run loop run by run, with "
+                    "checkpoints", flag_values=fv)
   from sweeps import backends
 
   backends.define_flags(fv)  # --ray.* and --slurm.* options

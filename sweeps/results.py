@@ -501,6 +501,27 @@ class ResultsDB:
         "SELECT m.run_id, m.step, m.sim_time, m.name, m.value FROM metrics m "
         f"JOIN runs r ON r.id = m.run_id{where} ORDER BY m.run_id, m.step, m.name", params)
 
+  def snapshot(self, experiment: str | None = None) -> tuple[list[tuple], list[tuple]]:
+    """What two launches of the same config must agree on, without ids or timestamps:
+    every metric row ``(method, seed, step, name, sim_time, value)`` and every run
+    ``(method, seed, status, config_hash)``, sorted.
+
+    >>> db = ResultsDB(":memory:")
+    >>> run, _ = db.start_run("e", "quick", "m", {"seed": 0}, 0)
+    >>> db.log_metrics(run, 1, 2.5, {"loss": 0.5})
+    >>> db.finish_run(run)
+    >>> db.snapshot()
+    ([('m', 0, 1, 'loss', 2.5, 0.5)], [('m', 0, 'done', '...')])
+    """
+    where, params = _filters(**{"r.experiment": experiment})
+    metrics = self._read(
+        "SELECT r.method, r.seed, m.step, m.name, m.sim_time, m.value FROM metrics m "
+        f"JOIN runs r ON r.id = m.run_id{where} ORDER BY 1, 2, 3, 4", params)
+    where, params = _filters(experiment=experiment)
+    runs = self._read(f"SELECT method, seed, status, config_hash FROM runs{where} "
+                      "ORDER BY 1, 2", params)
+    return [tuple(r.values()) for r in metrics], [tuple(r.values()) for r in runs]
+
   def series(self, experiment: str, method: str, name: str, *, variant: str | None = None,
              config_hash: str | None = None, status: str | None = "done"
              ) -> dict[int, tuple[list[int], list[float | None], list[float | None]]]:

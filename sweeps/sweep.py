@@ -5,28 +5,32 @@ An experiment module (``sweeps/experiments/<name>.py``) exposes
 * ``validate(config)`` -- raise :class:`~jaxfl.errors.ConfigError` on bad input;
 * ``prepare(config) -> ctx`` -- load data etc.; may raise ConfigError (e.g. more clients
   than samples), so it runs before anything is written;
+* ``families(config, ctx) -> [Family]`` -- its methods as families, each one jitted,
+  vmapped program over seeds x its tuning grid (:mod:`sweeps.families`: the stages,
+  the chunks, the selection on tuning seeds); the runs are the families' runs;
+* ``report(config, db, out, config_hash) -> claims doc`` -- claims.json, report.md and
+  plots from the database alone;
+
+and, for runs that are host loops rather than families (a long run with checkpoints),
+
 * ``run_specs(config) -> list[RunSpec]`` -- the runs: one per (method, seed);
 * ``rounds(config, spec) -> int`` -- steps a run reports, for progress bars;
 * ``execute(config, spec, ctx, run_dir, log_metrics, progress) -> info | None`` -- train
   one run, resuming from its checkpoints in ``run_dir``, calling ``log_metrics(step,
   sim_time, {name: value})`` as it goes and ``progress.update(...)``/``progress.log(...)``;
-  it may return a dict of non-metric facts (backend, device) stored as the run's ``info``;
-* ``report(config, db, out, config_hash) -> claims doc`` -- claims.json, report.md and
-  plots from the database alone;
+  it may return a dict of non-metric facts (backend, device) stored as the run's ``info``.
 
-and optionally
-
-* ``make_simulate(config, ctx, method) -> Simulation | None`` -- a method's whole run as
-  one pure function of the seed's key and inputs. On the local backend the seeds of such
-  a method run as **one** ``jit(vmap(simulate))`` call instead of one run after another
-  (``vmap_seeds=True``, the launcher's default); the rows are those of ``execute`` up to
-  float32 rounding (vmapping batches the seeds' matmuls), and each path is bit-reproducible
-  on its own. Such a group keeps no checkpoints: a group that is killed reruns whole.
+An experiment with both (FedAvg) runs its families on the local backend
+(``vmap_seeds=True``, the launcher's default) unless ``vmappable(config)`` says no, and
+its ``execute`` otherwise (``--novmap_seeds``, remote backends, several devices). An
+experiment with families only runs a remote or ``--novmap_seeds`` run by computing the
+family call that holds it (:func:`sweeps.families.execute`), so every path gives the
+same rows. ``info(config, ctx) -> dict`` (optional) is stored with every family run.
 
 A run is identified by (experiment, config hash, method, seed): relaunching the same
-config skips runs that are done and resumes the rest from their latest checkpoint.
-Metric writes are idempotent upserts, so a resumed run ends with exactly the rows of an
-uninterrupted one.
+config skips runs that are done and resumes the rest (from their latest checkpoint, or
+by recomputing the family calls that hold them). Metric writes are idempotent upserts,
+so a resumed run ends with exactly the rows of an uninterrupted one.
 
 Backends: ``local`` executes runs in this process and writes each metric as it comes.
 Remote backends (:mod:`sweeps.backends`) execute :func:`execute_run` in workers, which
@@ -51,11 +55,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from sweeps import families as families_lib
 from sweeps.progress import Progress
 from sweeps.results import ResultsDB, config_hash, results_path
 
@@ -63,28 +68,6 @@ from sweeps.results import ResultsDB, config_hash, results_path
 class RunSpec(NamedTuple):
   method: str
   seed: int
-
-
-class Simulation(NamedTuple):
-  """A method's run as one pure function, so that its seeds can be vmapped together.
-
-  Attributes:
-    simulate: ``simulate(key, inputs) -> (sim_time [T], {name: [T]})``: the simulated
-      time and the metrics at each of the ``steps``; ``key`` is ``PRNGKey(seed)``.
-      Must be traceable (no Python control flow on values).
-    inputs: ``inputs(seed) -> pytree`` of the seed's arrays (its data partition, device
-      profiles...), stacked over seeds for the vmapped call; leaves must have the same
-      shape for every seed. ``None`` when everything comes from the key.
-    steps: the step of each of the ``T`` rows (static).
-    optional: metrics that are NaN where they have no value (a summary logged at the
-      last step only; a target never reached): those are left out. A NaN in any other
-      metric means the run diverged.
-  """
-
-  simulate: Callable
-  inputs: Callable[[int], Any] | None
-  steps: Sequence[int]
-  optional: tuple[str, ...] = ()
 
 
 class RunOutcome(NamedTuple):
@@ -136,7 +119,7 @@ def execute_run(config_dict: dict, spec: RunSpec, workdir: str) -> RunOutcome:
     with open(path, "a") as f:
       f.write(json.dumps([step, sim_time, dict(values)]) + "\n")
 
-  info = runner.execute(config, spec, runner.prepare(config), directory, log_metrics, _Quiet())
+  info = execute(runner, config, spec, runner.prepare(config), directory, log_metrics, _Quiet())
   latest: dict[int, tuple] = {}
   with open(path) as f:
     for step, sim_time, values in map(json.loads, f):
@@ -177,8 +160,8 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
     backend: ``local``, ``ray`` or ``slurm`` (:mod:`sweeps.backends`).
     backend_options: the backend's options (``--ray.*``, ``--slurm.*``).
     stream: where progress goes (default stderr).
-    vmap_seeds: on the local backend, run the seeds of methods with a
-      ``make_simulate`` as one vmapped call.
+    vmap_seeds: on the local backend, run the families of an experiment that also has
+      a per-run ``execute`` as vmapped calls (families-only experiments always do).
     out: the report's folder relative to ``workdir`` (default: the experiment's name).
     sweep_point: the grid point's overrides, when this config is one.
 
@@ -191,7 +174,8 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
   """
   runner.validate(config)
   ctx = runner.prepare(config)  # may still reject the config: nothing is written before it
-  specs = runner.run_specs(config)
+  fams = runner.families(config, ctx) if hasattr(runner, "families") else None
+  specs = families_lib.specs(config, fams) if fams is not None else runner.run_specs(config)
   cfg = config.to_dict()
   digest = config_hash(cfg)
   experiment, variant = config.experiment, config.get("variant")
@@ -227,12 +211,12 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
       for spec, outcome in submit(execute_run, cfg, list(started), workdir):
         failures += _record(db, started[spec], spec, outcome, sweep)
     else:
-      groups = _simulation_groups(runner, config, ctx, started) if vmap_seeds else {}
-      grouped = {s for _, specs_ in groups.values() for s in specs_}
-      for method, (sim, group) in groups.items():
-        failures += _run_vmapped(sim, method, group, started, db, sweep)
-      for spec, run_id in started.items():
-        if spec not in grouped:
+      if _vmapped(runner, config, fams, vmap_seeds) and writer:
+        info = runner.info(config, ctx) if hasattr(runner, "info") else None
+        for fam in fams:
+          failures += _run_family(fam, config, started, db, digest, sweep, info)
+      else:
+        for spec, run_id in started.items():
           failures += _run_here(runner, config, spec, ctx, workdir, digest, db, run_id, sweep)
     if failures:
       raise failures[0]
@@ -251,17 +235,18 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
 def _run_here(runner, config, spec, ctx, workdir, digest, db, run_id, sweep) -> list:
   """Execute one run in this process; returns ``[error]`` if it failed, else ``[]``."""
   if db is None:  # a non-zero process of a multi-host run: compute, log nothing
-    runner.execute(config, spec, ctx, run_dir(workdir, config.experiment, digest, spec),
-                   lambda *a: None, _Quiet(echo=False))
+    execute(runner, config, spec, ctx, run_dir(workdir, config.experiment, digest, spec),
+            lambda *a: None, _Quiet(echo=False))
     return []
 
   def log_metrics(step, sim_time, values):
     db.log_metrics(run_id, step, sim_time, values)
 
   try:
-    with sweep.run(f"{spec.method} seed {spec.seed}", runner.rounds(config, spec)) as prog:
-      info = runner.execute(config, spec, ctx,
-                            run_dir(workdir, config.experiment, digest, spec), log_metrics, prog)
+    total = runner.rounds(config, spec) if hasattr(runner, "rounds") else 1
+    with sweep.run(f"{spec.method} seed {spec.seed}", total) as prog:
+      info = execute(runner, config, spec, ctx,
+                     run_dir(workdir, config.experiment, digest, spec), log_metrics, prog)
   except Exception as e:  # noqa: BLE001 -- recorded, raised once every run has finished
     db.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
     return [e]
@@ -274,77 +259,92 @@ def _run_here(runner, config, spec, ctx, workdir, digest, db, run_id, sweep) -> 
   return []
 
 
-def _simulation_groups(runner, config, ctx, started) -> dict[str, tuple[Simulation, list]]:
-  """Methods whose runs this launch can vmap over seeds: ``{method: (simulation, specs)}``."""
+def execute(runner, config, spec: RunSpec, ctx, directory: str, log_metrics, progress):
+  """One run in this process: the experiment's ``execute``, or for an experiment of
+  families only, the family call that holds the run (its rows logged)."""
+  if hasattr(runner, "execute"):
+    return runner.execute(config, spec, ctx, directory, log_metrics, progress)
+  fams = runner.families(config, ctx)
+  rows, info = families_lib.execute(fams, config, spec.method, spec.seed, progress.log)
+  for step, sim_time, values in rows:
+    log_metrics(step, sim_time, values)
+  progress.update(1)
+  shared = runner.info(config, ctx) if hasattr(runner, "info") else None
+  return {**(shared or {}), **(info or {})} or None
+
+
+def _vmapped(runner, config, fams, vmap_seeds: bool) -> bool:
+  """Whether this launch runs the families as vmapped calls (else run by run)."""
   import jax
 
-  make = getattr(runner, "make_simulate", None)
-  if make is None or jax.process_count() > 1:
-    return {}
-  groups: dict[str, list[RunSpec]] = {}
-  for spec in started:
-    groups.setdefault(spec.method, []).append(spec)
-  sims = {m: make(config, ctx, m) for m in groups}
-  return {m: (sims[m], specs) for m, specs in groups.items() if sims[m] is not None}
+  if fams is None or jax.process_count() > 1:
+    return False
+  if not hasattr(runner, "execute"):
+    return True  # families are the only way it runs
+  return vmap_seeds and getattr(runner, "vmappable", lambda c: True)(config)
 
 
-def simulate_seeds(sim: Simulation, seeds: Sequence[int], inputs: Sequence[Any] | None = None
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """Every seed's run as one ``jit(vmap(simulate))`` call: ``(sim_time [S, T], {name: [S, T]})``.
-
-  ``inputs``: each seed's inputs, when not ``sim.inputs(seed)`` (e.g. one seed under
-  several settings).
-  """
-  import jax
-
-  keys = jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, np.uint32))
-  if inputs is None and sim.inputs is None:
-    return jax.device_get(jax.jit(jax.vmap(lambda k: sim.simulate(k, None)))(keys))
-  per_seed = inputs if inputs is not None else [sim.inputs(s) for s in seeds]
-  stacked = jax.tree.map(lambda *xs: np.stack(xs), *per_seed)
-  return jax.device_get(jax.jit(jax.vmap(sim.simulate))(keys, stacked))
-
-
-def simulation_rows(sim: Simulation, sim_time, values, i: int) -> list[tuple]:
-  """Seed ``i``'s ``(step, sim_time, {name: value})`` rows, optional NaNs left out."""
-  rows = []
-  for t, step in enumerate(sim.steps):
-    vals = {k: float(v[i, t]) for k, v in values.items()
-            if not (k in sim.optional and np.isnan(v[i, t]))}
-    rows.append((step, None if np.isnan(sim_time[i, t]) else float(sim_time[i, t]), vals))
-  return rows
+def _run_family(fam, c, started: dict, db, digest: str, sweep, info) -> list:
+  """A family's tuning stage, its selection, then its reported stage; each chunk's runs
+  recorded as it ends. Returns the failures (diverged reported runs)."""
+  todo = {(s.method, s.seed): run_id for s, run_id in started.items()}
+  program = families_lib.Program(fam)
+  failures: list[BaseException] = []
+  tune = families_lib.tuning_runs(fam, c)
+  failures += _run_stage(fam, c, program, tune, todo, db, sweep, info)
+  done = {(r["method"], r["seed"]): r["id"] for r in db.runs(c.experiment, status="done")
+          if r["config_hash"] == digest}
+  results = {}
+  for r in tune:
+    rows = [(m["step"], m["sim_time"], {m["name"]: m["value"]})
+            for m in db.metrics(done[(r.name, r.seed)])]
+    results[(r.name, r.seed)] = families_lib.finals(rows)
+  chosen = families_lib.choose(fam, c, results)
+  if len(fam.grid) > 1:
+    sweep.log(f"{fam.name}: chosen on tuning seeds {families_lib.tuning_seeds(c)}: " + "; ".join(
+        f"{m} {families_lib.point_name('', p)}" for m, p in chosen.items()))
+  report = families_lib.reported_runs(fam, c, chosen)
+  failures += _run_stage(fam, c, program, report, todo, db, sweep, info)
+  return failures
 
 
-def _run_vmapped(sim: Simulation, method, group, started, db, sweep) -> list:
-  """Run ``group``'s seeds as one vmapped call and record each seed's rows (or divergence)."""
+def _run_stage(fam, c, program, runs, todo: dict, db, sweep, info) -> list:
+  """Compute the chunks of ``runs`` that hold unfinished runs; record those runs."""
   from jaxfl.loop import DivergenceError
 
-  seeds = [s.seed for s in group]
-  name = f"{method} seeds {','.join(map(str, seeds))} (one vmapped call)"
-  try:
-    with sweep.run(name, 1, runs=len(group)) as prog:
-      sim_time, values = simulate_seeds(sim, seeds)
-      # The bar's summary: the seeds' mean simulated time and accuracy at the last step.
-      shown = {k: v[:, -1] for k, v in (("sim_time", sim_time),
-                                        ("acc", values.get("accuracy"))) if v is not None}
-      prog.update(1, **{k: float(np.mean(v)) for k, v in shown.items() if np.all(np.isfinite(v))})
-  except BaseException as e:
-    for spec in group:
-      db.finish_run(started[spec], "failed", error=f"{type(e).__name__}: {e}")
-    raise
-  failures = []
-  for i, spec in enumerate(group):
-    rows = simulation_rows(sim, sim_time, values, i)
-    bad = [(step, k) for step, _, vals in rows for k, v in vals.items() if not np.isfinite(v)]
-    if bad:
-      step, metric = bad[0]
-      e = DivergenceError(f"{method} seed {spec.seed}: {metric} is not finite at step {step}")
-      db.finish_run(started[spec], "failed", error=f"DivergenceError: {e}")
-      sweep.log(f"failed: {e}")
-      failures.append(e)
+  failures: list[BaseException] = []
+  for chunk in families_lib.chunks(runs, families_lib.batch_size(fam, c)):
+    mine = [(i, r) for i, r in enumerate(chunk) if (r.name, r.seed) in todo]
+    if not mine:
       continue
-    db.log_metrics_many(started[spec], rows)
-    db.finish_run(started[spec], "done")
+    seeds = ",".join(map(str, sorted({r.seed for r in chunk})))
+    what = (f"tuning seeds {seeds} x {len(fam.grid)} points" if chunk[0].stage == "tune"
+            else f"seeds {seeds}")
+    name = f"{fam.name} {what} (one vmapped call)"
+    try:
+      with sweep.run(name, 1, runs=len(mine)) as prog:
+        if not program.compiled:
+          prog.log(f"{fam.name}: compiling its program (once for both stages)")
+        outputs = program(chunk, families_lib.batch_size(fam, c))
+        prog.update(1)
+    except BaseException as e:
+      for _, r in mine:
+        db.finish_run(todo[(r.name, r.seed)], "failed", error=f"{type(e).__name__}: {e}")
+      raise
+    for i, r in mine:
+      run_id = todo[(r.name, r.seed)]
+      sim_time, values, run_info = families_lib.results(fam, r, outputs, i)
+      rows, bad = families_lib.rows(fam, r, sim_time, values)
+      if bad is not None and r.stage == "report":
+        e = DivergenceError(f"{r.name} seed {r.seed}: {bad} is not finite")
+        db.finish_run(run_id, "failed", error=f"DivergenceError: {e}")
+        sweep.log(f"failed: {e}")
+        failures.append(e)
+        continue
+      db.log_metrics_many(run_id, rows)
+      if info or run_info:
+        db.set_info(run_id, {**(info or {}), **(run_info or {})})
+      db.finish_run(run_id, "done")
   return failures
 
 

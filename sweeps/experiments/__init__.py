@@ -1,9 +1,9 @@
 """Experiment runners: the modules :func:`sweeps.sweep.run_sweep` drives.
 
 A runner is the importable body of an experiment (usable from a notebook): ``validate``,
-``prepare``, ``run_specs``, ``rounds``, ``execute``, ``report`` and optionally
-``make_simulate`` (see :mod:`sweeps.sweep`). The launcher only parses flags and calls
-``run_sweep`` (or ``run_grid``) with it.
+``prepare``, ``families`` (:mod:`sweeps.families`) and/or the per-run ``run_specs``,
+``rounds`` and ``execute``, and ``report`` (see :mod:`sweeps.sweep`). The launcher only
+parses flags and calls ``run_sweep`` (or ``run_grid``) with it.
 """
 
 from __future__ import annotations

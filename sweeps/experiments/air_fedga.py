@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 from typing import NamedTuple
 
 import jax
@@ -35,8 +34,9 @@ from jaxfl.planners import grouping
 from jaxfl.planners.power import POLICIES
 from jaxfl.sim.channel import Comm, noise_var_from_snr_db
 from sweeps import claims as claims_lib
+from sweeps import families as families_lib
 from sweeps import report as report_lib
-from sweeps.sweep import RunSpec, Simulation, simulate_seeds, simulation_rows
+from sweeps.families import seeds, tuning_seeds
 
 # name -> (uplink, synchronous, grouping)
 METHODS = {
@@ -46,10 +46,9 @@ METHODS = {
     "fedasync": ("digital", False, "singletons"),
     "fedavg_digital": ("ideal", True, "one"),
 }
-SUMMARY = ("time_to_target", "mean_mse", "mean_staleness", "max_staleness", "updates", "beta0",
+SUMMARY = ("time_to_target", "mean_mse", "mean_staleness", "max_staleness", "updates",
            "final_accuracy", "num_groups", *(f"mse_{p}" for p in POLICIES))
 KEY_MODEL, KEY_RUN = range(2)
-TUNING_OFFSET = 1000
 
 
 def validate(c) -> None:
@@ -98,14 +97,6 @@ def validate(c) -> None:
 # ----------------------------------------------------------------------------- setup
 
 
-def seeds(c) -> list[int]:
-  return [c.seed + i for i in range(c.num_seeds)]
-
-
-def tuning_seeds(c) -> list[int]:
-  return [c.seed + TUNING_OFFSET + i for i in range(c.num_tuning_seeds)]
-
-
 def compute_times(c) -> np.ndarray:
   """Expected seconds per local round: worker k is in tier ``floor(len(tiers) k / N)``."""
   tiers = np.asarray(c.compute_tiers, float)
@@ -120,14 +111,12 @@ class SeedData(NamedTuple):
 
 
 class Context:
-  """Data, per-seed partitions, channels and groupings, and each method's tuned beta0."""
+  """Data, per-seed partitions, channels and groupings."""
 
   def __init__(self, ds, per_seed: dict[int, SeedData], bounds: dict[str, tuple[int, int]]):
     self.ds = ds
     self.per_seed = per_seed
     self.bounds = bounds  # method -> (rounds, events)
-    self.beta0: dict[str, float] = {}
-    self.tuning: dict[str, dict[float, list]] = {}  # method -> beta0 -> per tuning seed t2t
 
 
 def _comm(c) -> Comm:
@@ -188,15 +177,6 @@ def prepare(c) -> Context:
   return Context(ds, per_seed, bounds)
 
 
-def run_specs(c) -> list[RunSpec]:
-  return [RunSpec(m, s) for s in seeds(c) for m in METHODS]
-
-
-def rounds(c, spec: RunSpec) -> int:
-  del c, spec
-  return 1
-
-
 # ----------------------------------------------------------------------------- simulation
 
 
@@ -210,7 +190,7 @@ def _max_groups(c, ctx, method) -> tuple[int, int]:
 
 
 def _simulate_fn(c, ctx: Context, method: str):
-  """``simulate(key, inputs)`` of ``method``; ``inputs = (clients, members, path_gain, beta0)``."""
+  """``simulate(key, (clients, members, path_gain), {"beta0": beta0})`` of ``method``."""
   ds = ctx.ds
   uplink, synchronous, _ = METHODS[method]
   comm = _comm(c)
@@ -220,8 +200,9 @@ def _simulate_fn(c, ctx: Context, method: str):
   policies = tuple(POLICIES) if method == "air_fedga" else ()
   in_features = int(np.prod(ds.x_train.shape[1:]))
 
-  def simulate(key, inputs):
-    clients, members, path_gain, beta0 = inputs
+  def simulate(key, inputs, hparams):
+    clients, members, path_gain = inputs
+    beta0 = hparams["beta0"]
     model = MLP(in_features, SIZES[c.model], ds.num_classes,
                 rngs=nnx.Rngs(params=jax.random.fold_in(key, KEY_MODEL)))
     apply_fn, params0 = functional(model)
@@ -245,7 +226,6 @@ def _simulate_fn(c, ctx: Context, method: str):
         "mean_staleness": mean(trace.staleness.astype(jnp.float32)),
         "max_staleness": jnp.max(jnp.where(valid, trace.staleness, 0)).astype(jnp.float32),
         "updates": jnp.sum(valid).astype(jnp.float32),
-        "beta0": jnp.float32(1.0) if synchronous else beta0,
         "final_accuracy": acc[-1],
         "num_groups": jnp.sum(jnp.any(members >= 0, -1)).astype(jnp.float32),
         **{f"mse_{p}": mean(trace.mse_by_policy[p]) if p in trace.mse_by_policy else jnp.nan
@@ -259,58 +239,26 @@ def _simulate_fn(c, ctx: Context, method: str):
   return simulate
 
 
-def _inputs(c, ctx: Context, method: str, seed: int, beta0: float):
-  m, s = _max_groups(c, ctx, method)
-  d = ctx.per_seed[seed]
-  members = grouping.members_array(d.groups[method], m, s)
-  return (d.clients, members, d.path_gain, np.float32(beta0))
+def families(c, ctx: Context) -> list[families_lib.Family]:
+  """A family per method (their groups differ in shape); an asynchronous method's
+  ``beta0`` is tuned over ``beta0_grid`` (smallest median time to target, ties: the
+  larger median final accuracy), a synchronous method's is 1."""
+  out = []
+  select = families_lib.lowest("time_to_target", "-final_accuracy", aggregate="median")
+  for method, (_, synchronous, _) in METHODS.items():
+    m, s = _max_groups(c, ctx, method)
 
+    def inputs(method_, seed, stage, m=m, s=s):
+      del stage
+      d = ctx.per_seed[seed]
+      return (d.clients, grouping.members_array(d.groups[method_], m, s), d.path_gain)
 
-def tune_beta0(c, ctx: Context, method: str) -> float:
-  """The grid's mixing constant with the smallest median time to target on the tuning seeds."""
-  if METHODS[method][1]:
-    return 1.0
-  if len(c.beta0_grid) == 1:  # nothing to choose
-    return float(c.beta0_grid[0])
-  if method not in ctx.beta0:
-    grid = [float(b) for b in c.beta0_grid]
-    seeds_ = tuning_seeds(c)
-    pairs = [(b, s) for b in grid for s in seeds_]
-    sim = Simulation(_simulate_fn(c, ctx, method), None, [], optional=SUMMARY)
-    _, values = simulate_seeds(sim, [s for _, s in pairs],
-                               inputs=[_inputs(c, ctx, method, s, b) for b, s in pairs])
-    t2t = values["time_to_target"][:, -1]
-    final = values["final_accuracy"][:, -1]
-    scores = {}
-    for b in grid:
-      idx = [i for i, (bb, _) in enumerate(pairs) if bb == b]
-      times_ = [None if np.isnan(t2t[i]) else float(t2t[i]) for i in idx]
-      ctx.tuning.setdefault(method, {})[b] = times_
-      med = claims_lib.median(times_, "lower")
-      scores[b] = (math.inf if med is None else med,
-                   -statistics.median(float(final[i]) for i in idx))
-    ctx.beta0[method] = min(grid, key=lambda b: scores[b])
-  return ctx.beta0[method]
-
-
-def make_simulate(c, ctx: Context, method: str) -> Simulation | None:
-  """A method's run as one pure function of the seed's key and inputs (seeds vmap)."""
-  if method not in METHODS:
-    return None
-  beta0 = tune_beta0(c, ctx, method)
-  steps = list(range(1, c.log_points + 1))
-  return Simulation(_simulate_fn(c, ctx, method),
-                    lambda seed: _inputs(c, ctx, method, seed, beta0), steps, optional=SUMMARY)
-
-
-def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> None:
-  """One run (seconds of CPU: no checkpoints), the same rows as the vmapped path's."""
-  del run_dir
-  sim = make_simulate(c, ctx, spec.method)
-  sim_time, values = simulate_seeds(sim, [spec.seed])
-  for step, t, vals in simulation_rows(sim, sim_time, values, 0):
-    log_metrics(step, t, vals)
-  progress.update(1, acc=float(values["accuracy"][0, -1]))
+    grid = [{"beta0": 1.0}] if synchronous else [{"beta0": float(b)} for b in c.beta0_grid]
+    out.append(families_lib.Family(
+        name=method, methods=(method,), simulate=_simulate_fn(c, ctx, method),
+        steps=range(1, c.log_points + 1), inputs=inputs, grid=grid, select=select,
+        optional=SUMMARY))
+  return out
 
 
 # ----------------------------------------------------------------------------- report

@@ -6,19 +6,15 @@ Methods (:mod:`jaxfl.algorithms.diloco`, :mod:`jaxfl.algorithms.streaming_diloco
 their send and merged with ``alpha``-mixing) and ``cocodc_tau<τ>`` (adaptive fragment
 choice, delay-compensated merge), one pair per overlap ``τ`` in ``overlaps``.
 
-Tuning is part of the runs: every grid point is a run of its own on the tuning seeds
-(``seed + 1000 + i``), named ``<method>_lr<lr>[_alpha<a>|_lam<l>]``; the reported run of a
-method uses the grid point with the lowest mean final *validation* loss over its tuning
-seeds, and its curves are measured on *test* windows (every other validation window of
-the workers' domains: the tuning loss never sees them). The database holds both, so the
-report rebuilds the tuning table.
-
-Every run of a method family (``diloco``, ``streaming``, ``cocodc``) shares one compiled
-program: the outer learning rate, ``alpha``/``lam0`` and ``τ`` are traced inputs, the
-family's runs are one ``vmap``, and the tuning call and the reported call have the same
-batch size (padded), so a family compiles once. The first ``execute`` of a family runs
-its whole batch and keeps the rows in the context; the others read them. (A remote
-backend prepares a context per worker, so each worker recomputes the batch it needs.)
+The three families (``diloco``, ``streaming``, ``cocodc``) are :mod:`sweeps.families`
+families: the outer learning rate and ``alpha``/``lam0`` are the tuning grid (traced),
+``τ`` and the initial model are each run's inputs, and a family's runs are one ``vmap``
+compiled once. Every grid point runs on the tuning seeds (``seed + 1000 + i``) as the run
+``<method>[outer_lr=..,alpha=..]``; the reported run of a method uses the point with the
+lowest mean final loss on *validation* windows over its tuning seeds, and its curves are
+measured on *test* windows (every other validation window of the workers' domains: the
+tuning loss never sees them). Both log ``eval_loss``, each on its own windows; the
+database holds both, so the report rebuilds the tuning table.
 
 The evaluated model is the mean of the workers' local parameters (after DiLoCo's outer
 step all workers hold the global model, so DiLoCo is evaluated every ``H`` steps).
@@ -26,17 +22,13 @@ step all workers hold the global model, so DiLoCo is evaluated every ``H`` steps
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
-import json
 import math
 import os
 import statistics
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -49,36 +41,18 @@ from jaxfl.models import transformer
 from jaxfl.planners import fragments as frag
 from jaxfl.sim import WAN, tree_bytes
 from sweeps import claims as claims_lib
+from sweeps import families as families_lib
 from sweeps import report as report_lib
 from sweeps.experiments import lm_pretrain
-from sweeps.sweep import RunSpec
+from sweeps.families import seeds, tuning_seeds
 
 FAMILIES = ("diloco", "streaming", "cocodc")
 NAMES = {"diloco": "DiLoCo (blocking)", "streaming": "Streaming DiLoCo", "cocodc": "CoCoDC"}
 KNOB = {"streaming": "alpha", "cocodc": "lam"}  # the second tuned hyperparameter (run names)
 KNOB_METRIC = {"streaming": "alpha", "cocodc": "lam0"}  # ... and its logged metric
-TUNING_OFFSET = 1000
 KEY_MODEL, KEY_RUN = range(2)
 PAPER = ("CoCoDC reduces the training steps to a comparable perplexity by up to 21.0% vs "
          "Streaming DiLoCo (arXiv 2504.17672)")
-
-
-class Point(NamedTuple):
-  """One run: a method family's hyperparameters and seed."""
-
-  family: str
-  overlap: int  # τ (0 for DiLoCo)
-  outer_lr: float
-  knob: float  # alpha (streaming), lam0 (cocodc), 0 (diloco)
-  seed: int
-
-
-def seeds(c) -> list[int]:
-  return [c.seed + i for i in range(c.num_seeds)]
-
-
-def tuning_seeds(c) -> list[int]:
-  return [c.seed + TUNING_OFFSET + i for i in range(c.num_tuning_seeds)]
 
 
 def _pos_int(v, low: int = 1) -> bool:
@@ -134,13 +108,13 @@ def validate(c) -> None:
 # ----------------------------------------------------------------------------- runs
 
 
-def grid(c, family: str) -> list[tuple[float, float]]:
-  """``(outer_lr, knob)`` points a family is tuned over."""
+def grid(c, family: str) -> list[dict[str, float]]:
+  """The points a family is tuned over: ``outer_lr`` (and ``alpha`` or ``lam0``)."""
   lrs = [float(v) for v in c.outer_lr_grid]
   if family == "diloco":
-    return [(lr, 0.0) for lr in lrs]
+    return [{"outer_lr": lr} for lr in lrs]
   knobs = c.alpha_grid if family == "streaming" else c.lam0_grid
-  return [(lr, float(k)) for lr in lrs for k in knobs]
+  return [{"outer_lr": lr, KNOB_METRIC[family]: float(k)} for lr in lrs for k in knobs]
 
 
 def overlaps(c, family: str) -> list[int]:
@@ -151,43 +125,25 @@ def method_name(family: str, overlap: int) -> str:
   return family if family == "diloco" else f"{family}_tau{overlap}"
 
 
-def point_name(family: str, overlap: int, lr: float, knob: float) -> str:
-  name = f"{method_name(family, overlap)}_lr{lr:g}"
-  return name if family == "diloco" else f"{name}_{KNOB[family]}{knob:g}"
-
-
-def tuning_points(c, family: str) -> dict[str, list[Point]]:
-  """``{run method: points}`` of a family's grid, one point per tuning seed."""
-  return {point_name(family, t, lr, k): [Point(family, t, lr, k, s) for s in tuning_seeds(c)]
-          for t in overlaps(c, family) for lr, k in grid(c, family)}
+def point_name(family: str, overlap: int, lr: float, knob: float = 0.0) -> str:
+  """A tuning run's name: ``cocodc_tau12[outer_lr=0.7,lam0=0.5]``."""
+  point = {"outer_lr": lr} if family == "diloco" else {"outer_lr": lr, KNOB_METRIC[family]: knob}
+  return families_lib.point_name(method_name(family, overlap), point)
 
 
 def reported_methods(c) -> list[str]:
   return [method_name(f, t) for f in FAMILIES for t in overlaps(c, f)]
 
 
-def run_specs(c) -> list[RunSpec]:
-  """Tuning runs first (a family's reported runs need its tuned point), then the reported."""
-  tuning = [RunSpec(m, p.seed) for f in FAMILIES for m, pts in tuning_points(c, f).items()
-            for p in pts]
-  return tuning + [RunSpec(m, s) for s in seeds(c) for m in reported_methods(c)]
-
-
 def _family_of(method: str) -> str:
   return method.split("_", 1)[0]
-
-
-def rounds(c, spec: RunSpec) -> int:
-  """Evaluation rows a run logs (the initial model's included)."""
-  every = c.inner_steps if _family_of(spec.method) == "diloco" else c.eval_every
-  return c.num_steps // every + 1
 
 
 # ----------------------------------------------------------------------------- setup
 
 
 class Context:
-  """Data, each family's compiled program, tuned points and computed rows."""
+  """Data, the validation and test windows, and each seed's initial model."""
 
   def __init__(self, data: ClientData, tune: tuple, test: tuple, domains: tuple[str, ...],
                num_params: int):
@@ -196,9 +152,6 @@ class Context:
     self.tune = tune  # validation windows used for tuning
     self.test = test  # the other validation windows: reported curves
     self.domains = domains
-    self.rows: dict[tuple[str, int], list] = {}  # (run method, seed) -> rows
-    self.chosen: dict[str, tuple[float, float]] = {}  # reported method -> (lr, knob)
-    self.compiled: set[str] = set()
     self.params0: dict[int, Any] = {}  # seed -> initial model
 
 
@@ -257,56 +210,41 @@ def _algorithm(c, family: str, outer_lr, knob, overlap, labels=None):
                          **knobs, **common)
 
 
-@functools.lru_cache(maxsize=16)
-def _program(c_json: str, family: str):
-  """``run(keys [K], params0 [K], lr [K], knob [K], overlap [K], data, windows)`` for one
-  family: ``(sim_time, loss)``, each ``[K, E + 1]`` (the loss on ``windows`` at the start
-  and after each of ``E`` evaluation intervals), compiled once per config and family.
+def _simulate_fn(c, ctx: Context, family: str):
+  """``simulate(key, (params0, overlap, windows), {outer_lr, alpha|lam0})``: the run's
+  ``(sim_time, {"eval_loss": loss})``, each ``[E + 1]`` (the loss on ``windows`` at the
+  start and after each of ``E`` evaluation intervals).
 
   The initial parameters are an input: initialisers compile slowly (threefry per
-  parameter) and every family shares them.
+  parameter) and every family of a seed shares them.
   """
-  c = ml_collections.ConfigDict(json.loads(c_json))
   config = model_config(c)
   labels = _labels(c)
   every = 1 if family == "diloco" else c.eval_every  # DiLoCo: one round per evaluation
   num_evals = c.num_steps // (c.inner_steps if family == "diloco" else c.eval_every)
 
-  def run(keys, params0, lr, knob, overlap, data, windows):
-    build = lambda lr_, knob_, tau: _algorithm(c, family, lr_, knob_, tau, labels)
-
-    def init(key, p0, lr_, knob_, tau):
-      return build(lr_, knob_, tau).init(p0, jax.random.fold_in(key, KEY_RUN))
-
-    def advance(state, lr_, knob_, tau):
-      alg = build(lr_, knob_, tau)
-      return alg.round(state, data)[0]
+  def simulate(key, inputs, hparams):
+    params0, overlap, windows = inputs
+    knob = hparams.get(KNOB_METRIC.get(family, ""), 0.0)
+    alg = _algorithm(c, family, hparams["outer_lr"], knob, overlap, labels)
+    data = jax.tree.map(jnp.asarray, ctx.data)
 
     def evaluate(state):
       model = (state.params if family == "diloco" else
                jax.tree.map(lambda w: jnp.mean(w, axis=0), state.workers))
       return transformer.lm_loss(config, model, *windows)
 
-    # The step loop is outside the vmap over runs, so the step is traced (batched) once.
-    def chunk(states, _):
-      states, _ = jax.lax.scan(
-          lambda s, _: (jax.vmap(advance)(s, lr, knob, overlap), None), states, None,
-          length=every)
-      return states, (states.sim_time, jax.vmap(evaluate)(states))
+    def chunk(state, _):
+      state, _ = jax.lax.scan(lambda s, _: (alg.round(s, data)[0], None), state, None,
+                              length=every)
+      return state, (state.sim_time, evaluate(state))
 
-    states = jax.vmap(init)(keys, params0, lr, knob, overlap)
-    loss0 = jax.vmap(evaluate)(states)
-    _, (times, loss) = jax.lax.scan(chunk, states, None, length=num_evals)
-    cat = lambda first, rest: jnp.concatenate([first[:, None], rest.T], axis=1)
-    return cat(states.sim_time, times), cat(loss0, loss)
+    state = alg.init(params0, jax.random.fold_in(key, KEY_RUN))
+    _, (times, loss) = jax.lax.scan(chunk, state, None, length=num_evals)
+    cat = lambda first, rest: jnp.concatenate([first[None], rest])
+    return cat(state.sim_time, times), {"eval_loss": cat(evaluate(state), loss)}
 
-  return jax.jit(run)
-
-
-def batch_size(c, family: str) -> int:
-  """Runs per call of a family's program: the larger of its tuning and reported batches."""
-  n_tune = len(overlaps(c, family)) * len(grid(c, family)) * c.num_tuning_seeds
-  return max(n_tune, len(overlaps(c, family)) * c.num_seeds)
+  return simulate
 
 
 def _initial_params(c, ctx: Context, seed: int):
@@ -317,105 +255,27 @@ def _initial_params(c, ctx: Context, seed: int):
   return ctx.params0[seed]
 
 
-def _run_points(c, ctx: Context, family: str, points: list[Point], windows, log) -> list[dict]:
-  """Run ``points`` of one family as one vmapped call (padded to :func:`batch_size`),
-  evaluating on ``windows``; returns each point's ``{steps, sim_time, loss}``."""
-  k = batch_size(c, family)
-  padded = points + [points[0]] * (k - len(points))
-  seeds_ = np.asarray([p.seed for p in padded], np.uint32)
-  keys = jax.vmap(jax.random.PRNGKey)(seeds_)
-  params0 = jax.tree.map(lambda *xs: jnp.stack(xs),
-                         *[_initial_params(c, ctx, int(s)) for s in seeds_])
-  f32 = lambda name: np.asarray([getattr(p, name) for p in padded], np.float32)
-  program = _program(c.to_json(), family)
-  log(f"{family}: {len(points)} runs x {c.num_steps} steps as one vmapped call"
-      + ("" if family in ctx.compiled else " (compiling it first)"))
-  ctx.compiled.add(family)
-  times, loss = jax.device_get(program(
-      keys, params0, f32("outer_lr"), f32("knob"),
-      np.asarray([p.overlap for p in padded], np.int32), jax.tree.map(jnp.asarray, ctx.data),
-      windows))
-  every = c.inner_steps if family == "diloco" else c.eval_every
-  steps = [i * every for i in range(times.shape[1])]
-  return [dict(steps=steps, sim_time=times[i], loss=loss[i]) for i in range(len(points))]
+def families(c, ctx: Context) -> list[families_lib.Family]:
+  """DiLoCo, Streaming DiLoCo and CoCoDC, each tuned by mean final validation loss (a
+  diverged grid point is never chosen). ``ctx`` is read only when runs are computed."""
+  out = []
+  for family in FAMILIES:
+    methods = {method_name(family, t): t for t in overlaps(c, family)}
+
+    def inputs(method, seed, stage, methods=methods):
+      windows = ctx.tune if stage == "tune" else ctx.test
+      return _initial_params(c, ctx, seed), np.int32(methods[method]), windows
+
+    every = c.inner_steps if family == "diloco" else c.eval_every
+    out.append(families_lib.Family(
+        name=family, methods=tuple(methods), simulate=_simulate_fn(c, ctx, family),
+        steps=range(0, c.num_steps + 1, every), inputs=inputs, grid=grid(c, family),
+        select=families_lib.lowest("eval_loss")))
+  return out
 
 
-def _tune(c, ctx: Context, family: str, log) -> None:
-  """Run the family's grid on the tuning seeds; choose each reported method's point."""
-  if all(method_name(family, t) in ctx.chosen for t in overlaps(c, family)):
-    return
-  named = tuning_points(c, family)
-  flat = [(m, p) for m, pts in named.items() for p in pts]
-  results = _run_points(c, ctx, family, [p for _, p in flat], ctx.tune, log)
-  score: dict[str, list[float]] = {}
-  for (m, p), r in zip(flat, results, strict=True):
-    ctx.rows[(m, p.seed)] = _rows(r, p, "val_loss")
-    score.setdefault(m, []).append(float(r["loss"][-1]))
-  for t in overlaps(c, family):
-    options = [(lr, k) for lr, k in grid(c, family)]
-    mean_val = lambda lk, t=t: _mean_or_inf(score[point_name(family, t, *lk)])
-    best = min(options, key=mean_val)  # ties: the earlier grid point
-    ctx.chosen[method_name(family, t)] = best
-    log(f"{method_name(family, t)}: tuned outer lr {best[0]:g}"
-        + ("" if family == "diloco" else f", {KNOB[family]} {best[1]:g}")
-        + f" (validation loss {mean_val(best):.4f})")
-
-
-def _mean_or_inf(xs) -> float:
-  """Mean validation loss; a diverged run makes its grid point never chosen."""
-  mean = claims_lib.mean(xs, "lower")
-  return math.inf if mean is None else mean
-
-
-def _rows(result: dict, p: Point, name: str) -> list[tuple]:
-  """A run's ``(step, sim_time, {name: loss, ...})`` rows; the last carries its settings."""
-  rows = []
-  n = len(result["steps"])
-  for i, step in enumerate(result["steps"]):
-    values = {name: float(result["loss"][i])}
-    if i == n - 1:
-      values.update(outer_lr=p.outer_lr, overlap=float(p.overlap))
-      if p.family != "diloco":
-        values[KNOB_METRIC[p.family]] = p.knob
-    rows.append((step, float(result["sim_time"][i]), values))
-  return rows
-
-
-def _report_points(c, ctx: Context, family: str, log) -> None:
-  """The family's reported runs at its tuned points (tuning it first if needed)."""
-  _tune(c, ctx, family, log)
-  points = [Point(family, t, *ctx.chosen[method_name(family, t)], s)
-            for t in overlaps(c, family) for s in seeds(c)]
-  if all((method_name(family, p.overlap), p.seed) in ctx.rows for p in points):
-    return
-  for p, r in zip(points, _run_points(c, ctx, family, points, ctx.test, log), strict=True):
-    ctx.rows[(method_name(family, p.overlap), p.seed)] = _rows(r, p, "eval_loss")
-
-
-def compute_all(c, ctx: Context, log=print) -> None:
-  """Every family's tuning grid and then its reported runs, the families in parallel
-  threads (tracing takes turns; XLA compiles and runs release the GIL, so the families
-  share the cores). Each program's results do not depend on the threading."""
-  for s in seeds(c) + tuning_seeds(c):  # before the threads, which share them
-    _initial_params(c, ctx, s)
-  with concurrent.futures.ThreadPoolExecutor(len(FAMILIES)) as pool:
-    for future in [pool.submit(_report_points, c, ctx, f, log) for f in FAMILIES]:
-      future.result()
-
-
-def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> dict:
-  """Log one run's rows; the first call computes every run (minutes; no checkpoints: a
-  killed launch recomputes them)."""
-  del run_dir
-  if (spec.method, spec.seed) not in ctx.rows:
-    compute_all(c, ctx, progress.log)
-  rows = ctx.rows[(spec.method, spec.seed)]
-  for step, sim_time, values in rows:
-    if not all(math.isfinite(v) for v in values.values()):
-      raise FloatingPointError(f"{spec.method} seed {spec.seed}: loss not finite at step {step}")
-    log_metrics(step, sim_time, values)
-  progress.update(len(rows), sim_time=rows[-1][1],
-                  loss=next(iter(rows[-1][2].values())))
+def info(c, ctx: Context) -> dict:
+  del c
   return {"params": ctx.num_params, "domains": list(ctx.domains)}
 
 
@@ -459,7 +319,7 @@ def report(c, db, out: str, digest: str) -> dict:
   series = {m: db.series(c.experiment, m, "eval_loss", config_hash=digest)
             for m in reported_methods(c)}
   final = {n: db.final_values(c.experiment, n, config_hash=digest)
-           for n in ("eval_loss", "val_loss", "outer_lr", "alpha", "lam0")}
+           for n in ("eval_loss", "outer_lr", "alpha", "lam0")}
 
   def curve(m, s):
     steps, times, values = series[m].get(s, ([], [], []))
@@ -543,9 +403,11 @@ def _tuning_table(c, final) -> dict[str, float | None]:
   """``{grid run method: mean final validation loss over the tuning seeds}``."""
   out = {}
   for f in FAMILIES:
-    for m in tuning_points(c, f):
-      vals = [final["val_loss"].get(m, {}).get(s) for s in tuning_seeds(c)]
-      out[m] = claims_lib.mean(vals, "lower")
+    for t in overlaps(c, f):
+      for point in grid(c, f):
+        m = families_lib.point_name(method_name(f, t), point)
+        vals = [final["eval_loss"].get(m, {}).get(s) for s in tuning_seeds(c)]
+        out[m] = claims_lib.mean(vals, "lower")
   return out
 
 

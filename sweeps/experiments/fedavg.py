@@ -23,8 +23,10 @@ from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import make_client_axis, resolve_num_devices
 from jaxfl.sim import DeviceProfiles, load_profiles, sample_profiles
 from sweeps import claims as claims_lib
+from sweeps import families as families_lib
 from sweeps import report as report_lib
-from sweeps.sweep import RunSpec, Simulation
+from sweeps.families import seeds
+from sweeps.sweep import RunSpec
 
 PARTITIONS = ("dirichlet", "shards", "iid")
 METHODS = ("fedavg", "centralized")
@@ -96,10 +98,6 @@ def prepare(c) -> Context:
   profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None
   parts = {s: partition(c, ds.y_train, s) for s in seeds(c)}
   return Context(ds, parts, profiles_table)
-
-
-def seeds(c) -> list[int]:
-  return [c.seed + i for i in range(c.num_seeds)]
 
 
 def run_specs(c) -> list[RunSpec]:
@@ -198,33 +196,33 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
                eval_every=c.eval_every, checkpointer=ckpt, on_record=record, log=None)
 
 
-def make_simulate(c, ctx: Context, method: str) -> Simulation | None:
-  """A run of ``method`` as one pure function of the seed's key and client data.
+def vmappable(c) -> bool:
+  """The families run as vmapped calls only for the client axis on one device."""
+  return resolve_num_devices(c.num_devices) == 1
+
+
+def families(c, ctx: Context) -> list[families_lib.Family]:
+  """FedAvg and the centralized baseline, each one pure function of the seed's key.
 
   FedAvg's rounds are a ``lax.scan`` (an inner scan of ``eval_every`` rounds, then an
   evaluation) computing :func:`execute`'s rows: the same keys, data, profiles and
-  evaluation rounds. Only for the client axis on one device (``num_devices == 1``);
-  otherwise ``None`` and the seeds run one by one.
+  evaluation rounds. Neither is tuned (one-point grids).
   """
-  if resolve_num_devices(c.num_devices) != 1 or method not in METHODS:
-    return None
   ds = ctx.ds
 
-  if method == "centralized":
-    def central(key, inputs):
-      del inputs
-      apply_fn, params0 = _model(c, ds, key)
-      params = _central_train(c, ds, softmax_cross_entropy(apply_fn), params0, key)
-      accuracy, loss = make_evaluate(apply_fn, ds.x_test, ds.y_test)(params)
-      return jnp.full([1], jnp.nan), {"accuracy": accuracy[None], "loss": loss[None]}
-
-    return Simulation(central, None, [_central_steps(c, ds)])
+  def central(key, inputs, hparams):
+    del inputs, hparams
+    apply_fn, params0 = _model(c, ds, key)
+    params = _central_train(c, ds, softmax_cross_entropy(apply_fn), params0, key)
+    accuracy, loss = make_evaluate(apply_fn, ds.x_test, ds.y_test)(params)
+    return jnp.full([1], jnp.nan), {"accuracy": accuracy[None], "loss": loss[None]}
 
   n_max = max(len(p) for parts in ctx.parts.values() for p in parts)
   steps = eval_rounds(c)
   lengths = np.diff([0, *steps])  # rounds before each evaluation
 
-  def fedavg(key, clients: ClientData):
+  def fedavg(key, clients: ClientData, hparams):
+    del hparams
     apply_fn, params0 = _model(c, ds, key)
     evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
     alg = _fedavg(c, softmax_cross_entropy(apply_fn), _profiles(c, ctx, key))
@@ -251,7 +249,12 @@ def make_simulate(c, ctx: Context, method: str) -> Simulation | None:
     return sim_time, {"accuracy": accuracy, "loss": loss, "train_loss": train_loss,
                       "participants": participants}
 
-  return Simulation(fedavg, lambda seed: _clients(ds, ctx.parts[seed], n_max), steps)
+  return [
+      families_lib.Family(name="fedavg", methods=("fedavg",), simulate=fedavg, steps=steps,
+                          inputs=lambda m, seed, stage: _clients(ds, ctx.parts[seed], n_max)),
+      families_lib.Family(name="centralized", methods=("centralized",), simulate=central,
+                          steps=[_central_steps(c, ds)]),
+  ]
 
 
 def report(c, db, out: str, digest: str) -> dict:

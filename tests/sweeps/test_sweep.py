@@ -28,13 +28,9 @@ def launch(workdir, *extra):
 
 
 def metric_rows(workdir):
-  """Every metric row keyed by what identifies it, without run ids or timestamps."""
-  con = sqlite3.connect(results_path(workdir))
-  rows = con.execute("SELECT r.method, r.seed, m.step, m.name, m.sim_time, m.value FROM metrics m "
-                     "JOIN runs r ON r.id = m.run_id ORDER BY 1, 2, 3, 4").fetchall()
-  runs = con.execute("SELECT method, seed, status, config_hash FROM runs ORDER BY 1, 2").fetchall()
-  con.close()
-  return rows, runs
+  """Every metric row and run keyed by what identifies it (no run ids or timestamps)."""
+  with ResultsDB(results_path(workdir)) as db:
+    return db.snapshot()
 
 
 def count_metrics(workdir):

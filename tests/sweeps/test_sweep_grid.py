@@ -210,13 +210,14 @@ def test_sweep_flag_needs_get_sweep(tmp_path, monkeypatch, capsys):
   assert not (tmp_path / "runs").exists()
 
 
-def test_simulation_steps_match_the_evaluated_rounds():
+def test_family_steps_match_the_evaluated_rounds():
   c = tiny()
   ctx = fedavg.prepare(c)
-  sim = fedavg.make_simulate(c, ctx, "fedavg")
-  assert list(sim.steps) == fedavg.eval_rounds(c) == [3, 6, 7]
-  inputs = [sim.inputs(s) for s in (0, 1)]
+  fed, central = fedavg.families(c, ctx)
+  assert fed.steps == tuple(fedavg.eval_rounds(c)) == (3, 6, 7)
+  inputs = [fed.inputs("fedavg", s, "report") for s in (0, 1)]
   assert inputs[0].x.shape == inputs[1].x.shape  # padded to one n_max: stackable
   assert not np.array_equal(inputs[0].count, inputs[1].count)  # each seed its own partition
+  assert central.inputs is None and fed.grid == ({},)  # nothing tuned
   # Sharded over devices, the seeds run one by one (no vmap of shard_map).
-  assert fedavg.make_simulate(tiny(num_devices=2), ctx, "fedavg") is None
+  assert fedavg.vmappable(c) and not fedavg.vmappable(tiny(num_devices=2))
