@@ -8,10 +8,8 @@ fine-tuning every parameter.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,18 +23,15 @@ from jaxfl.local import ClientData
 from jaxfl.models import lora, pretrained, transformer
 from jaxfl.sim import sample_profiles, tree_bytes
 from sweeps import claims as claims_lib
+from sweeps import families as families_lib
 from sweeps import report as report_lib
 from sweeps.experiments import lm_pretrain
-from sweeps.sweep import RunSpec
+from sweeps.families import seeds
 
 METHODS = ("fedit", "full")
 NAMES = {"fedit": "FedIT (LoRA)", "full": "full fine-tuning"}
 KEY_LORA, KEY_PROFILES, KEY_ROUNDS = range(3)
 EVAL_METRICS = ("downstream_loss", "downstream_accuracy", "general_loss", "general_accuracy")
-
-
-def seeds(c) -> list[int]:
-  return [c.seed + i for i in range(c.num_seeds)]
 
 
 def validate(c) -> None:
@@ -71,12 +66,22 @@ def validate(c) -> None:
   check(c.max_loss_ratio > 0, "max_loss_ratio", "a positive number", c.max_loss_ratio)
 
 
-class Context(NamedTuple):
-  corpus: corpus_lib.Corpus
-  clients: ClientData  # [num_clients, windows_per_client, seq_len]
-  downstream: tuple[np.ndarray, np.ndarray]  # validation windows of the clients' domains
-  general: tuple[np.ndarray, np.ndarray]  # validation windows of the general domains
-  domains: tuple[str, ...]  # each client's domain
+class Context:
+  """The corpus, the clients' windows, the evaluation windows and (loaded on first use)
+  the pre-trained base model."""
+
+  def __init__(self, corpus, clients: ClientData, downstream, general, domains):
+    self.corpus = corpus
+    self.clients = clients  # [num_clients, windows_per_client, seq_len]
+    self.downstream = downstream  # validation windows of the clients' domains
+    self.general = general  # validation windows of the general domains
+    self.domains = domains  # each client's domain
+    self._base = None
+
+  def base(self, c, log=print) -> tuple[transformer.LMConfig, dict]:
+    if self._base is None:
+      self._base = base_model(c, self.corpus, log=log)
+    return self._base
 
 
 def prepare(c) -> Context:
@@ -89,13 +94,9 @@ def prepare(c) -> Context:
                  tuple(s.domain for s in shards))
 
 
-def run_specs(c) -> list[RunSpec]:
-  return [RunSpec(m, s) for s in seeds(c) for m in METHODS]
-
-
-def rounds(c, spec: RunSpec) -> int:
-  del spec
-  return c.num_rounds
+def eval_rounds(c) -> list[int]:
+  """Rounds with an evaluation: the initial model's (0), every ``eval_every``-th, the last."""
+  return [0, *sorted({*range(c.eval_every, c.num_rounds + 1, c.eval_every), c.num_rounds})]
 
 
 def base_model(c, corpus, log=print) -> tuple[transformer.LMConfig, dict]:
@@ -121,73 +122,94 @@ def client_lr(c, method: str) -> float:
   return float(c.full_lr if method == "full" else c.lora_lr)
 
 
-@functools.lru_cache(maxsize=8)
-def federated(config: transformer.LMConfig, method: str, lr: float, batch_size: int,
-              local_steps: int, clients_per_round: int) -> FederatedPEFT:
-  """The method's federated trainer, built once per recipe so seeds share its compiled round."""
-  rule = lora.everything if method == "full" else lora.is_lora_path
-  return FederatedPEFT(config, rule, optax.adam(lr), batch_size=batch_size,
-                       clients_per_round=clients_per_round, local_steps=local_steps)
+def _rule(method: str) -> lora.PathRule:
+  return lora.everything if method == "full" else lora.is_lora_path
 
 
-@functools.lru_cache(maxsize=8)
-def _evaluate_fn(config: transformer.LMConfig):
-  def evaluate(trainable, frozen, down_x, down_y, gen_x, gen_y):
-    params = lora.combine(trainable, frozen)
-    d = transformer.lm_metrics(config, params, down_x, down_y)
-    g = transformer.lm_metrics(config, params, gen_x, gen_y)
-    return {"downstream_loss": d["loss"], "downstream_accuracy": d["accuracy"],
-            "general_loss": g["loss"], "general_accuracy": g["accuracy"]}
-
-  return jax.jit(evaluate)
+def federated(c, config: transformer.LMConfig, method: str) -> FederatedPEFT:
+  return FederatedPEFT(config, _rule(method), optax.adam(client_lr(c, method)),
+                       batch_size=c.batch_size, clients_per_round=c.clients_per_round,
+                       local_steps=c.local_steps)
 
 
-def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> dict:
-  """One run: ``num_rounds`` FedAvg rounds of ``spec.method``, evaluated every ``eval_every``."""
-  del run_dir
-  key = jax.random.PRNGKey(spec.seed)
-  base_config, base_params = base_model(c, ctx.corpus, log=progress.log)
-  config, params0, rule = model(c, spec.method, base_config, base_params, key)
-  trainable, frozen = lora.split(params0, lora.path_labels(params0, rule))
-  profiles = sample_profiles(jax.random.fold_in(key, KEY_PROFILES), c.num_clients,
-                             compute_median=c.compute_median, uplink_median=c.uplink_median,
-                             downlink_median=c.downlink_median, sigma=c.profile_sigma)
-  fed = federated(config, spec.method, client_lr(c, spec.method), c.batch_size, c.local_steps,
-                  c.clients_per_round)
-  evaluate = _evaluate_fn(config)
-  eval_data = tuple(jnp.asarray(a) for a in (*ctx.downstream, *ctx.general))
-  clients = jax.tree.map(jnp.asarray, ctx.clients)
-  inputs = PEFTInputs(clients, frozen, profiles)
-  state = fed.init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
-  uplink = tree_bytes(trainable)  # one client's upload per round
+def _evaluate(config: transformer.LMConfig, trainable, frozen, windows) -> dict:
+  params = lora.combine(trainable, frozen)
+  down_x, down_y, gen_x, gen_y = windows
+  d = transformer.lm_metrics(config, params, down_x, down_y)
+  g = transformer.lm_metrics(config, params, gen_x, gen_y)
+  return {"downstream_loss": d["loss"], "downstream_accuracy": d["accuracy"],
+          "general_loss": g["loss"], "general_accuracy": g["accuracy"]}
 
-  def record(r, train_loss):
-    values = {k: float(v) for k, v in evaluate(state.params, frozen, *eval_data).items()}
-    if not math.isfinite(values["downstream_loss"]):
-      raise FloatingPointError(f"{spec.method}: evaluation loss {values['downstream_loss']} "
-                               f"at round {r}")
-    if train_loss is not None:
-      values["train_loss"] = train_loss
-    log_metrics(r, float(state.sim_time), values)
-    progress.update(r, sim_time=float(state.sim_time), acc=values["downstream_accuracy"])
-    return values
 
-  before = record(0, None)
-  uplink_total = 0.0
-  for r in range(1, c.num_rounds + 1):
-    state, metrics = fed.jit_round(state, inputs)
-    uplink_total += float(metrics.participants) * float(uplink)
-    if r % c.eval_every == 0 or r == c.num_rounds:
-      after = record(r, float(metrics.loss))
-  log_metrics(c.num_rounds, float(state.sim_time), {
-      "trainable_params": float(lora.count(trainable)),
-      "uplink_bytes_per_round": uplink_total / c.num_rounds,  # participants x trainable bytes
-      "retention": after["general_accuracy"] / max(before["general_accuracy"], 1e-12),
-      "general_loss_increase": after["general_loss"] - before["general_loss"]})
-  progress.log(f"{spec.method} seed {spec.seed}: downstream loss {before['downstream_loss']:.3f}"
-               f" -> {after['downstream_loss']:.3f}, general loss {before['general_loss']:.3f} "
-               f"-> {after['general_loss']:.3f}, {lora.count(trainable):,} trainable params")
-  return {"trainable_params": lora.count(trainable), "frozen_params": lora.count(frozen)}
+def _simulate_fn(c, ctx: Context, method: str):
+  """``simulate(key, base_params, {})``: ``num_rounds`` FedAvg rounds of ``method`` as a
+  scan, evaluated at :func:`eval_rounds`; the summary (trainable parameters, uplink bytes,
+  retention of general accuracy, general-loss increase) at the last of them."""
+  steps = eval_rounds(c)
+  lengths = np.diff(steps)  # rounds before each evaluation after the first
+
+  def simulate(key, base_params, hparams):
+    del hparams
+    base_config, _ = ctx.base(c)
+    config, params0, rule = model(c, method, base_config, base_params, key)
+    trainable, frozen = lora.split(params0, lora.path_labels(params0, rule))
+    profiles = sample_profiles(jax.random.fold_in(key, KEY_PROFILES), c.num_clients,
+                               compute_median=c.compute_median, uplink_median=c.uplink_median,
+                               downlink_median=c.downlink_median, sigma=c.profile_sigma)
+    fed = federated(c, config, method)
+    inputs = PEFTInputs(jax.tree.map(jnp.asarray, ctx.clients), frozen, profiles)
+    windows = tuple(jnp.asarray(a) for a in (*ctx.downstream, *ctx.general))
+    evaluate = lambda st: _evaluate(config, st.params, frozen, windows)
+
+    def train_then_evaluate(state, n: int):
+      state, m = jax.lax.scan(lambda st, _: fed.round(st, inputs), state, None, length=n)
+      return state, (state.sim_time, evaluate(state), m.loss[-1],
+                     jnp.sum(m.participants.astype(jnp.float32)))
+
+    state = fed.init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
+    rows = [(state.sim_time[None], jax.tree.map(lambda v: v[None], evaluate(state)),
+             jnp.full([1], jnp.nan), jnp.zeros([1]))]
+    for n in lengths:  # evaluation intervals (all eval_every but perhaps the last)
+      state, out = train_then_evaluate(state, int(n))
+      rows.append(jax.tree.map(lambda v: v[None], out))
+    sim_time = jnp.concatenate([r[0] for r in rows])
+    values = {k: jnp.concatenate([r[1][k] for r in rows]) for k in rows[0][1]}
+    first, last = jax.tree.map(lambda v: v[0], values), jax.tree.map(lambda v: v[-1], values)
+    uplink = jnp.sum(jnp.concatenate([r[3] for r in rows])) * tree_bytes(trainable)
+    summary = {"trainable_params": jnp.float32(lora.count(trainable)),
+               "uplink_bytes_per_round": uplink / c.num_rounds,  # participants x bytes
+               "retention": last["general_accuracy"] / jnp.maximum(first["general_accuracy"],
+                                                                    1e-12),
+               "general_loss_increase": last["general_loss"] - first["general_loss"]}
+    at_end = jnp.arange(len(steps)) == len(steps) - 1
+    values["train_loss"] = jnp.concatenate([r[2] for r in rows])
+    values.update({k: jnp.where(at_end, v, jnp.nan) for k, v in summary.items()})
+    return sim_time, values
+
+  return simulate
+
+
+def families(c, ctx: Context) -> list[families_lib.Family]:
+  """FedIT and full fine-tuning, a family each (their trainable trees differ); a family's
+  seeds are one vmapped call. Nothing is tuned here (each method's learning rate is the
+  config's)."""
+  out = []
+  for method in METHODS:
+    def post(run, outputs, method=method):
+      del run
+      base_config, base_params = ctx.base(c)
+      shapes = jax.eval_shape(lambda: model(c, method, base_config, base_params,
+                                            jax.random.PRNGKey(0))[1])
+      trainable, frozen = lora.split(shapes, lora.path_labels(shapes, _rule(method)))
+      return (*outputs, {"trainable_params": lora.count(trainable),
+                         "frozen_params": lora.count(frozen)})
+
+    out.append(families_lib.Family(
+        name=method, methods=(method,), simulate=_simulate_fn(c, ctx, method),
+        steps=eval_rounds(c), inputs=lambda m, seed, stage: ctx.base(c)[1], post=post,
+        optional=("train_loss", "trainable_params", "uplink_bytes_per_round", "retention",
+                  "general_loss_increase")))
+  return out
 
 
 # ----------------------------------------------------------------------------- report

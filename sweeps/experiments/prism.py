@@ -14,22 +14,19 @@ Every method draws ``num_samples`` shapes: all of them give the existence-patter
 the rule violations, the first ``num_eval`` (``eval_points`` points each, normalised into
 ``[-1, 1]^3``) the Chamfer MMD, COV and 1-NNA against the references.
 
-The seeds' PRISM models train and sample in parallel threads over one compiled program;
-the first ``execute`` computes every run and keeps the rows in the context (no
-checkpoints: a killed launch recomputes them). The first seed's PRISM run also stores a
-gallery of generated shapes, an editing sequence (the back and arms of a held-out chair
-regenerated around its kept seat and legs by inpainting) and an interpolation, as SSM
-coefficients in the run's info: the report decodes and draws them.
+PRISM's seeds train and sample as one vmapped call of :class:`shapes.prism.Pipeline`
+(a :mod:`sweeps.families` family; decoding and the metrics run on the host after it),
+the two baselines as a second family whose work is all on the host. The first seed's
+PRISM run also stores a gallery of generated shapes, an editing sequence (the back and
+arms of a held-out chair regenerated around its kept seat and legs by inpainting) and an
+interpolation, as SSM coefficients in the run's info: the report decodes and draws them.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import json
 import math
 import os
-import time
 from typing import NamedTuple
 
 import jax
@@ -39,24 +36,22 @@ import optax
 
 from jaxfl.errors import check
 from shapes import baselines, data, diffusion, metrics, tokens
+from shapes import prism as prism_lib
 from shapes import ssm as ssm_lib
 from sweeps import claims as claims_lib
+from sweeps import families as families_lib
 from sweeps import report as report_lib
-from sweeps.sweep import RunSpec
+from sweeps.families import seeds
 
 METHODS = ("prism", "global_pca", "independent")
 NAMES = {"prism": "PRISM", "global_pca": "global PCA", "independent": "independent parts"}
-KEY_INIT, KEY_TRAIN, KEY_SAMPLE, KEY_EDIT = range(4)
+KEY_EDIT = 3  # an edit's key (shapes.prism.Pipeline takes 0-2 from the run's key)
 #: Two parts whose sizes the generator ties together, per category, and the feature of
 #: each compared (x-extent, or mean x for the lamp's shade, which hangs from the arm's end).
 PAIRS = {"chair": ("seat", "back"), "table": ("top", "shelf"), "lamp": ("arm", "shade")}
 #: Parts regenerated in the editing sequence (the rest are kept).
 EDITED = {"chair": ("back", "arms"), "table": ("legs4", "pedestal", "shelf"),
           "lamp": ("arm", "shade")}
-
-
-def seeds(c) -> list[int]:
-  return [c.seed + i for i in range(c.num_seeds)]
 
 
 def validate(c) -> None:
@@ -95,22 +90,21 @@ def validate(c) -> None:
         "'' or a directory path (not a file)", c.data_dir)
 
 
-class Context(NamedTuple):
-  rows: dict  # (method, seed) -> (values, info), filled by the first execute
+class Context:
+  """Each seed's shapes, SSMs and reference clouds, loaded when a run first needs them."""
+
+  def __init__(self, c):
+    self.c = c
+    self._seeds: dict[int, SeedData] = {}
+
+  def seed_data(self, seed: int) -> SeedData:
+    if seed not in self._seeds:
+      self._seeds[seed] = seed_data(self.c, seed)
+    return self._seeds[seed]
 
 
 def prepare(c) -> Context:
-  del c
-  return Context({})
-
-
-def run_specs(c) -> list[RunSpec]:
-  return [RunSpec(m, s) for s in seeds(c) for m in METHODS]
-
-
-def rounds(c, spec: RunSpec) -> int:
-  del c, spec
-  return 1
+  return Context(c)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -167,44 +161,11 @@ def _optimizer(c) -> optax.GradientTransformation:
   return optax.adamw(lr)
 
 
-def programs(c):
-  """The compiled training and sampling programs of a config (shared by its seeds and by
-  later calls with an equal config)."""
-  return _programs(json.dumps(c.to_dict(), sort_keys=True, default=str))
-
-
-@functools.lru_cache(maxsize=4)
-def _programs(c_json: str):  # keyed by the config's JSON: ConfigDicts are not hashable
-  import ml_collections
-
-  c = ml_collections.ConfigDict(json.loads(c_json))
-  spec, cfg, sched = token_spec(c), denoiser_config(c), _schedule(c)
-  shuffle = c.slots == "set"
-  weights, tx = _weights(c), _optimizer(c)
-
-  def train(coeffs, exists, key):
-    def make_batch(k):
-      k_idx, k_tok = jax.random.split(k)
-      idx = jax.random.randint(k_idx, (c.batch_size,), 0, coeffs.shape[0])
-      return tokens.from_coeffs(spec, coeffs[idx], exists[idx], k_tok, shuffle=shuffle)
-
-    params = diffusion.init(cfg, jax.random.fold_in(key, KEY_INIT))
-    return diffusion.train(cfg, sched, params, make_batch, tx, c.train_steps,
-                           jax.random.fold_in(key, KEY_TRAIN), weights=weights)
-
-  def sample(params, key):
-    eps_fn = diffusion.model_eps(cfg, params, sched)
-    return diffusion.ddpm_sample(eps_fn, sched, (c.num_samples, spec.num_labels, spec.dim),
-                                 key)
-
-  # Compiled ahead, once: the seeds' threads then share the executables.
-  m = spec.num_labels
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  train_exe = jax.jit(train).lower(
-      jax.ShapeDtypeStruct((c.num_train, m, c.num_modes), jnp.float32),
-      jax.ShapeDtypeStruct((c.num_train, m), jnp.bool_), key).compile()
-  params = jax.eval_shape(lambda: diffusion.init(cfg, jax.random.PRNGKey(0)))
-  return train_exe, jax.jit(sample).lower(params, key).compile()
+def pipeline(c) -> prism_lib.Pipeline:
+  return prism_lib.Pipeline(spec=token_spec(c), denoiser=denoiser_config(c),
+                            schedule=_schedule(c), optimizer=_optimizer(c),
+                            train_steps=c.train_steps, batch_size=c.batch_size,
+                            shuffle=c.slots == "set", weights=_weights(c))
 
 
 def geometry(c, d: SeedData, points, exists, seed: int) -> dict[str, float]:
@@ -242,60 +203,34 @@ def structure(c, d: SeedData, points, exists) -> dict[str, float]:
 # ----------------------------------------------------------------------------- runs
 
 
-def run_prism(c, d: SeedData, seed: int, compiled, log) -> tuple[dict, dict]:
-  """Train, sample and decode one seed's PRISM model (``compiled``: :func:`programs`); its
-  values and info."""
-  train_fn, sample_fn = compiled
-  key = jax.random.PRNGKey(seed)
-  m = len(d.train.labels)
-  coeffs = ssm_lib.encode(d.ssm, d.train.points, jnp.arange(m))
-  t0 = time.perf_counter()
-  params, losses = train_fn(coeffs, jnp.asarray(d.train.exists), key)
-  losses = np.asarray(losses)
-  t1 = time.perf_counter()
-  if not np.all(np.isfinite(losses)):
-    raise FloatingPointError(f"prism seed {seed}: training loss not finite")
-  z = sample_fn(params, jax.random.fold_in(key, KEY_SAMPLE))
-  out = tokens.decode(token_spec(c), d.ssm, z, ordered=c.slots == "ordered")
+def prism_values(c, d: SeedData, seed: int, losses, z) -> tuple[dict, np.ndarray, np.ndarray]:
+  """One seed's PRISM values from its training losses and sampled tokens, and the
+  decoded coefficients and existence."""
+  out = pipeline(c).decode(d.ssm, z)
   points, exists = np.asarray(out.points), np.asarray(out.exists)
-  t2 = time.perf_counter()
-  log(f"prism seed {seed}: trained {c.train_steps} steps in {t1 - t0:.0f} s (loss "
-      f"{losses[:100].mean():.3f} -> {losses[-100:].mean():.3f}), sampled {c.num_samples} "
-      f"shapes in {t2 - t1:.0f} s")
+  losses = np.asarray(losses)
   values = {"train_loss_start": float(losses[:100].mean()),
-            "train_loss": float(losses[-100:].mean()), "train_seconds": t1 - t0,
-            "sample_seconds": t2 - t1, "shapes_per_second": c.num_samples / (t2 - t1),
-            "duplicate_slots": float(np.mean(np.asarray(out.duplicates)))}
+            "train_loss": float(losses[-100:].mean()),
+            "duplicate_slots": float(np.mean(np.asarray(out.duplicates))),
+            "heldout_pattern_tv": data.pattern_tv(d.test.exists, d.train.exists)}
+  heldout_corr = pair_correlation(c.category, d.train.labels, d.test.points, d.test.exists)
+  if heldout_corr is not None:
+    values["heldout_pair_correlation"] = heldout_corr
   values.update(structure(c, d, points, exists))
   values.update(geometry(c, d, points, exists, seed))
-  info = {}
-  if seed == seeds(c)[0]:
-    info = pictures(c, d, params, np.asarray(out.coeffs), exists, seed)
-  return values, info
+  return values, np.asarray(out.coeffs), exists
 
 
 def pictures(c, d: SeedData, params, coeffs, exists, seed: int) -> dict:
   """SSM coefficients of the gallery, the editing sequence and the interpolation."""
-  spec, cfg, sched = token_spec(c), denoiser_config(c), _schedule(c)
   labels = d.train.labels
   n = c.num_pictures
   # Editing: the first held-out shape with the most of the edited parts; kept slots exact.
   edited = np.array([lab in EDITED[c.category] for lab in labels])
   i = int(np.argmax(d.test.exists[:, edited].sum(axis=1)))
-  num_edits = 4
-  mask = jnp.broadcast_to(jnp.asarray(~edited), (num_edits, len(labels)))
-
-  @jax.jit  # one program (compiled once per launch) rather than op by op
-  def edit(params, points, exists, key):
-    k_tok, k_sample = jax.random.split(key)
-    known = tokens.encode(spec, d.ssm, points, exists, k_tok, shuffle=False)
-    known = jnp.repeat(known, num_edits, axis=0)
-    z = diffusion.ddpm_sample(diffusion.model_eps(cfg, params, sched), sched, known.shape,
-                              k_sample, known=known, known_mask=mask)
-    return known, z, tokens.decode(spec, d.ssm, z, ordered=c.slots == "ordered")
-
-  known, z, out = edit(params, d.test.points[i:i + 1], d.test.exists[i:i + 1],
-                       jax.random.fold_in(jax.random.PRNGKey(seed), KEY_EDIT))
+  edit = jax.jit(functools.partial(pipeline(c).inpaint, num=4))  # one program, not op by op
+  known, z, out = edit(params, d.ssm, d.test.points[i:i + 1], d.test.exists[i:i + 1],
+                       ~edited, key=jax.random.fold_in(jax.random.PRNGKey(seed), KEY_EDIT))
   # Interpolation: linear in the SSM coefficients between two held-out shapes with the
   # same parts.
   pat = data.existence_patterns(d.test.exists)
@@ -325,39 +260,43 @@ def run_baseline(c, d: SeedData, method: str, seed: int) -> dict:
   return {**structure(c, d, points, exists), **geometry(c, d, points, exists, seed)}
 
 
-def compute_all(c, ctx: Context, log) -> None:
-  """Every run's values: the seeds in parallel threads, one compiled program each kind."""
-  compiled = programs(c)
+def families(c, ctx: Context) -> list[families_lib.Family]:
+  """PRISM (train and sample on device, one call for every seed; decode and score on the
+  host) and the two baselines (host only). Nothing is tuned."""
+  pipe = pipeline(c)
+  m = len(data.CATEGORIES[c.category])
 
-  def one_seed(seed):
-    d = seed_data(c, seed)
-    heldout = {"heldout_pattern_tv": data.pattern_tv(d.test.exists, d.train.exists),
-               "heldout_pair_correlation": pair_correlation(
-                   c.category, d.train.labels, d.test.points, d.test.exists)}
-    rows = {}
-    values, info = run_prism(c, d, seed, compiled, log)
-    rows["prism"] = ({**values, **{k: v for k, v in heldout.items() if v is not None}}, info)
-    for method in METHODS[1:]:
-      rows[method] = (run_baseline(c, d, method, seed), {})
-    return seed, rows
+  def inputs(method, seed, stage):
+    del method, stage
+    d = ctx.seed_data(seed)
+    return np.asarray(ssm_lib.encode(d.ssm, d.train.points, jnp.arange(m))), d.train.exists
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=len(seeds(c))) as pool:
-    for seed, rows in pool.map(one_seed, seeds(c)):
-      for method, row in rows.items():
-        ctx.rows[(method, seed)] = row
+  def generate(key, inputs, hparams):
+    del hparams
+    return pipe.generate(*inputs, c.num_samples, key)
+
+  def post_prism(run, outputs):
+    params, losses, z = outputs
+    d = ctx.seed_data(run.seed)
+    values, coeffs, exists = prism_values(c, d, run.seed, losses, z)
+    info = pictures(c, d, params, coeffs, exists, run.seed) if run.seed == seeds(c)[0] else None
+    return _one_row(values) + (info,)
+
+  def post_baseline(run, outputs):
+    del outputs
+    return _one_row(run_baseline(c, ctx.seed_data(run.seed), run.method, run.seed))
+
+  return [
+      families_lib.Family(name="prism", methods=("prism",), simulate=generate, steps=(1,),
+                          inputs=inputs, post=post_prism),
+      families_lib.Family(name="baselines", methods=METHODS[1:], steps=(1,),
+                          simulate=lambda key, inputs, hparams: key, post=post_baseline),
+  ]
 
 
-def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> dict:
-  """Log one run's values; the first call computes every run (minutes)."""
-  del run_dir
-  if (spec.method, spec.seed) not in ctx.rows:
-    compute_all(c, ctx, progress.log)
-  values, info = ctx.rows[(spec.method, spec.seed)]
-  if not all(math.isfinite(v) for v in values.values()):
-    raise FloatingPointError(f"{spec.method} seed {spec.seed}: a metric is not finite")
-  log_metrics(1, None, values)
-  progress.update(1)
-  return info
+def _one_row(values: dict) -> tuple:
+  """``values`` as the rows' arrays of one step with no simulated time."""
+  return np.full([1], np.nan), {k: np.asarray([v], np.float64) for k, v in values.items()}
 
 
 # ----------------------------------------------------------------------------- report
@@ -365,8 +304,7 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
 
 METRICS = ("1nna_cd", "cov_cd", "mmd_cd", "pattern_tv", "violations", "pair_correlation")
 PRISM_METRICS = ("heldout_pattern_tv", "heldout_pair_correlation", "train_loss_start",
-                 "train_loss", "train_seconds", "sample_seconds", "shapes_per_second",
-                 "duplicate_slots")
+                 "train_loss", "duplicate_slots")
 
 
 def report(c, db, out: str, digest: str) -> dict:
@@ -518,11 +456,9 @@ def write_report(out, c, doc, per_seed, drawn) -> None:
       f"set, {' / '.join(PAIRS[c.category])} correlation "
       f"{report_lib.mean_std(p['heldout_pair_correlation']['prism'])}.", "",
       f"PRISM training: loss {report_lib.mean_std(p['train_loss_start']['prism'])} (first "
-      f"100 steps) -> {report_lib.mean_std(p['train_loss']['prism'])} (last 100), "
-      f"{report_lib.mean_std(p['train_seconds']['prism'])} s; sampling "
-      f"{report_lib.mean_std(p['shapes_per_second']['prism'])} shapes/s "
-      f"({c.diffusion_steps} DDPM steps; seeds ran in parallel threads, so times are "
-      f"shared-core times); slots dropped as duplicates "
+      f"100 steps) -> {report_lib.mean_std(p['train_loss']['prism'])} (last 100); "
+      f"{c.diffusion_steps} DDPM steps (sampling speed: the bench_shapes benchmark); slots "
+      f"dropped as duplicates "
       f"{report_lib.mean_std(p['duplicate_slots']['prism'])} per shape.", "",
       *[f"![{f}]({f})" for f in drawn], "",
       f"Set-up: {c.category}s, {c.num_train} training shapes per seed ({c.points_per_part} "

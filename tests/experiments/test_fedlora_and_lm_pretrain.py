@@ -142,7 +142,11 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
   with ResultsDB(results_path(str(tmp_path))) as db:
     final = db.final_values("fedlora", "downstream_loss")
     uplink = db.final_values("fedlora", "uplink_bytes_per_round")
+    info = {r["method"]: r["info"] for r in db.runs("fedlora") if r["seed"] == 0}
   assert uplink["fedit"][0] == 4 * lora_params * 4  # 4 participants x float32 adapters
+  assert info["fedit"] == {"trainable_params": lora_params,
+                           "frozen_params": transformer.num_params(base)}
+  assert info["full"] == {"trainable_params": transformer.num_params(base), "frozen_params": 0}
   loss_ratio = final["fedit"][0] / final["full"][0]
   assert claims["downstream_loss_vs_full"]["value"] == pytest.approx(loss_ratio)
   assert claims["downstream_loss_vs_full"]["holds"] == (loss_ratio <= c.max_loss_ratio)

@@ -15,6 +15,7 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from shapes import data
+from sweeps import families
 from sweeps.configs import bench_shapes as bench_config
 from sweeps.configs import prism as prism_config
 from sweeps.experiments import bench_shapes, prism
@@ -130,17 +131,16 @@ def test_report_has_pictures_and_inpainting_keeps_slots(swept):
   assert np.asarray(info["edits"]["exists"])[:, kept].all()
 
 
-def test_rerun_is_bit_identical(swept):
+def test_a_run_computed_alone_is_bit_identical(swept):
+  """The remote-worker path (the family call holding the run, in a fresh context)."""
   c, _, root = swept
-  ctx = prism.prepare(c)
-  prism.compute_all(c, ctx, lambda *a: None)  # compiled programs are reused
+  fams = prism.families(c, prism.prepare(c))
   with ResultsDB(results_path(str(root / "a"))) as db:
-    for r in db.runs("prism"):
-      logged = {m["name"]: m["value"] for m in db.metrics(run_id=r["id"])}
-      values, _ = ctx.rows[(r["method"], r["seed"])]
-      for name, v in values.items():
-        if not name.endswith("seconds") and name != "shapes_per_second":
-          assert logged[name] == v, (r["method"], r["seed"], name)
+    for method in ("prism", "independent"):
+      rows, info = families.execute(fams, c, method, c.seed)
+      (run,) = [r for r in db.runs("prism", method=method) if r["seed"] == c.seed]
+      assert {m["name"]: m["value"] for m in db.metrics(run_id=run["id"])} == rows[0][2]
+      assert info == (run["info"] if method == "prism" else None)
 
 
 def test_bench_matmul_form_agrees_and_run_reports():
