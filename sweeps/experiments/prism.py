@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from jaxfl.errors import check
-from shapes import baselines, data, diffusion, metrics, tokens
+from shapes import baselines, data, diffusion, metrics, plot, tokens
 from shapes import prism as prism_lib
 from shapes import ssm as ssm_lib
 from sweeps import claims as claims_lib
@@ -362,32 +362,6 @@ def report(c, db, out: str, digest: str) -> dict:
   return doc
 
 
-def _decode(ssm, coeffs, exists) -> tuple[np.ndarray, np.ndarray]:
-  coeffs, exists = np.asarray(coeffs, np.float32), np.asarray(exists, bool)
-  points = np.asarray(ssm_lib.decode(ssm, coeffs, np.arange(exists.shape[-1])))
-  return points, exists
-
-
-def _draw_shape(ax, points, exists, labels, title: str, half: float) -> None:
-  """One shape's existing parts as a 3D scatter coloured by part label (y is up) in the
-  cube ``[-half, half]^2 x [0, 2 half]``."""
-  for j, lab in enumerate(labels):
-    if exists[j]:
-      p = points[j]
-      ax.scatter(p[:, 0], p[:, 2], p[:, 1], s=1.5, color=f"C{j}", label=lab, depthshade=False)
-  ax.set(xlim=(-half, half), ylim=(-half, half), zlim=(0, 2 * half))
-  ax.set_title(title, fontsize=9, y=0.92)
-  ax.set_box_aspect((1, 1, 1))
-  ax.view_init(elev=20, azim=-60)
-  ax.set_axis_off()
-
-
-def _legend(fig, labels) -> None:
-  handles = [report_lib.plt.Line2D([], [], ls="", marker="o", color=f"C{j}")
-             for j in range(len(labels))]
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
-
-
 def draw(c, info: dict, out: str) -> list[str]:
   """gallery.png and editing.png from the first seed's stored coefficients."""
   plt = report_lib.plt
@@ -397,7 +371,7 @@ def draw(c, info: dict, out: str) -> list[str]:
   pts = train.points[train.exists]
   half = 0.5 * max(2 * np.abs(pts[..., [0, 2]]).max(), pts[..., 1].max())
   files = []
-  gallery = _decode(model, info["gallery"]["coeffs"], info["gallery"]["exists"])
+  gallery = plot.decode_parts(model, info["gallery"]["coeffs"], info["gallery"]["exists"])
   n = len(gallery[1])
   if n:
     cols = min(n, 4)
@@ -405,30 +379,30 @@ def draw(c, info: dict, out: str) -> list[str]:
     fig = plt.figure(figsize=(2.6 * cols, 2.6 * rows + 0.4))
     for i in range(n):
       ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
-      _draw_shape(ax, gallery[0][i], gallery[1][i], labels, f"sample {i + 1}", half)
+      plot.draw_shape(ax, gallery[0][i], gallery[1][i], labels, f"sample {i + 1}", half)
     fig.subplots_adjust(left=0, right=1, bottom=0.08, top=0.9, wspace=0, hspace=0.05)
-    _legend(fig, labels)
+    plot.part_legend(fig, labels)
     fig.suptitle(f"PRISM: generated {c.category}s (seed {seeds(c)[0]}), coloured by part")
     fig.savefig(os.path.join(out, "gallery.png"), dpi=90)
     plt.close(fig)
     files.append("gallery.png")
-  source = _decode(model, [info["source"]["coeffs"]], [info["source"]["exists"]])
-  edits = _decode(model, info["edits"]["coeffs"], info["edits"]["exists"])
-  interp = _decode(model, info["interpolation"]["coeffs"],
+  source = plot.decode_parts(model, [info["source"]["coeffs"]], [info["source"]["exists"]])
+  edits = plot.decode_parts(model, info["edits"]["coeffs"], info["edits"]["exists"])
+  interp = plot.decode_parts(model, info["interpolation"]["coeffs"],
                    [info["interpolation"]["exists"]] * len(info["interpolation"]["coeffs"]))
   cols = max(1 + len(edits[1]), len(interp[1]))
   fig = plt.figure(figsize=(2.6 * cols, 5.9))
   fig.subplots_adjust(left=0, right=1, bottom=0.06, top=0.9, wspace=0, hspace=0.05)
-  _legend(fig, labels)
+  plot.part_legend(fig, labels)
   kept = ", ".join(lab for lab, e in zip(labels, info["source"]["exists"], strict=True)
                    if e and lab not in EDITED[c.category])
-  _draw_shape(fig.add_subplot(2, cols, 1, projection="3d"), source[0][0], source[1][0],
+  plot.draw_shape(fig.add_subplot(2, cols, 1, projection="3d"), source[0][0], source[1][0],
               labels, "held-out shape", half)
   for i in range(len(edits[1])):
-    _draw_shape(fig.add_subplot(2, cols, 2 + i, projection="3d"), edits[0][i], edits[1][i],
+    plot.draw_shape(fig.add_subplot(2, cols, 2 + i, projection="3d"), edits[0][i], edits[1][i],
                 labels, f"edit {i + 1}", half)
   for i in range(len(interp[1])):
-    _draw_shape(fig.add_subplot(2, cols, cols + 1 + i, projection="3d"), interp[0][i],
+    plot.draw_shape(fig.add_subplot(2, cols, cols + 1 + i, projection="3d"), interp[0][i],
                 interp[1][i], labels, f"t = {i / max(len(interp[1]) - 1, 1):.2f}", half)
   fig.suptitle(f"Top: inpainting keeps the held-out shape's {kept} and regenerates the "
                "rest. Bottom: "
