@@ -1,42 +1,50 @@
-"""Reports: ``report.md`` (claims, a table per method) and PNG plots beside it.
+"""Reports: the vocabulary experiments compose them from, and rebuilding them.
 
-Everything here works from values read back from the results database, so
-``python -m sweeps.report --workdir DIR`` can rebuild every report without rerunning.
+An experiment's ``report(c, db, out, digest)`` reads its values back from the results
+database, writes ``claims.json`` (:mod:`sweeps.claims`), and composes ``report.md`` and
+its plots from the pieces here:
+
+- text: :func:`fmt`, :func:`mean_std`, :func:`table`, :func:`claims_table`,
+  :func:`method_table` (a row per method, a column per seed), :func:`metric_table` (a row
+  per metric, a column per method), :func:`image`, :func:`write_markdown`;
+- plots: :func:`figure` (a context manager that saves and closes), :func:`seed_band` (a
+  curve's mean over seeds with a min-max band, against steps or simulated time) and
+  :func:`reference_band` (a baseline's final values as a horizontal band).
+
+Because reports read only the database, ``python -m sweeps.report --workdir DIR`` rebuilds
+every report without rerunning (:func:`rebuild`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on clusters and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 
-def _fmt(v) -> str:
+def fmt(v, spec: str | None = None, *, missing: str = "—") -> str:
+  """A value for a table: ``missing`` for None, floats to 4 significant digits (or ``spec``).
+
+  >>> fmt(None), fmt(3.14159), fmt(2), fmt(0.5, ".0%"), fmt(None, missing="null")
+  ('—', '3.142', '2', '50%', 'null')
+  """
   if v is None:
-    return "—"
-  if isinstance(v, float):
-    return f"{v:.4g}"
-  return str(v)
-
-
-def claims_table(doc: dict) -> str:
-  rows = ["| claim | method | value | baseline | baseline value | threshold / margin | holds |",
-          "|---|---|---|---|---|---|---|"]
-  for cl in doc["claims"]:
-    limit = cl.get("threshold", cl.get("margin"))
-    rows.append(f"| {cl['id']} | {cl['method']} | {_fmt(cl['value'])} | {cl.get('baseline', '—')} "
-                f"| {_fmt(cl.get('baseline_value'))} | {_fmt(limit)} | "
-                f"{'yes' if cl['holds'] else '**no**'} |")
-  return "\n".join(rows)
+    return missing
+  if spec is not None:
+    return format(v, spec)
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def mean_std(values) -> str:
+  """``mean ± std`` over the finite values, naming how many are missing.
+
+  >>> mean_std([1.0, 3.0, None])
+  '2 ± 1.4 (1 missing)'
+  """
   xs = [v for v in values if v is not None and math.isfinite(v)]
   if not xs:
     return "—"
@@ -45,79 +53,143 @@ def mean_std(values) -> str:
   return f"{statistics.fmean(xs):.4g} ± {sd:.2g}" + (f" ({missing} missing)" if missing else "")
 
 
-def method_table(per_seed: dict[str, list], metric: str) -> str:
+def table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+  """A markdown table; cells that are not strings go through :func:`fmt`.
+
+  >>> print(table(["method", "loss"], [["a", 0.12345], ["b", None]]))
+  | method | loss |
+  |---|---|
+  | a | 0.1235 |
+  | b | — |
+  """
+  cell = lambda v: v if isinstance(v, str) else fmt(v)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def claims_table(doc: dict) -> str:
+  """One row per claim of a claims document (:func:`sweeps.claims.write_claims`)."""
+  return table(["claim", "method", "value", "baseline", "baseline value", "threshold / margin",
+                "holds"],
+               [[cl["id"], cl["method"], cl["value"], cl.get("baseline", "—"),
+                 cl.get("baseline_value"), cl.get("threshold", cl.get("margin")),
+                 "yes" if cl["holds"] else "**no**"] for cl in doc["claims"]])
+
+
+def method_table(per_seed: Mapping[str, Sequence], metric: str) -> str:
   """A row per method: mean ± std over seeds, then each seed's value."""
   n = max(len(v) for v in per_seed.values())
-  rows = [f"| method | {metric} (mean ± std) | " + " | ".join(f"seed {i}" for i in range(n)) + " |",
-          "|---|---|" + "---|" * n]
-  for m, vs in per_seed.items():
-    rows.append(f"| {m} | {mean_std(vs)} | " + " | ".join(_fmt(v) for v in vs) + " |")
-  return "\n".join(rows)
+  return table(["method", f"{metric} (mean ± std)", *(f"seed {i}" for i in range(n))],
+               [[m, mean_std(vs), *vs] for m, vs in per_seed.items()])
 
 
-def plot_curves(path: str, curves: dict[str, dict[int, tuple]], *, ylabel: str, title: str,
-                references: dict[str, list] | None = None) -> None:
-  """Metric against rounds and against simulated time: a line per method, a band over seeds.
+def metric_table(per_seed: Mapping[str, Mapping[str, Sequence]],
+                 metrics: Sequence[tuple[str, str]], methods: Sequence[str],
+                 names: Mapping[str, str] | None = None) -> str:
+  """A row per metric, a column per method: mean ± std over seeds.
 
   Args:
-    curves: ``{method: {seed: (steps, sim_times, values)}}``; seeds are aligned on steps
-      (runs of one config evaluate at the same rounds). Against simulated time the line is
-      drawn at the mean simulated time of each step over seeds.
-    references: ``{method: [final values per seed]}`` drawn as horizontal mean lines with
-      a band (e.g. a centralized baseline).
+    per_seed: ``{metric: {method: [value per seed]}}``.
+    metrics: ``(metric key, row label)`` pairs, in row order.
+    names: column titles per method (default: the method's key).
   """
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for i, (method, by_seed) in enumerate(curves.items()):
-    if not by_seed:
-      continue
-    n = min(len(v[0]) for v in by_seed.values())
-    steps = np.asarray(next(iter(by_seed.values()))[0][:n], float)
-    sims = np.array([[np.nan if t is None else t for t in v[1][:n]] for v in by_seed.values()],
-                    float)
-    ys = np.array([v[2][:n] for v in by_seed.values()], float)
-    mean, lo, hi = ys.mean(0), ys.min(0), ys.max(0)
-    color = f"C{i % 10}"
-    label = f"{method} (mean, band: min-max over {len(by_seed)} seeds)"
-    for ax, x in ((axes[0], steps), (axes[1], np.nanmean(sims, 0))):
-      ax.plot(x, mean, color=color, label=label)
-      ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-  for j, (method, values) in enumerate((references or {}).items()):
-    xs = [v for v in values if v is not None]
-    if not xs:
-      continue
-    color = f"C{(len(curves) + j) % 10}"
-    for ax in axes:
-      ax.axhline(statistics.fmean(xs), color=color, ls="--", label=f"{method} (mean)")
-      ax.axhspan(min(xs), max(xs), color=color, alpha=0.12, lw=0)
-  axes[0].set(xlabel="round", ylabel=ylabel, title=title)
-  axes[1].set(xlabel="simulated time (s)")
-  axes[0].legend(fontsize=8)
-  for ax in axes:
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  names = names or {}
+  return table(["metric (mean ± std over seeds)", *(names.get(m, m) for m in methods)],
+               [[label, *(mean_std(per_seed[k][m]) for m in methods)] for k, label in metrics])
 
 
-def write_fedavg_report(out: str, c, series: dict[int, tuple], per_seed: dict[str, list],
-                        doc: dict) -> None:
-  scaled = {s: (st, t, [100.0 * v for v in vs]) for s, (st, t, vs) in series.items()}
-  plot_curves(os.path.join(out, "accuracy.png"), {"fedavg": scaled},
-              ylabel="test accuracy (%)",
-              title=f"FedAvg, {c.num_clients} clients, Dirichlet α={c.alpha}",
-              references={"centralized": per_seed["centralized"]})
-  sim_final = {s: t[-1] for s, (_, t, _) in series.items() if t}
-  lines = [f"# fedavg ({c.variant})", "", claims_table(doc), "",
-           method_table(per_seed, "test accuracy (%)"), "",
-           "FedAvg simulated time to the last round (s): "
-           + mean_std(list(sim_final.values())), "",
-           "![accuracy](accuracy.png)", "",
-           f"Data {c.dataset}, {c.num_clients} clients ({c.partition}, α={c.alpha}), "
-           f"{c.clients_per_round} per round, {c.local_epochs} local epochs, batch "
-           f"{c.batch_size}, client lr {c.client_lr}, server {c.server_optimizer} "
-           f"(lr {c.server_lr}), {c.num_rounds} rounds; centralized {c.central_epochs} epochs.", ""]
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write("\n".join(lines))
+def image(file: str) -> str:
+  """The markdown that shows ``file`` (beside report.md)."""
+  return f"![{os.path.splitext(file)[0]}]({file})"
+
+
+def write_markdown(out: str, lines: Sequence[str], name: str = "report.md") -> str:
+  """Write ``lines`` (blocks of markdown) to ``out/name``, a blank line between blocks
+  (empty blocks are left out)."""
+  path = os.path.join(out, name)
+  with open(path, "w") as f:
+    f.write("\n\n".join(b for b in lines if b).rstrip("\n") + "\n")
+  return path
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def pyplot():
+  """matplotlib's pyplot on the file-only Agg backend (imported on first use: the sweep's
+  start-up does not pay for it)."""
+  import matplotlib
+
+  matplotlib.use("Agg")  # files only; no display on clusters and CI
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+@contextlib.contextmanager
+def figure(path: str, nrows: int = 1, ncols: int = 1, *, size=(7.0, 4.5), grid: bool = True,
+           legend: bool = True, dpi: int = 110, **subplots):
+  """A figure saved to ``path`` on exit: yields its axes (one, a row, or a 2-D array, as
+  ``plt.subplots`` squeezes them); every axis gets a light grid and, where it has labelled
+  lines, a legend."""
+  plt = pyplot()
+  fig, axes = plt.subplots(nrows, ncols, figsize=size, **subplots)
+  try:
+    yield axes
+    for ax in np.ravel(axes):
+      if grid:
+        ax.grid(alpha=0.3)
+      if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+  finally:
+    plt.close(fig)
+
+
+def seed_band(ax, by_seed: Mapping[int, tuple], *, x: str = "step", scale: float = 1.0,
+              color=None, label: str | None = None, alpha: float = 0.2):
+  """A method's curve over seeds: the mean as a line, min to max as a band.
+
+  Args:
+    by_seed: ``{seed: (steps, sim_times, values)}`` as :meth:`ResultsDB.series` returns;
+      seeds are cut to the shortest and aligned on the evaluation index (runs of one config
+      evaluate at the same steps).
+    x: ``"step"`` or ``"time"``: against simulated time each point sits at the mean
+      simulated time of that evaluation over seeds.
+    scale: multiplies the values (e.g. 100 for percent).
+
+  Returns:
+    ``(x, values)``: the abscissa and the ``[seeds, evals]`` values drawn, or None when
+    there are no seeds.
+  """
+  if x not in ("step", "time"):
+    raise ValueError(f"x: expected 'step' or 'time', got {x!r}")
+  if not by_seed:
+    return None
+  runs = list(by_seed.values())
+  n = min(len(r[0]) for r in runs)
+  col = 0 if x == "step" else 1
+  xs = np.array([[np.nan if v is None else v for v in r[col][:n]] for r in runs], float)
+  xs = np.nanmean(xs, 0) if n else np.zeros(0)
+  ys = scale * np.array([r[2][:n] for r in runs], float)
+  ax.plot(xs, ys.mean(0), color=color, label=label)
+  ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=alpha, lw=0)
+  return xs, ys
+
+
+def reference_band(ax, values: Sequence, *, color=None, label: str | None = None,
+                   alpha: float = 0.12) -> None:
+  """A horizontal line at the mean of ``values`` (e.g. a baseline's final value per seed)
+  and a band from their min to max."""
+  xs = [v for v in values if v is not None]
+  if xs:
+    ax.axhline(statistics.fmean(xs), color=color, ls="--", label=label)
+    ax.axhspan(min(xs), max(xs), color=color, alpha=alpha, lw=0)
+
+
+# ----------------------------------------------------------------------------- rebuilding
 
 
 def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
@@ -127,24 +199,20 @@ def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
     folder: the experiment's report folder (``<workdir>/<experiment>``).
     points: ``(overrides, report folder relative to folder, claims doc)`` per point.
   """
-  rows = ["| point | claim | method | value | baseline value | holds |",
-          "|---|---|---|---|---|---|"]
+  rows = []
   for point, rel, doc in points:
     label = ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "(base config)"
-    for cl in doc["claims"]:
-      rows.append(f"| [{label}]({rel}/report.md) | {cl['id']} | {cl['method']} | "
-                  f"{_fmt(cl['value'])} | {_fmt(cl.get('baseline_value'))} | "
-                  f"{'yes' if cl['holds'] else '**no**'} |")
+    rows += [[f"[{label}]({rel}/report.md)", cl["id"], cl["method"], cl["value"],
+              cl.get("baseline_value"), "yes" if cl["holds"] else "**no**"]
+             for cl in doc["claims"]]
   experiment = points[0][2]["experiment"] if points else os.path.basename(folder)
   held = sum(cl["holds"] for _, _, d in points for cl in d["claims"])
   total = sum(len(d["claims"]) for _, _, d in points)
-  text = "\n".join([f"# {experiment}: sweep of {len(points)} grid points", "",
-                    f"{held}/{total} claims hold.", "", *rows, ""])
-  path = os.path.join(folder, "sweep.md")
   os.makedirs(folder, exist_ok=True)
-  with open(path, "w") as f:
-    f.write(text)
-  return path
+  return write_markdown(folder, [
+      f"# {experiment}: sweep of {len(points)} grid points", f"{held}/{total} claims hold.",
+      table(["point", "claim", "method", "value", "baseline value", "holds"], rows)],
+      name="sweep.md")
 
 
 def rebuild(workdir: str) -> list[dict]:

@@ -12,23 +12,21 @@ skipped on a relaunch, as with the launcher.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 
+from sweeps.report import fmt
+
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_fmt = functools.partial(fmt, missing="null")  # claims.json spells a missing value null
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def experiment_names() -> list[str]:
   return sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py") and not f.startswith("_"))
-
-
-def _fmt(v) -> str:
-  if v is None:
-    return "null"
-  return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def table(docs: list[dict]) -> str:

@@ -53,6 +53,7 @@ tabulates every point's claims in ``<experiment>/sweep.md``; an experiment may a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -61,8 +62,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sweeps import families as families_lib
+from sweeps import report
 from sweeps.progress import Progress
 from sweeps.results import ResultsDB, config_hash, results_path
+
+_fmt = functools.partial(report.fmt, missing="null")  # claims.json spells a missing value null
 
 
 class RunSpec(NamedTuple):
@@ -409,7 +413,6 @@ def run_grid(runner, config, grid: Sequence[Mapping[str, Any]], workdir: str,
     out = os.path.join(config.experiment, "sweep", point_name(point))
     docs.append(run_sweep(runner, c, workdir, out=out, sweep_point=point, **kwargs))
   if all(d is not None for d in docs):
-    from sweeps import report
 
     folder = os.path.join(workdir, config.experiment)
     report.write_sweep_table(folder, [(p, os.path.join("sweep", point_name(p)), d)
@@ -418,6 +421,3 @@ def run_grid(runner, config, grid: Sequence[Mapping[str, Any]], workdir: str,
       runner.report_sweep(folder, [(p, c, d) for (p, c), d in zip(points, docs)])
   return docs
 
-
-def _fmt(v) -> str:
-  return "null" if v is None else f"{v:.4g}"

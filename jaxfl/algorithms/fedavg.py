@@ -142,10 +142,17 @@ class FedAvg(JitRound):
                        agg_state=self._aggregator.init(params), round=jnp.zeros([], jnp.int32),
                        sim_time=jnp.zeros([], jnp.float32), key=key)
 
+  @staticmethod
+  def round_keys(state: ServerState) -> tuple[jax.Array, jax.Array]:
+    """``(k_sample, k_train)`` of the state's round: the participants are drawn with
+    ``k_sample``, client ``k`` trains with ``fold_in(k_train, k)`` (exposed so a benchmark
+    or a reference implementation can replay a round's randomness)."""
+    k_sample, k_train = jax.random.split(jax.random.fold_in(state.key, state.round))
+    return k_sample, k_train
+
   def round(self, state: ServerState, clients: ClientData) -> tuple[ServerState, RoundMetrics]:
     """One synchronous round; ``clients`` holds every client's padded data ``[N, n_max, ...]``."""
-    key = jax.random.fold_in(state.key, state.round)
-    k_sample, k_train = jax.random.split(key)
+    k_sample, k_train = self.round_keys(state)
     ids, participating = sample_clients(k_sample, self.profiles.availability,
                                         self.clients_per_round)
     batch = jax.tree.map(lambda a: a[ids], clients)

@@ -19,9 +19,7 @@ The issue's size, 200 x 200 shapes of 2,048 points (``full``), is 1.3 x 10^12 sq
 distances: about 25 minutes on 2 CPU cores, so quick measures 64 x 64 shapes of 512
 points.
 
-Measured (quick, 2 idle CPU cores, about 2 min): DDPM 181 shapes/s, DDIM 850 shapes/s
-(4.7x: holds); 1-NNA 3.7 s, 0.87 G squared distances/s; the matmul form takes 2.05x as
-long. The full variant has not been measured yet.
+Measured numbers are in the README ("Benchmark") and in the report this config writes.
 
 Launch:
   python -m sweeps.launch --config sweeps/configs/bench_shapes.py:quick

@@ -19,22 +19,9 @@ Quick uses the digest's cheaper variant, ``slots='ordered'`` (slot ``j`` holds l
 ``j``, only "exists / empty" is categorical) with an MLP denoiser over the flattened slots
 (the issue's prototype); full uses shuffled slots and the permutation-equivariant set
 transformer, as PRISM's label channel implies. Both use v-prediction (``shapes/diffusion.py``
-says why). What the quick design rests on (chairs, 4,000 training shapes, 3,000 steps of
-128, 2,000 samples, means over 3 seeds; the first two rows measured on a GPU):
+says why); the design sweeps behind the quick design are in the README ("PRISM").
 
-* a transformer (width 64, depth 2) over ordered slots: TV 0.062, violations 1.9%,
-  seat / back width correlation 0.56 (real shapes: 0.92), COV 0.527;
-* the same with the label channels' loss weighted 2x: TV 0.055 but correlation 0.10 (5x,
-  on the CPU with 1,000 training shapes: 0.04): the weight buys structure with the parts'
-  joint geometry;
-* the MLP (width 256, depth 3), unweighted, on the CPU: TV 0.041, no violations,
-  correlation 0.935, COV 0.567 (seeds 0-2, the run below).
-
-Measured (quick, 2 idle CPU cores, about 4 min; seeds 0-2 | 100-102): 1-NNA 0.557 | 0.543
-vs the global PCA's 0.832 | 0.810 and independent parts' 0.720 | 0.738; COV 0.567 | 0.530
-vs 0.500 | 0.497; MMD 0.0124 | 0.0112 vs 0.0203 | 0.0192; existence-pattern TV 0.041 |
-0.026 (held-out real shapes: 0.025 | 0.021); no rule violations in 12,000 samples. Every
-claim holds. The full variant has not been measured yet (README.md, "PRISM").
+Measured numbers are in the README ("PRISM") and in the report this config writes.
 
 Launch:
   python -m sweeps.launch --config sweeps/configs/prism.py:quick

@@ -175,24 +175,22 @@ def report(c, db, out: str, digest: str) -> dict:
                                 claims=claims, environment=env,
                                 reported={k: per(k) for k in vals[0]})
   ms = report_lib.mean_std
-  lines = [f"# bench_shapes ({c.variant})", "", report_lib.claims_table(doc), "",
-           f"On {env.get('backend', '?')} ({env.get('device', '?')}, "
-           f"{env.get('cpu_cores', '?')} CPU cores), JAX {env.get('jax_version', '?')}; "
-           "mean ± std over repeats of each repeat's median.", "",
-           "| program | seconds | throughput |", "|---|---|---|",
-           f"| DDPM, {c.diffusion_steps} steps, {c.sample_batch} shapes | "
-           f"{ms(per('seconds_ddpm'))} | {ms(per('ddpm_shapes_per_s'))} shapes/s |",
-           f"| DDIM, {c.ddim_steps} steps, {c.sample_batch} shapes | "
-           f"{ms(per('seconds_ddim'))} | {ms(per('ddim_shapes_per_s'))} shapes/s |",
-           f"| 1-NNA-CD, {c.nna_shapes} x {c.nna_shapes} shapes of {c.nna_points} points "
-           f"(coordinate form) | {ms(per('seconds_nna_plane'))} | "
-           f"{ms(per('squared_distances_per_s'))} squared distances/s |",
-           f"| the same, matmul form | {ms(per('seconds_nna_matmul'))} | "
-           f"{ms(per('plane_over_matmul_speed'))}x the coordinate form's seconds |", "",
-           f"Denoiser: {c.denoiser}, width {c.width}, depth {c.depth}, {c.slots} slots, random "
-           "weights. "
-           f"1-NNA value (both forms): {ms(per('nna_plane_value'))} vs "
-           f"{ms(per('nna_matmul_value'))} (two draws of the generator: about 0.5).", ""]
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write("\n".join(lines))
+  report_lib.write_markdown(out, [
+      f"# bench_shapes ({c.variant})", report_lib.claims_table(doc),
+      f"On {env.get('backend', '?')} ({env.get('device', '?')}, {env.get('cpu_cores', '?')} "
+      f"CPU cores), JAX {env.get('jax_version', '?')}; mean ± std over repeats of each "
+      "repeat's median.",
+      report_lib.table(["program", "seconds", "throughput"], [
+          [f"DDPM, {c.diffusion_steps} steps, {c.sample_batch} shapes", ms(per("seconds_ddpm")),
+           f"{ms(per('ddpm_shapes_per_s'))} shapes/s"],
+          [f"DDIM, {c.ddim_steps} steps, {c.sample_batch} shapes", ms(per("seconds_ddim")),
+           f"{ms(per('ddim_shapes_per_s'))} shapes/s"],
+          [f"1-NNA-CD, {c.nna_shapes} x {c.nna_shapes} shapes of {c.nna_points} points "
+           "(coordinate form)", ms(per("seconds_nna_plane")),
+           f"{ms(per('squared_distances_per_s'))} squared distances/s"],
+          ["the same, matmul form", ms(per("seconds_nna_matmul")),
+           f"{ms(per('plane_over_matmul_speed'))}x the coordinate form's seconds"]]),
+      f"Denoiser: {c.denoiser}, width {c.width}, depth {c.depth}, {c.slots} slots, random "
+      f"weights. 1-NNA value (both forms): {ms(per('nna_plane_value'))} vs "
+      f"{ms(per('nna_matmul_value'))} (two draws of the generator: about 0.5)."])
   return doc

@@ -273,5 +273,25 @@ def report(c, db, out: str, digest: str) -> dict:
   doc = claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=c.experiment,
                                 variant=c.variant, seeds=seeds(c), claims=[claim])
   series = db.series(c.experiment, "fedavg", "accuracy", config_hash=digest)
-  report_lib.write_fedavg_report(out, c, series, per_seed, doc)
+  with report_lib.figure(os.path.join(out, "accuracy.png"), 1, 2, size=(11, 4),
+                         sharey=True, legend=False) as axes:
+    for ax, x in zip(axes, ("step", "time"), strict=True):
+      report_lib.seed_band(ax, series, x=x, scale=100.0, color="C0",
+                           label=f"fedavg (mean, band: min-max over {len(series)} seeds)")
+      report_lib.reference_band(ax, per_seed["centralized"], color="C1",
+                                label="centralized (mean)")
+    axes[0].set(xlabel="round", ylabel="test accuracy (%)",
+                title=f"FedAvg, {c.num_clients} clients, Dirichlet α={c.alpha}")
+    axes[1].set(xlabel="simulated time (s)")
+    axes[0].legend(fontsize=8)  # one legend: both panels draw the same lines
+  sim_final = [t[-1] for _, t, _ in series.values() if t]
+  report_lib.write_markdown(out, [
+      f"# fedavg ({c.variant})", report_lib.claims_table(doc),
+      report_lib.method_table(per_seed, "test accuracy (%)"),
+      "FedAvg simulated time to the last round (s): " + report_lib.mean_std(sim_final),
+      report_lib.image("accuracy.png"),
+      f"Data {c.dataset}, {c.num_clients} clients ({c.partition}, α={c.alpha}), "
+      f"{c.clients_per_round} per round, {c.local_epochs} local epochs, batch "
+      f"{c.batch_size}, client lr {c.client_lr}, server {c.server_optimizer} "
+      f"(lr {c.server_lr}), {c.num_rounds} rounds; centralized {c.central_epochs} epochs."])
   return doc

@@ -263,47 +263,29 @@ def report(c, db, out: str, digest: str) -> dict:
 
 
 def write_report(out, c, doc, per_seed, curves) -> None:
-  plt = report_lib.plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, (name, by_method) in zip(axes, curves.items()):
-    for i, (m, by_seed) in enumerate(by_method.items()):
-      if not by_seed:
-        continue
-      n = min(len(v[0]) for v in by_seed.values())
-      steps = np.asarray(next(iter(by_seed.values()))[0][:n], float)
-      ys = np.array([v[2][:n] for v in by_seed.values()], float)
-      ax.plot(steps, ys.mean(0), color=f"C{i}", label=NAMES[m])
-      ax.fill_between(steps, ys.min(0), ys.max(0), color=f"C{i}", alpha=0.2, lw=0)
-    ax.set(xlabel="round", ylabel=f"{name.replace('_', ' ')} (nats/byte)",
-           title="downstream domains" if name.startswith("down") else
-           "general domains (forgetting)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, "curves.png"), dpi=110)
-  plt.close(fig)
-  rows = []
-  for n, label in (("downstream_loss", "downstream loss"), ("general_loss", "general loss"),
-                   ("general_accuracy", "general accuracy"), ("retention", "retention"),
-                   ("trainable_params", "trainable params"),
-                   ("uplink_bytes_per_round", "uplink bytes / round")):
-    rows.append(f"| {label} | " + " | ".join(report_lib.mean_std(per_seed[n][m])
-                                              for m in METHODS) + " |")
+  with report_lib.figure(os.path.join(out, "curves.png"), 1, 2, size=(11, 4)) as axes:
+    for ax, (name, by_method) in zip(axes, curves.items()):
+      for i, (m, by_seed) in enumerate(by_method.items()):
+        report_lib.seed_band(ax, by_seed, color=f"C{i}", label=NAMES[m])
+      ax.set(xlabel="round", ylabel=f"{name.replace('_', ' ')} (nats/byte)",
+             title="downstream domains" if name.startswith("down") else
+             "general domains (forgetting)")
   start = {n: [v[2][0] for by_seed in curves[n].values() for v in by_seed.values() if v[2]]
            for n in curves}
-  fmt = report_lib._fmt
-  lines = [f"# fedlora ({c.variant})", "", report_lib.claims_table(doc), "",
-           "Before fine-tuning (the pre-trained model): downstream loss "
-           f"{fmt(start['downstream_loss'][0] if start['downstream_loss'] else None)}, general "
-           f"loss {fmt(start['general_loss'][0] if start['general_loss'] else None)} "
-           "(nats/byte).", "",
-           "| metric (mean ± std over seeds) | " + " | ".join(NAMES[m] for m in METHODS) + " |",
-           "|---|" + "---|" * len(METHODS), *rows, "",
-           "Retention = general-domain next-byte accuracy after / before fine-tuning.", "",
-           "![curves](curves.png)", "",
-           f"{c.num_clients} clients (one stdlib domain each), {c.clients_per_round} per round, "
-           f"{c.num_rounds} rounds x {c.local_steps} local Adam steps of {c.batch_size} windows "
-           f"of {c.seq_len} bytes; LoRA rank {c.lora_rank}, alpha {c.lora_alpha} on "
-           f"{', '.join(c.lora_targets)} (lr {c.lora_lr}); full fine-tuning lr {c.full_lr}.", ""]
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write("\n".join(lines))
+  fmt = report_lib.fmt
+  report_lib.write_markdown(out, [
+      f"# fedlora ({c.variant})", report_lib.claims_table(doc),
+      "Before fine-tuning (the pre-trained model): downstream loss "
+      f"{fmt(start['downstream_loss'][0] if start['downstream_loss'] else None)}, general "
+      f"loss {fmt(start['general_loss'][0] if start['general_loss'] else None)} (nats/byte).",
+      report_lib.metric_table(per_seed, [
+          ("downstream_loss", "downstream loss"), ("general_loss", "general loss"),
+          ("general_accuracy", "general accuracy"), ("retention", "retention"),
+          ("trainable_params", "trainable params"),
+          ("uplink_bytes_per_round", "uplink bytes / round")], METHODS, NAMES),
+      "Retention = general-domain next-byte accuracy after / before fine-tuning.",
+      report_lib.image("curves.png"),
+      f"{c.num_clients} clients (one stdlib domain each), {c.clients_per_round} per round, "
+      f"{c.num_rounds} rounds x {c.local_steps} local Adam steps of {c.batch_size} windows "
+      f"of {c.seq_len} bytes; LoRA rank {c.lora_rank}, alpha {c.lora_alpha} on "
+      f"{', '.join(c.lora_targets)} (lr {c.lora_lr}); full fine-tuning lr {c.full_lr}."])

@@ -114,32 +114,25 @@ def report(c, db, out: str, digest: str) -> dict:
   doc = claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=c.experiment,
                                 variant=c.variant, seeds=seeds, claims=[claim])
   curve = db.series(c.experiment, "pretrain", "loss", config_hash=digest)
-  plt = report_lib.plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for seed, (steps, _, values) in curve.items():
-    ax.plot(steps, values, label=f"validation (seed {seed})")
-  if final["unigram_loss"].get(c.seed) is not None:
-    ax.axhline(final["unigram_loss"][c.seed], color="k", ls=":", label="unigram baseline")
-  ax.axhline(c.target_val_loss, color="C3", ls="--", label="claim threshold")
-  ax.set(xlabel="step", ylabel="loss (nats/byte)", ylim=(0, 6),
-         title=f"pre-training '{c.pretrain.model}'")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, "loss.png"), dpi=110)
-  plt.close(fig)
-  fmt = report_lib._fmt
+  with report_lib.figure(os.path.join(out, "loss.png"), size=(6, 4)) as ax:
+    for seed, (steps, _, values) in curve.items():
+      ax.plot(steps, values, label=f"validation (seed {seed})")
+    if final["unigram_loss"].get(c.seed) is not None:
+      ax.axhline(final["unigram_loss"][c.seed], color="k", ls=":", label="unigram baseline")
+    ax.axhline(c.target_val_loss, color="C3", ls="--", label="claim threshold")
+    ax.set(xlabel="step", ylabel="loss (nats/byte)", ylim=(0, 6),
+           title=f"pre-training '{c.pretrain.model}'")
+  fmt = report_lib.fmt
   bits = None if loss[0] is None else loss[0] / math.log(2)
-  lines = [f"# lm_pretrain ({c.variant})", "", report_lib.claims_table(doc), "",
-           f"Validation loss {fmt(loss[0])} nats/byte ({fmt(bits)} bits/byte), "
-           f"next-byte accuracy {fmt(final['accuracy'].get(c.seed))}; unigram baseline "
-           f"{fmt(final['unigram_loss'].get(c.seed))} nats/byte. "
-           f"{fmt(final['num_params'].get(c.seed))} parameters; wall time of the training "
-           f"{fmt(final['seconds'].get(c.seed))} s (when it was trained).", "",
-           "![loss](loss.png)", "",
-           "Recipe: " + ", ".join(f"{k}={v}" for k, v in c.pretrain.items()) +
-           f"; domains {', '.join(corpus_lib.GENERAL_DOMAINS)}.", ""]
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write("\n".join(lines))
+  report_lib.write_markdown(out, [
+      f"# lm_pretrain ({c.variant})", report_lib.claims_table(doc),
+      f"Validation loss {fmt(loss[0])} nats/byte ({fmt(bits)} bits/byte), next-byte accuracy "
+      f"{fmt(final['accuracy'].get(c.seed))}; unigram baseline "
+      f"{fmt(final['unigram_loss'].get(c.seed))} nats/byte. "
+      f"{fmt(final['num_params'].get(c.seed))} parameters; wall time of the training "
+      f"{fmt(final['seconds'].get(c.seed))} s (when it was trained).",
+      report_lib.image("loss.png"),
+      "Recipe: " + ", ".join(f"{k}={v}" for k, v in c.pretrain.items()) +
+      f"; domains {', '.join(corpus_lib.GENERAL_DOMAINS)}."])
   return doc
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxfl.algorithms import FedAvg
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, functional
@@ -58,7 +59,7 @@ def test_runtime_client_loop_and_plain_vmap_compute_the_same_round(num_devices):
   state = alg.init(params, jax.random.PRNGKey(3))
   runtime_params = alg.jit_round(state, clients)[0].params
 
-  k_train = bench_fl.round_train_key(state)
+  k_train = FedAvg.round_keys(state)[1]
   loop = bench_fl.make_client_loop_round(loss_fn, c)
   loop_params, _ = loop(params, state.opt_state, bench_fl.split_clients(clients),
                         bench_fl.client_keys(k_train, c.num_clients), clients.count)

@@ -1,0 +1,263 @@
+"""CoCoDC's runs: validation, the corpus and model set-up, and the three method families
+(diloco, streaming, cocodc) whose tuning grids are traced."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxfl.algorithms.diloco import DiLoCo
+from jaxfl.algorithms.streaming_diloco import StreamingDiLoCo
+from jaxfl.data import corpus as corpus_lib
+from jaxfl.errors import check
+from jaxfl.local import ClientData
+from jaxfl.models import transformer
+from jaxfl.planners import fragments as frag
+from jaxfl.sim import WAN, tree_bytes
+from sweeps import families as families_lib
+from sweeps.experiments import lm_pretrain
+
+FAMILIES = ("diloco", "streaming", "cocodc")
+NAMES = {"diloco": "DiLoCo (blocking)", "streaming": "Streaming DiLoCo", "cocodc": "CoCoDC"}
+KNOB = {"streaming": "alpha", "cocodc": "lam"}  # the second tuned hyperparameter (run names)
+KNOB_METRIC = {"streaming": "alpha", "cocodc": "lam0"}  # ... and its logged metric
+KEY_MODEL, KEY_RUN = range(2)
+PAPER = ("CoCoDC reduces the training steps to a comparable perplexity by up to 21.0% vs "
+         "Streaming DiLoCo (arXiv 2504.17672)")
+
+
+def _pos_int(v, low: int = 1) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def validate(c) -> None:
+  """Every field, before anything runs or is written."""
+  check(_pos_int(c.seed, 0), "seed", "a non-negative integer", c.seed)
+  for f in ("num_seeds", "num_tuning_seeds", "num_layers", "d_model", "num_heads", "d_ff",
+            "seq_len", "num_workers", "windows_per_worker", "eval_windows", "batch_size",
+            "num_steps", "inner_steps", "num_fragments", "eval_every"):
+    check(_pos_int(c[f]), f, "a positive integer", c[f])
+  check(_pos_int(c.warmup_steps, 0), "warmup_steps", "a non-negative integer", c.warmup_steps)
+  check(c.d_model % c.num_heads == 0, "num_heads", f"a divisor of d_model={c.d_model}",
+        c.num_heads)
+  n_domains = len(corpus_lib.CLIENT_DOMAINS)
+  check(c.num_workers <= n_domains, "num_workers",
+        f"at most {n_domains} (one stdlib domain each)", c.num_workers)
+  check(c.eval_windows >= 2, "eval_windows", "at least 2 (split into tuning and test)",
+        c.eval_windows)
+  check(c.inner_steps % c.eval_every == 0, "eval_every",
+        f"a divisor of inner_steps={c.inner_steps}", c.eval_every)
+  check(c.num_steps % c.inner_steps == 0, "num_steps",
+        f"a multiple of inner_steps={c.inner_steps}", c.num_steps)
+  check(c.num_fragments <= min(c.num_layers + 2, c.inner_steps), "num_fragments",
+        f"at most min(num_layers + 2, inner_steps) = {min(c.num_layers + 2, c.inner_steps)}",
+        c.num_fragments)
+  check(c.fragment_pattern in ("sequential", "strided"), "fragment_pattern",
+        "'sequential' or 'strided'", c.fragment_pattern)
+  overlaps = tuple(c.overlaps)
+  check(len(overlaps) >= 1 and len(set(overlaps)) == len(overlaps) and
+        all(_pos_int(t) and t < c.inner_steps for t in overlaps), "overlaps",
+        f"distinct integers in [1, inner_steps={c.inner_steps})", overlaps)
+  for f in ("inner_lr", "bandwidth", "step_time"):
+    check(math.isfinite(c[f]) and c[f] > 0, f, "a positive number", c[f])
+  for f in ("weight_decay", "latency"):
+    check(math.isfinite(c[f]) and c[f] >= 0, f, "a non-negative number", c[f])
+  check(math.isfinite(c.clip_norm) and c.clip_norm > 0, "clip_norm", "a positive number",
+        c.clip_norm)
+  check(0 <= c.outer_momentum < 1, "outer_momentum", "a number in [0, 1)", c.outer_momentum)
+  for f, ok, what in (("outer_lr_grid", lambda v: math.isfinite(v) and v > 0, "positive"),
+                      ("alpha_grid", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                      ("lam0_grid", lambda v: math.isfinite(v) and v >= 0, "non-negative")):
+    grid = tuple(c[f])
+    check(len(grid) >= 1 and len(set(grid)) == len(grid) and
+          all(isinstance(v, (int, float)) and ok(v) for v in grid), f,
+          f"distinct {what} numbers", grid)
+  check(0 <= c.min_step_reduction < 1, "min_step_reduction", "a fraction in [0, 1)",
+        c.min_step_reduction)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def grid(c, family: str) -> list[dict[str, float]]:
+  """The points a family is tuned over: ``outer_lr`` (and ``alpha`` or ``lam0``)."""
+  lrs = [float(v) for v in c.outer_lr_grid]
+  if family == "diloco":
+    return [{"outer_lr": lr} for lr in lrs]
+  knobs = c.alpha_grid if family == "streaming" else c.lam0_grid
+  return [{"outer_lr": lr, KNOB_METRIC[family]: float(k)} for lr in lrs for k in knobs]
+
+
+def overlaps(c, family: str) -> list[int]:
+  return [0] if family == "diloco" else [int(t) for t in c.overlaps]
+
+
+def method_name(family: str, overlap: int) -> str:
+  return family if family == "diloco" else f"{family}_tau{overlap}"
+
+
+def point_name(family: str, overlap: int, lr: float, knob: float = 0.0) -> str:
+  """A tuning run's name: ``cocodc_tau12[outer_lr=0.7,lam0=0.5]``."""
+  point = {"outer_lr": lr} if family == "diloco" else {"outer_lr": lr, KNOB_METRIC[family]: knob}
+  return families_lib.point_name(method_name(family, overlap), point)
+
+
+def reported_methods(c) -> list[str]:
+  return [method_name(f, t) for f in FAMILIES for t in overlaps(c, f)]
+
+
+def family_of(method: str) -> str:
+  return method.split("_", 1)[0]
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+class Context:
+  """Data, the validation and test windows, and each seed's initial model."""
+
+  def __init__(self, data: ClientData, tune: tuple, test: tuple, domains: tuple[str, ...],
+               num_params: int):
+    self.data = data
+    self.num_params = num_params
+    self.tune = tune  # validation windows used for tuning
+    self.test = test  # the other validation windows: reported curves
+    self.domains = domains
+    self.params0: dict[int, Any] = {}  # seed -> initial model
+
+
+def model_config(c) -> transformer.LMConfig:
+  return transformer.LMConfig(num_layers=c.num_layers, d_model=c.d_model,
+                              num_heads=c.num_heads, d_ff=c.d_ff, max_len=c.seq_len)
+
+
+def prepare(c) -> Context:
+  corpus = lm_pretrain.load_corpus(c)
+  shards = corpus_lib.client_domains(c.num_workers)
+  # Equal counts: workers draw batches uniformly from their own windows.
+  data = corpus_lib.client_windows(corpus, c.num_workers, c.seq_len, c.windows_per_worker,
+                                   equal=True)
+  vx, vy = corpus_lib.domain_windows(corpus, [s.domain for s in shards], c.seq_len,
+                                     c.eval_windows)
+  return Context(data, (vx[0::2], vy[0::2]), (vx[1::2], vy[1::2]),
+                 tuple(s.domain for s in shards), transformer.num_params(_shapes(c)))
+
+
+def inner_optimizer(c) -> optax.GradientTransformation:
+  """AdamW (betas 0.9/0.95) with linear warmup and cosine decay to 10%, after clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, c.inner_lr, c.warmup_steps, max(c.num_steps, c.warmup_steps + 1),
+      end_value=0.1 * c.inner_lr)
+  return optax.chain(optax.clip_by_global_norm(c.clip_norm),
+                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay))
+
+
+def _shapes(c):
+  return jax.eval_shape(lambda: transformer.init(model_config(c), jax.random.key(0)))
+
+
+def _labels(c, shapes=None):
+  units = frag.fragment_units(c.num_layers + 2, c.num_fragments, c.fragment_pattern)
+  return frag.fragment_labels(_shapes(c) if shapes is None else shapes, units)
+
+
+def _wan(c) -> WAN:
+  return WAN(bandwidth=float(c.bandwidth), latency=float(c.latency))
+
+
+def _algorithm(c, family: str, outer_lr, knob, overlap, labels=None):
+  """The family's engine; ``outer_lr``, ``knob`` and ``overlap`` may be traced."""
+  config = model_config(c)
+  loss_fn = lambda p, x, y: transformer.lm_loss(config, p, x, y)
+  outer = optax.sgd(outer_lr, momentum=c.outer_momentum, nesterov=True)
+  common = dict(num_workers=c.num_workers, inner_steps=c.inner_steps,
+                batch_size=c.batch_size, step_time=float(c.step_time), wan=_wan(c))
+  if family == "diloco":
+    return DiLoCo(loss_fn, inner_optimizer(c), outer, **common)
+  knobs = dict(alpha=knob) if family == "streaming" else dict(lam0=knob)
+  return StreamingDiLoCo(loss_fn, inner_optimizer(c), outer,
+                         labels=_labels(c) if labels is None else labels,
+                         num_fragments=c.num_fragments, overlap=overlap, mode=family,
+                         **knobs, **common)
+
+
+def _simulate_fn(c, ctx: Context, family: str):
+  """``simulate(key, (params0, overlap, windows), {outer_lr, alpha|lam0})``: the run's
+  ``(sim_time, {"eval_loss": loss})``, each ``[E + 1]`` (the loss on ``windows`` at the
+  start and after each of ``E`` evaluation intervals).
+
+  The initial parameters are an input: initialisers compile slowly (threefry per
+  parameter) and every family of a seed shares them.
+  """
+  config = model_config(c)
+  labels = _labels(c)
+  every = 1 if family == "diloco" else c.eval_every  # DiLoCo: one round per evaluation
+  num_evals = c.num_steps // (c.inner_steps if family == "diloco" else c.eval_every)
+
+  def simulate(key, inputs, hparams):
+    params0, overlap, windows = inputs
+    knob = hparams.get(KNOB_METRIC.get(family, ""), 0.0)
+    alg = _algorithm(c, family, hparams["outer_lr"], knob, overlap, labels)
+    data = jax.tree.map(jnp.asarray, ctx.data)
+
+    def evaluate(state):
+      model = (state.params if family == "diloco" else
+               jax.tree.map(lambda w: jnp.mean(w, axis=0), state.workers))
+      return transformer.lm_loss(config, model, *windows)
+
+    def chunk(state, _):
+      state, _ = jax.lax.scan(lambda s, _: (alg.round(s, data)[0], None), state, None,
+                              length=every)
+      return state, (state.sim_time, evaluate(state))
+
+    state = alg.init(params0, jax.random.fold_in(key, KEY_RUN))
+    _, (times, loss) = jax.lax.scan(chunk, state, None, length=num_evals)
+    cat = lambda first, rest: jnp.concatenate([first[None], rest])
+    return cat(state.sim_time, times), {"eval_loss": cat(evaluate(state), loss)}
+
+  return simulate
+
+
+def _initial_params(c, ctx: Context, seed: int):
+  """Seed's initial model (cached: every family and method of a seed start from it)."""
+  if seed not in ctx.params0:
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), KEY_MODEL)
+    ctx.params0[seed] = transformer.init(model_config(c), key)
+  return ctx.params0[seed]
+
+
+def families(c, ctx: Context) -> list[families_lib.Family]:
+  """DiLoCo, Streaming DiLoCo and CoCoDC, each tuned by mean final validation loss (a
+  diverged grid point is never chosen). ``ctx`` is read only when runs are computed."""
+  out = []
+  for family in FAMILIES:
+    methods = {method_name(family, t): t for t in overlaps(c, family)}
+
+    def inputs(method, seed, stage, methods=methods):
+      windows = ctx.tune if stage == "tune" else ctx.test
+      return _initial_params(c, ctx, seed), np.int32(methods[method]), windows
+
+    every = c.inner_steps if family == "diloco" else c.eval_every
+    out.append(families_lib.Family(
+        name=family, methods=tuple(methods), simulate=_simulate_fn(c, ctx, family),
+        steps=range(0, c.num_steps + 1, every), inputs=inputs, grid=grid(c, family),
+        select=families_lib.lowest("eval_loss")))
+  return out
+
+
+def info(c, ctx: Context) -> dict:
+  del c
+  return {"params": ctx.num_params, "domains": list(ctx.domains)}
+
+
+def fragment_comm_seconds(c) -> tuple[float, float]:
+  """Simulated seconds of the full model's all-reduce and of one fragment's (mean)."""
+  shapes = _shapes(c)
+  full = _wan(c).allreduce_time(tree_bytes(shapes), c.num_workers)
+  engine = _algorithm(c, "streaming", 1.0, 0.5, int(c.overlaps[0]), _labels(c, shapes))
+  return full, float(np.mean(engine.fragment_comm_time(shapes)))
