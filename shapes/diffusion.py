@@ -121,13 +121,13 @@ class Denoiser(nnx.Module):
   def __init__(self, dim: int, *, width: int = 128, depth: int = 3, heads: int = 4,
                num_slots: int = 0, rngs: nnx.Rngs):
     if not (isinstance(num_slots, int) and num_slots >= 0):
-      raise ConfigError("model.num_slots", "0 (a set) or the number of ordered slots",
+      raise ConfigError("num_slots", "0 (a set) or the number of ordered slots",
                         num_slots)
     for name, v in (("dim", dim), ("width", width), ("depth", depth), ("heads", heads)):
       if not (isinstance(v, int) and v > 0):
-        raise ConfigError(f"model.{name}", "a positive integer", v)
+        raise ConfigError(f"{name}", "a positive integer", v)
     if width % heads or width % 2:
-      raise ConfigError("model.heads", f"a divisor of an even width={width}", heads)
+      raise ConfigError("heads", f"a divisor of an even width={width}", heads)
     self.width = width
     self.read_in = nnx.Linear(dim, width, rngs=rngs)
     # Ordered slots (the digest's cheaper variant): slot j is label j, told apart by a
@@ -160,9 +160,9 @@ class MLPDenoiser(nnx.Module):
                rngs: nnx.Rngs):
     for name, v in (("dim", dim), ("num_slots", num_slots), ("width", width), ("depth", depth)):
       if not (isinstance(v, int) and v > 0):
-        raise ConfigError(f"model.{name}", "a positive integer", v)
+        raise ConfigError(f"{name}", "a positive integer", v)
     if width % 2:
-      raise ConfigError("model.width", "an even integer", width)
+      raise ConfigError("width", "an even integer", width)
     self.width = width
     self.read_in = nnx.Linear(dim * num_slots, width, rngs=rngs)
     self.time1 = nnx.Linear(width, width, rngs=rngs)
@@ -194,11 +194,11 @@ class DenoiserConfig:
 
   def __post_init__(self):
     if self.prediction not in ("eps", "v"):
-      raise ConfigError("model.prediction", "'eps' or 'v'", self.prediction)
+      raise ConfigError("prediction", "'eps' or 'v'", self.prediction)
     if self.kind not in ("set", "mlp"):
-      raise ConfigError("model.kind", "'set' or 'mlp'", self.kind)
+      raise ConfigError("kind", "'set' or 'mlp'", self.kind)
     if self.kind == "mlp" and not self.num_slots:
-      raise ConfigError("model.num_slots", "the number of ordered slots for an MLP", 0)
+      raise ConfigError("num_slots", "the number of ordered slots for an MLP", 0)
 
 
 def _build(config: DenoiserConfig, rngs: nnx.Rngs) -> nnx.Module:

@@ -38,6 +38,7 @@ from ml_collections import config_flags
 
 from jaxfl.errors import ConfigError
 from jaxfl.loop import DivergenceError
+from sweeps import configs
 from sweeps.backends import BACKENDS
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="ml_collections")
@@ -150,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     return fail("--config: expected a config file, e.g. sweeps/configs/fedavg.py:quick")
   path = spec.split(":", 1)[0]
   if not os.path.isfile(path):
-    configs = os.path.join(os.path.dirname(__file__), "configs")
-    names = sorted(f[:-3] for f in os.listdir(configs) if f.endswith(".py") and f != "__init__.py")
-    return fail(f"--config: expected an experiment config file (one of {names} under "
+    return fail(f"--config: expected an experiment config file (one of {configs.names()} under "
                 f"sweeps/configs/), got {path!r}")
   fv = _define_flags(argv)
   try:

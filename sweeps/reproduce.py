@@ -18,15 +18,11 @@ import os
 import subprocess
 import sys
 
+from sweeps import configs
 from sweeps.report import fmt
 
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 _fmt = functools.partial(fmt, missing="null")  # claims.json spells a missing value null
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def experiment_names() -> list[str]:
-  return sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py") and not f.startswith("_"))
 
 
 def table(docs: list[dict]) -> str:
@@ -49,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--only", default="", help="comma-separated experiment names")
   parser.add_argument("--workdir", default="runs")
   args = parser.parse_args(argv)
-  names = experiment_names()
+  names = configs.names()
   only = [n for n in args.only.split(",") if n]
   unknown = [n for n in only if n not in names]
   if unknown:
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
   for name in only or names:
     print(f"== {name}:{variant}", flush=True)
     code = subprocess.call([sys.executable, "-m", "sweeps.launch",
-                            f"--config={os.path.join(CONFIGS, name)}.py:{variant}",
+                            f"--config={os.path.join(configs.FOLDER, name)}.py:{variant}",
                             f"--workdir={args.workdir}"], cwd=ROOT)
     path = os.path.join(args.workdir, name, "claims.json")
     if code != 0 or not os.path.exists(path):

@@ -75,30 +75,30 @@ class PretrainSpec:
   domains: tuple[str, ...] = corpus_lib.GENERAL_DOMAINS
 
   def __post_init__(self):
-    transformer.get_variant(self.variant, "pretrain.model")
+    transformer.get_variant(self.variant, "variant")
     for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_windows"):
       value = getattr(self, name)
       if not (isinstance(value, int) and value > 0):
-        raise ConfigError(f"pretrain.{name}", "a positive integer", value)
+        raise ConfigError(f"{name}", "a positive integer", value)
     if self.seq_len > self.config.max_len:
-      raise ConfigError("pretrain.seq_len", f"at most max_len={self.config.max_len}",
+      raise ConfigError("seq_len", f"at most max_len={self.config.max_len}",
                         self.seq_len)
     if self.steps % self.eval_every:
-      raise ConfigError("pretrain.eval_every", f"a divisor of steps={self.steps}",
+      raise ConfigError("eval_every", f"a divisor of steps={self.steps}",
                         self.eval_every)
     if not (isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.steps):
-      raise ConfigError("pretrain.warmup_steps", f"an integer in [0, steps={self.steps})",
+      raise ConfigError("warmup_steps", f"an integer in [0, steps={self.steps})",
                         self.warmup_steps)
     if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-      raise ConfigError("pretrain.learning_rate", "a positive number", self.learning_rate)
+      raise ConfigError("learning_rate", "a positive number", self.learning_rate)
     if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-      raise ConfigError("pretrain.weight_decay", "a non-negative number", self.weight_decay)
+      raise ConfigError("weight_decay", "a non-negative number", self.weight_decay)
     if not (isinstance(self.seed, int) and self.seed >= 0):
-      raise ConfigError("pretrain.seed", "a non-negative integer", self.seed)
+      raise ConfigError("seed", "a non-negative integer", self.seed)
 
   @property
   def config(self) -> transformer.LMConfig:
-    return transformer.get_variant(self.variant, "pretrain.model")
+    return transformer.get_variant(self.variant, "variant")
 
   def digest(self) -> str:
     """Short hash of the spec and the Python version (whose stdlib is the corpus)."""
@@ -118,7 +118,7 @@ def general_streams(corpus: corpus_lib.Corpus, domains) -> tuple[np.ndarray, np.
   """The domains' train and validation streams, each joined in domain order."""
   missing = [d for d in domains if d not in corpus.domains]
   if missing:
-    raise ConfigError("pretrain.domains", f"domains of the loaded corpus {corpus.domains}",
+    raise ConfigError("domains", f"domains of the loaded corpus {corpus.domains}",
                       missing)
   return (np.concatenate([corpus.train[d] for d in domains]),
           np.concatenate([corpus.validation[d] for d in domains]))

@@ -100,20 +100,20 @@ class LMConfig:
     for name in ("num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size"):
       value = getattr(self, name)
       if not (isinstance(value, int) and value > 0):
-        raise ConfigError(f"model.{name}", "a positive integer", value)
+        raise ConfigError(f"{name}", "a positive integer", value)
     if self.d_model % self.num_heads:
-      raise ConfigError("model.num_heads", f"a divisor of d_model={self.d_model}", self.num_heads)
+      raise ConfigError("num_heads", f"a divisor of d_model={self.d_model}", self.num_heads)
     if not (isinstance(self.lora_rank, int) and self.lora_rank >= 0):
-      raise ConfigError("model.lora_rank", "an integer >= 0", self.lora_rank)
+      raise ConfigError("lora_rank", "an integer >= 0", self.lora_rank)
     if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and
             self.lora_alpha > 0):
-      raise ConfigError("model.lora_alpha", "a positive number", self.lora_alpha)
+      raise ConfigError("lora_alpha", "a positive number", self.lora_alpha)
     unknown = [t for t in self.lora_targets if t not in LINEAR_NAMES]
     if unknown:
-      raise ConfigError("model.lora_targets", f"names among {LINEAR_NAMES}", unknown)
+      raise ConfigError("lora_targets", f"names among {LINEAR_NAMES}", unknown)
     if self.lora_layers is not None and any(
         not 0 <= i < self.num_layers for i in self.lora_layers):
-      raise ConfigError("model.lora_layers", f"block indices in [0, {self.num_layers})",
+      raise ConfigError("lora_layers", f"block indices in [0, {self.num_layers})",
                         self.lora_layers)
 
   @property
@@ -142,7 +142,7 @@ VARIANTS = {
 }
 
 
-def get_variant(name: str, field: str = "model.variant") -> LMConfig:
+def get_variant(name: str, field: str = "variant") -> LMConfig:
   if name not in VARIANTS:
     raise ConfigError(field, f"one of {sorted(VARIANTS)}", name)
   return VARIANTS[name]
@@ -177,15 +177,15 @@ class Plan:
     """ConfigError naming the field unless this plan fits a model of ``num_layers`` blocks."""
     if self.keep is not None and (len(self.keep) != num_layers or
                                   not all(isinstance(k, bool) for k in self.keep)):
-      raise ConfigError("plan.keep", f"None or {num_layers} Python bools", self.keep)
+      raise ConfigError("keep", f"None or {num_layers} Python bools", self.keep)
     if not (isinstance(self.grad_floor, int) and 0 <= self.grad_floor <= num_layers):
-      raise ConfigError("plan.grad_floor", f"an integer in [0, {num_layers}]", self.grad_floor)
+      raise ConfigError("grad_floor", f"an integer in [0, {num_layers}]", self.grad_floor)
     if any(not (isinstance(i, int) and 0 <= i < num_layers) for i in self.quantized):
-      raise ConfigError("plan.quantized", f"block indices in [0, {num_layers})", self.quantized)
+      raise ConfigError("quantized", f"block indices in [0, {num_layers})", self.quantized)
     if self.quant_bits not in (2, 4, 8):
-      raise ConfigError("plan.quant_bits", "2, 4 or 8", self.quant_bits)
+      raise ConfigError("quant_bits", "2, 4 or 8", self.quant_bits)
     if self.quant_trainable not in ("lora", "all"):
-      raise ConfigError("plan.quant_trainable", "'lora' or 'all'", self.quant_trainable)
+      raise ConfigError("quant_trainable", "'lora' or 'all'", self.quant_trainable)
 
 
 class KVCache(NamedTuple):

@@ -80,7 +80,7 @@ def footprint(config: transformer.LMConfig, params: dict, rule: lora.PathRule,
     wrong = [p for p, _ in lora.leaf_paths(trainable)
              if lora.block_of(p) in plan.quantized and not lora.is_lora_path(p)]
     if wrong:  # a quantized 'lora' block gives those leaves zero gradients
-      raise ConfigError("plan.quant_trainable", "'all' when non-adapter leaves of quantized "
+      raise ConfigError("quant_trainable", "'all' when non-adapter leaves of quantized "
                         "blocks train", f"'lora' with {wrong[0]} trainable")
   found = []
 

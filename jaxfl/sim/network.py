@@ -24,6 +24,10 @@ import numpy as np
 from jaxfl.errors import ConfigError
 
 
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class WAN:
   """A wide-area link: an all-reduce of ``b`` bytes among ``M`` workers takes
@@ -36,6 +40,13 @@ class WAN:
 
   bandwidth: float = 1e8
   latency: float = 0.1
+
+  def __post_init__(self):
+    if not (_is_number(self.bandwidth) and math.isfinite(self.bandwidth) and self.bandwidth > 0):
+      raise ConfigError("bandwidth", "a positive finite number (bytes per second)",
+                        self.bandwidth)
+    if not (_is_number(self.latency) and math.isfinite(self.latency) and self.latency >= 0):
+      raise ConfigError("latency", "a non-negative finite number (seconds)", self.latency)
 
   def allreduce_time(self, num_bytes, num_workers: int) -> float:
     return blocking_sync_time(num_bytes, self.bandwidth, self.latency, num_workers)

@@ -36,11 +36,9 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.num_tuning_seeds = 1
   c.data_dir = ""  # "" = $JAXFL_DATA_DIR or ~/.cache/jaxfl/tfds
 
-  # Model: a from-scratch byte-level transformer (jaxfl.models.transformer).
-  c.num_layers = 4
-  c.d_model = 32
-  c.num_heads = 2
-  c.d_ff = 64
+  # Model: a from-scratch byte-level transformer, the block of jaxfl.models.transformer.LMConfig
+  # (its max_len is seq_len).
+  c.model = ml_collections.ConfigDict(dict(num_layers=4, d_model=32, num_heads=2, d_ff=64))
   c.seq_len = 32
 
   # Workers: one domain each; windows of seq_len bytes.
@@ -73,8 +71,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   # Simulated clock: seconds per inner step; WAN bytes/s and latency per all-reduce
   # (the full model's all-reduce here takes ~16 steps, a fragment's ~6).
   c.step_time = 0.1
-  c.bandwidth = 2.0e5
-  c.latency = 0.05
+  c.wan = ml_collections.ConfigDict(dict(bandwidth=2.0e5, latency=0.05))  # jaxfl.sim.WAN
 
   # Claim thresholds.
   c.min_step_reduction = 0.10  # CoCoDC vs Streaming DiLoCo, steps to the latter's final loss
@@ -82,10 +79,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   if variant == "full":
     c.num_seeds = 5
     c.num_tuning_seeds = 2
-    c.num_layers = 8
-    c.d_model = 128
-    c.num_heads = 4
-    c.d_ff = 512
+    c.model.update(num_layers=8, d_model=128, num_heads=4, d_ff=512)
     c.seq_len = 64
     c.windows_per_worker = 8192
     c.eval_windows = 128
@@ -99,7 +93,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.outer_lr_grid = (0.4, 0.7, 1.0)
     c.alpha_grid = (0.5, 0.0)
     c.lam0_grid = (0.2, 0.5)
-    c.bandwidth = 1.0e6
+    c.wan.bandwidth = 1.0e6
   elif variant != "quick":
     raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c

@@ -22,9 +22,10 @@ import ml_collections
 
 
 def pretrain_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  """The fields of :class:`jaxfl.models.pretrained.PretrainSpec` (shared with fedlora)."""
+  """The block that builds :class:`jaxfl.models.pretrained.PretrainSpec` (its fields; shared
+  with fedlora)."""
   p = ml_collections.ConfigDict()
-  p.model = "small"  # jaxfl.models.transformer.VARIANTS
+  p.variant = "small"  # jaxfl.models.transformer.VARIANTS
   p.steps = 400
   p.batch_size = 32
   p.seq_len = 128

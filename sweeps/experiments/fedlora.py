@@ -18,7 +18,7 @@ import optax
 
 from jaxfl.algorithms.fedpeft import FederatedPEFT, PEFTInputs
 from jaxfl.data import corpus as corpus_lib
-from jaxfl.errors import check
+from jaxfl.errors import ConfigError, check
 from jaxfl.local import ClientData
 from jaxfl.models import lora, pretrained, transformer
 from jaxfl.sim import sample_profiles, tree_bytes
@@ -55,8 +55,11 @@ def validate(c) -> None:
         c.num_clients)
   check(len(c.lora_targets) > 0, "lora_targets", f"names among {transformer.LINEAR_NAMES}",
         c.lora_targets)
-  transformer.LMConfig(num_layers=1, d_model=2, num_heads=1, d_ff=1, max_len=1,
-                       lora_targets=tuple(c.lora_targets))  # names checked there
+  try:  # the names are checked where adapters are made
+    transformer.LMConfig(num_layers=1, d_model=2, num_heads=1, d_ff=1, max_len=1,
+                         lora_targets=tuple(c.lora_targets))
+  except ConfigError as e:
+    raise ConfigError("lora_targets", e.expected, e.got) from None
   for field in ("lora_alpha", "lora_lr", "full_lr", "compute_median", "uplink_median",
                 "downlink_median"):
     check(math.isfinite(c[field]) and c[field] > 0, field, "a positive number", c[field])

@@ -13,18 +13,16 @@ from jaxfl.errors import check
 from jaxfl.models import pretrained, transformer
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
+from sweeps.configs import common
 from sweeps.sweep import RunSpec
 
 METHODS = ("pretrain",)
 
 
 def spec(p) -> pretrained.PretrainSpec:
-  """The :class:`PretrainSpec` of a config's ``pretrain`` block (ConfigError on bad fields)."""
-  return pretrained.PretrainSpec(
-      variant=p.model, steps=p.steps, batch_size=p.batch_size, seq_len=p.seq_len,
-      learning_rate=float(p.learning_rate), warmup_steps=p.warmup_steps,
-      weight_decay=float(p.weight_decay), eval_every=p.eval_every, eval_windows=p.eval_windows,
-      seed=p.seed)
+  """The :class:`PretrainSpec` the config's ``pretrain`` block builds (ConfigError naming
+  ``pretrain.<field>`` on a bad one)."""
+  return common.build(pretrained.PretrainSpec, p, "pretrain")
 
 
 def check_cache_dir(path: str) -> None:
@@ -102,7 +100,7 @@ def report(c, db, out: str, digest: str) -> dict:
   loss = [final["loss"].get(s) for s in seeds]
   claim = claims_lib.claim(
       id="validation_loss",
-      statement=(f"The '{c.pretrain.model}' LM pre-trained for {c.pretrain.steps} steps reaches "
+      statement=(f"The '{c.pretrain.variant}' LM pre-trained for {c.pretrain.steps} steps reaches "
                  f"{c.target_val_loss} nats/byte on held-out general-domain text"),
       paper="a small pre-trained LM is the starting point of the federated fine-tuning "
             "papers (FedBE arXiv 2506.05977, FedQuad 2506.01001, HierFedLoRA 2503.21213, "
@@ -121,7 +119,7 @@ def report(c, db, out: str, digest: str) -> dict:
       ax.axhline(final["unigram_loss"][c.seed], color="k", ls=":", label="unigram baseline")
     ax.axhline(c.target_val_loss, color="C3", ls="--", label="claim threshold")
     ax.set(xlabel="step", ylabel="loss (nats/byte)", ylim=(0, 6),
-           title=f"pre-training '{c.pretrain.model}'")
+           title=f"pre-training '{c.pretrain.variant}'")
   fmt = report_lib.fmt
   bits = None if loss[0] is None else loss[0] / math.log(2)
   report_lib.write_markdown(out, [

@@ -37,7 +37,7 @@ def rows_in(workdir):
     return db.snapshot()
 
 
-TINY = dict(num_seeds=2, num_layers=1, d_model=8, num_heads=1, d_ff=16, seq_len=8,
+TINY = dict(num_seeds=2, model=dict(num_layers=1, d_model=8, num_heads=1, d_ff=16), seq_len=8,
             windows_per_worker=32, eval_windows=4, batch_size=2, num_steps=16, inner_steps=8,
             num_fragments=2, overlaps=(1, 5), eval_every=4, warmup_steps=2,
             outer_lr_grid=(0.4, 0.9), alpha_grid=(0.5,), lam0_grid=(0.5,))
@@ -60,11 +60,13 @@ def test_configs_validate():
     ("overlaps", (2, 24)), ("overlaps", (3, 3)), ("eval_every", 5), ("num_steps", 250),
     ("num_fragments", 7), ("num_workers", 99), ("alpha_grid", (0.5, 1.5)),
     ("lam0_grid", (-0.1,)), ("outer_lr_grid", ()), ("fragment_pattern", "random"),
-    ("min_step_reduction", 1.0), ("num_heads", 3), ("outer_momentum", 1.0),
+    ("min_step_reduction", 1.0), ("model.num_heads", 3), ("model.d_ff", 0),
+    ("wan.bandwidth", 0.0), ("wan.latency", -1.0), ("outer_momentum", 1.0),
 ])
 def test_validate_names_the_field(field, value):
   c = cocodc_config.get_config("quick")
-  c[field] = value
+  *path, name = field.split(".")
+  (c[path[0]] if path else c)[name] = value
   with pytest.raises(ConfigError) as e:
     cocodc.validate(c)
   assert e.value.field == field
@@ -159,7 +161,8 @@ def test_sigkilled_launch_relaunched_is_bit_identical_to_one_never_stopped(swept
   """SIGKILL the launcher once its first family call is recorded, then relaunch: the
   relaunch computes only the calls left, and every row equals the uninterrupted run's."""
   c, doc, root = swept
-  overrides = {k: c[k] for k in TINY} | {"data_dir": c.data_dir}
+  overrides = {k: c[k] for k in TINY if k != "model"} | {"data_dir": c.data_dir}
+  overrides |= {f"model.{k}": v for k, v in TINY["model"].items()}  # a block: field by field
   argv = [sys.executable, "-m", "sweeps.launch", "--config=sweeps/configs/cocodc.py:quick",
           f"--workdir={root / 'b'}", *(f"--config.{k}={v}" for k, v in overrides.items())]
   launch = lambda: subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,

@@ -23,7 +23,7 @@ from sweeps.experiments import fedlora, lm_pretrain
 from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import run_sweep
 
-TINY_PRETRAIN = dict(model="tiny", steps=40, batch_size=8, seq_len=32, eval_every=20,
+TINY_PRETRAIN = dict(variant="tiny", steps=40, batch_size=8, seq_len=32, eval_every=20,
                      eval_windows=8, warmup_steps=5)
 
 
@@ -60,7 +60,7 @@ def test_configs_validate():
 
 
 @pytest.mark.parametrize("field,value,reported", [
-    ("pretrain.model", "huge", "pretrain.model"), ("pretrain.steps", 0, "pretrain.steps"),
+    ("pretrain.variant", "huge", "pretrain.variant"), ("pretrain.steps", 0, "pretrain.steps"),
     ("pretrain.seq_len", 1000, "pretrain.seq_len"), ("pretrain.eval_every", 7,
                                                      "pretrain.eval_every"),
     ("target_val_loss", -1.0, "target_val_loss"), ("num_seeds", 2, "num_seeds"),
@@ -81,7 +81,7 @@ def test_pretrain_validate_names_the_field(field, value, reported):
     ("num_clients", 0, "num_clients"), ("clients_per_round", 20, "clients_per_round"),
     ("seq_len", 500, "seq_len"),
     ("lora_rank", 0, "lora_rank"), ("lora_lr", -1.0, "lora_lr"),
-    ("lora_targets", ("qkv",), "model.lora_targets"), ("lora_targets", (), "lora_targets"),
+    ("lora_targets", ("qkv",), "lora_targets"), ("lora_targets", (), "lora_targets"),
     ("max_loss_ratio", 0.0, "max_loss_ratio"), ("local_steps", 0, "local_steps"),
 ])
 def test_fedlora_validate_names_the_field(field, value, reported):

@@ -37,7 +37,8 @@ def test_claims_and_metric_tables():
 
 def test_write_markdown_separates_blocks_and_drops_empty_ones(tmp_path):
   path = report.write_markdown(str(tmp_path), ["# t", "", "para", report.image("p.png")])
-  assert open(path).read() == "# t\n\npara\n\n![p](p.png)\n"
+  with open(path) as f:
+    assert f.read() == "# t\n\npara\n\n![p](p.png)\n"
 
 
 def test_seed_band_draws_the_mean_and_the_min_max_band(tmp_path):

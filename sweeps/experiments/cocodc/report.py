@@ -223,11 +223,11 @@ def write_report(out, c, doc, series, reduction, per_seed_final, tuning) -> None
       report_lib.table(["method", "τ", "outer lr", *(["knob: val loss"] * width)], grid_rows),
       f"DiLoCo: {dil}.", _regime_text(c, tuning, gap), "## Setup",
       f"{c.num_workers} workers, one stdlib domain each ({', '.join(domains)}); a "
-      f"{c.num_layers}-layer byte-level transformer (d = {c.d_model}) from scratch; "
+      f"{c.model.num_layers}-layer byte-level transformer (d = {c.model.d_model}) from scratch; "
       f"{c.num_steps} inner AdamW steps of {c.batch_size} windows of {c.seq_len} bytes; "
       f"H = {c.inner_steps}, {c.num_fragments} {c.fragment_pattern} fragments; "
       f"simulated step {c.step_time:g} s, full all-reduce {full_s:.2f} s, a fragment's "
-      f"{frag_s:.2f} s (bandwidth {c.bandwidth:g} B/s, latency {c.latency:g} s)."])
+      f"{frag_s:.2f} s (bandwidth {c.wan.bandwidth:g} B/s, latency {c.wan.latency:g} s)."])
 
 
 def _grid_gaps(c, tuning, t) -> tuple[list[float], list[float]]:

@@ -20,6 +20,7 @@ from jaxfl.models import transformer
 from jaxfl.planners import fragments as frag
 from jaxfl.sim import WAN, tree_bytes
 from sweeps import families as families_lib
+from sweeps.configs import common
 from sweeps.experiments import lm_pretrain
 
 FAMILIES = ("diloco", "streaming", "cocodc")
@@ -38,13 +39,13 @@ def _pos_int(v, low: int = 1) -> bool:
 def validate(c) -> None:
   """Every field, before anything runs or is written."""
   check(_pos_int(c.seed, 0), "seed", "a non-negative integer", c.seed)
-  for f in ("num_seeds", "num_tuning_seeds", "num_layers", "d_model", "num_heads", "d_ff",
-            "seq_len", "num_workers", "windows_per_worker", "eval_windows", "batch_size",
-            "num_steps", "inner_steps", "num_fragments", "eval_every"):
+  for f in ("num_seeds", "num_tuning_seeds", "seq_len", "num_workers", "windows_per_worker",
+            "eval_windows", "batch_size", "num_steps", "inner_steps", "num_fragments",
+            "eval_every"):
     check(_pos_int(c[f]), f, "a positive integer", c[f])
   check(_pos_int(c.warmup_steps, 0), "warmup_steps", "a non-negative integer", c.warmup_steps)
-  check(c.d_model % c.num_heads == 0, "num_heads", f"a divisor of d_model={c.d_model}",
-        c.num_heads)
+  layers = model_config(c).num_layers  # builds the model and wan blocks: their fields
+  _wan(c)
   n_domains = len(corpus_lib.CLIENT_DOMAINS)
   check(c.num_workers <= n_domains, "num_workers",
         f"at most {n_domains} (one stdlib domain each)", c.num_workers)
@@ -54,8 +55,8 @@ def validate(c) -> None:
         f"a divisor of inner_steps={c.inner_steps}", c.eval_every)
   check(c.num_steps % c.inner_steps == 0, "num_steps",
         f"a multiple of inner_steps={c.inner_steps}", c.num_steps)
-  check(c.num_fragments <= min(c.num_layers + 2, c.inner_steps), "num_fragments",
-        f"at most min(num_layers + 2, inner_steps) = {min(c.num_layers + 2, c.inner_steps)}",
+  check(c.num_fragments <= min(layers + 2, c.inner_steps), "num_fragments",
+        f"at most min(model.num_layers + 2, inner_steps) = {min(layers + 2, c.inner_steps)}",
         c.num_fragments)
   check(c.fragment_pattern in ("sequential", "strided"), "fragment_pattern",
         "'sequential' or 'strided'", c.fragment_pattern)
@@ -63,10 +64,10 @@ def validate(c) -> None:
   check(len(overlaps) >= 1 and len(set(overlaps)) == len(overlaps) and
         all(_pos_int(t) and t < c.inner_steps for t in overlaps), "overlaps",
         f"distinct integers in [1, inner_steps={c.inner_steps})", overlaps)
-  for f in ("inner_lr", "bandwidth", "step_time"):
+  for f in ("inner_lr", "step_time"):
     check(math.isfinite(c[f]) and c[f] > 0, f, "a positive number", c[f])
-  for f in ("weight_decay", "latency"):
-    check(math.isfinite(c[f]) and c[f] >= 0, f, "a non-negative number", c[f])
+  check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
+        "a non-negative number", c.weight_decay)
   check(math.isfinite(c.clip_norm) and c.clip_norm > 0, "clip_norm", "a positive number",
         c.clip_norm)
   check(0 <= c.outer_momentum < 1, "outer_momentum", "a number in [0, 1)", c.outer_momentum)
@@ -132,8 +133,8 @@ class Context:
 
 
 def model_config(c) -> transformer.LMConfig:
-  return transformer.LMConfig(num_layers=c.num_layers, d_model=c.d_model,
-                              num_heads=c.num_heads, d_ff=c.d_ff, max_len=c.seq_len)
+  """The ``model`` block as :class:`transformer.LMConfig` (windows of ``seq_len`` bytes)."""
+  return common.build(transformer.LMConfig, c.model, "model", max_len=c.seq_len)
 
 
 def prepare(c) -> Context:
@@ -162,12 +163,12 @@ def _shapes(c):
 
 
 def _labels(c, shapes=None):
-  units = frag.fragment_units(c.num_layers + 2, c.num_fragments, c.fragment_pattern)
+  units = frag.fragment_units(c.model.num_layers + 2, c.num_fragments, c.fragment_pattern)
   return frag.fragment_labels(_shapes(c) if shapes is None else shapes, units)
 
 
 def _wan(c) -> WAN:
-  return WAN(bandwidth=float(c.bandwidth), latency=float(c.latency))
+  return common.build(WAN, c.wan, "wan")
 
 
 def _algorithm(c, family: str, outer_lr, knob, overlap, labels=None):
