@@ -60,7 +60,7 @@ packages to the workers (``runtime_env`` ``py_modules``, a few hundred KB), so w
 run exactly the driver's code; third-party packages (JAX, ...) must be installed on the
 nodes. Ray's own replication of a ``uv run`` driver's environment, which rebuilds the
 virtualenv on every node, is turned off unless ``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is
-set (see ``_without_uv_run_hook``). Slurm jobs run this interpreter
+set (see ``backend_ray._without_uv_run_hook``). Slurm jobs run this interpreter
 (``sys.executable``) and import from this checkout, so the nodes must share its
 filesystem. Either way the workdir is passed as
 an absolute path and must be on a filesystem the workers share: runs keep their
@@ -98,47 +98,42 @@ distributed runtime. ``tests/test_backends.py`` checks two processes on one mach
 loopback: the client mesh spans both processes' devices, a client-axis reduction sums
 every client, and a FedAvg sweep launched on both processes writes exactly the rows of
 one process holding all their devices.
+
+Modules: this one holds the flags, :func:`get` and the option checks;
+:mod:`sweeps.backend_base` the worker's side and the ``local`` backend,
+:mod:`sweeps.backend_ray`, :mod:`sweeps.backend_slurm` and :mod:`sweeps.multihost` the rest.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import importlib
-import logging
 import math
 import operator
-import os
-import pickle
-import shutil
-import socket
-import sys
-import time
-import traceback
-import warnings
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from absl import flags
 
 from jaxfl.errors import ConfigError
+from sweeps.backend_base import INSTALL, RemoteError, Submit, _submit_here
+from sweeps.backend_base import _call_run as _call_run
+from sweeps.backend_base import _outcome as _outcome
+from sweeps.backend_ray import CONNECT_TIMEOUT_S, RAY_GCS_PORT, _ray_backend
+from sweeps.backend_ray import _resolve_address as _resolve_address
+from sweeps.backend_ray import _speaks_grpc as _speaks_grpc
+from sweeps.backend_ray import _worker_env as _worker_env
+from sweeps.backend_slurm import POLL_S, _slurm_backend
+from sweeps.multihost import maybe_initialize_distributed
+
+__all__ = ["BACKENDS", "CONNECT_TIMEOUT_S", "INSTALL", "POLL_S", "RAY_DEFAULTS", "RAY_GCS_PORT",
+           "SLURM_CLUSTERS", "SLURM_DEFAULTS", "RemoteError", "Submit", "define_flags", "get",
+           "maybe_initialize_distributed", "options_from_flags"]
+# The internals imported "as" themselves are re-exported for tests/sweeps/test_backends.py.
 
 BACKENDS = ("local", "ray", "slurm")
 SLURM_CLUSTERS = ("slurm", "local", "debug")
-INSTALL = "uv sync --extra cluster"
-# Long enough for a remote head behind a slow link, short enough to fail fast on a
-# typo: a closed port is refused at once, so only unreachable hosts wait this long.
-CONNECT_TIMEOUT_S = 3.0
-POLL_S = 1.0  # submitit job polling; Slurm state queries are throttled by submitit itself
-RAY_GCS_PORT = 6379
-
 RAY_DEFAULTS: dict[str, Any] = {"address": "", "num_cpus": 1.0, "num_gpus": 0.0}
 SLURM_DEFAULTS: dict[str, Any] = {"cluster": "slurm", "folder": "", "partition": "",
                                   "timeout_min": 120, "gpus_per_node": 0,
                                   "cpus_per_task": None, "mem_gb": None}
-
-# submit(fn, config_dict, specs, workdir) -> iterator of (spec, rows or exception)
-Submit = Callable[[Callable, dict, Sequence[Any], str], Iterator[tuple[Any, Any]]]
 
 
 # ---------------------------------------------------------------------------- flags
@@ -228,14 +223,6 @@ def _check_keys(prefix: str, options: dict, defaults: dict) -> dict:
   return {**defaults, **options}
 
 
-def _require(module: str, backend: str):
-  try:
-    return importlib.import_module(module)
-  except ImportError:
-    raise ConfigError("--backend", f"the {module!r} package installed for --backend={backend} "
-                      f"(it is in the 'cluster' extra: {INSTALL})", backend) from None
-
-
 def _number(field: str, value: Any, *, integer: bool = False, minimum: float = 0,
             optional: bool = False) -> Any:
   """A finite number >= ``minimum`` (an int if ``integer``), or None when ``optional``."""
@@ -292,456 +279,3 @@ def _slurm_options(options: dict) -> dict:
     raise ConfigError("--slurm.mem_gb", "a number > 0 or unset", opts["mem_gb"])
   opts["mem_gb"] = mem
   return opts
-
-
-# ---------------------------------------------------------------------------- results
-
-
-class RemoteError(RuntimeError):
-  """A run failed in a worker with an exception that could not travel back as itself."""
-
-
-@dataclasses.dataclass
-class _Failure:
-  """A worker's exception in a form that survives pickling.
-
-  Exceptions with their own ``__init__`` signature (``ConfigError(field, expected,
-  got)``) do not unpickle through ``BaseException.__reduce__``, which replays ``args``
-  into ``__init__``. This keeps the class, ``args`` and attributes and rebuilds the
-  instance without calling ``__init__``.
-  """
-
-  cls: type | None
-  args: tuple
-  state: dict
-  summary: str
-  traceback: str
-
-  @classmethod
-  def capture(cls, e: BaseException) -> _Failure:
-    summary = f"{type(e).__qualname__}: {e}"
-    tb = "".join(traceback.format_exception(e))
-    failure = cls(type(e), tuple(e.args), dict(getattr(e, "__dict__", {})), summary, tb)
-    try:  # the driver unpickles it with the same code, so a round trip here is the test
-      pickle.loads(pickle.dumps(failure)).rebuild()
-    except Exception:  # noqa: BLE001 -- any failure means: send the text instead
-      failure = cls(None, (), {}, summary, tb)
-    return failure
-
-  def rebuild(self) -> BaseException:
-    if self.cls is None:
-      return RemoteError(self.summary)
-    e = self.cls.__new__(self.cls, *self.args)
-    e.args = self.args
-    e.__dict__.update(self.state)
-    return e
-
-
-def _call_run(fn: Callable, config_dict: dict, spec: Any, workdir: str) -> tuple:
-  """The worker's entry point: ``("ok", rows)`` or ``("error", _Failure)``.
-
-  Returning the failure as a value (rather than raising) keeps the exception's class
-  and fields, which Ray's and submitit's own error wrappers reduce to text.
-  """
-  try:
-    return "ok", fn(config_dict, spec, workdir)
-  except Exception as e:  # noqa: BLE001 -- every run failure is reported to the driver
-    return "error", _Failure.capture(e)
-
-
-def _outcome(result: Any, where: str) -> Any:
-  """The driver's view of ``_call_run``'s value: the rows, or the rebuilt exception."""
-  status, value = result
-  if status == "ok":
-    return value
-  e = value.rebuild()
-  e.add_note(f"raised in {where}; the worker's traceback:\n{value.traceback.rstrip()}")
-  return e
-
-
-def _submit_here(fn: Callable, config_dict: dict, specs: Sequence[Any],
-                 workdir: str) -> Iterator[tuple[Any, Any]]:
-  """The ``local`` backend behind the same interface: runs in this process, in order."""
-  for spec in specs:
-    try:
-      outcome = fn(config_dict, spec, workdir)
-    except Exception as e:  # noqa: BLE001 -- reported like a remote failure
-      outcome = e
-    yield spec, outcome
-
-
-# ---------------------------------------------------------------------------- Ray
-
-
-def _code_dirs() -> list[str]:
-  """This checkout's packages, shipped to Ray workers so they run the driver's code."""
-  import jaxfl
-  import sweeps
-
-  return [os.path.dirname(os.path.abspath(m.__file__)) for m in (jaxfl, sweeps)]
-
-
-def _split_address(address: str) -> tuple[str, int]:
-  """``host:port`` of a Ray address (``[v6]:port``, ``ray://host:port``); ValueError if none."""
-  rest = address.removeprefix("ray://").rstrip("/")
-  host, sep, port = rest.rpartition(":")
-  host = host.strip("[]")
-  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-    raise ValueError(address)
-  return host, int(port)
-
-
-def _address_error(address: str, why: str) -> ConfigError:
-  return ConfigError(
-      "--ray.address", f"a reachable Ray cluster address (the head's host:port, e.g. "
-      f"10.0.0.1:{RAY_GCS_PORT}; ray://host:port; auto; or '' to start Ray on this machine): "
-      f"{why}", address)
-
-
-def _resolve_address(address: str, origin: str) -> str:
-  """The address to pass to ``ray.init``, once its ``host:port`` accepts TCP connections.
-
-  ``origin`` is what the user gave (the flag's value, or where it came from), for errors.
-  """
-  target = address
-  if address == "auto":
-    try:  # Ray's own lookup: $RAY_ADDRESS, then the cluster `ray start` last recorded
-      from ray._private.services import canonicalize_bootstrap_address
-
-      target = canonicalize_bootstrap_address("auto")
-    except Exception as e:  # noqa: BLE001 -- any lookup failure means no cluster found
-      raise _address_error(origin, f"no running Ray cluster found ($RAY_ADDRESS is unset and "
-                           f"`ray start` recorded none here: {type(e).__name__})") from None
-  try:
-    host, port = _split_address(target)
-  except ValueError:
-    raise _address_error(origin, f"{target!r} is not host:port") from None
-  try:
-    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
-      grpc = _speaks_grpc(conn)
-  except OSError as e:
-    why = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError)
-           else e.strerror or _first_line(e))
-    raise _address_error(origin, f"connecting to {host}:{port} failed ({why})") from None
-  if grpc is False:
-    raise _address_error(origin, f"{host}:{port} accepts connections but does not answer "
-                         "as a Ray head (gRPC over HTTP/2)") from None
-  return target
-
-
-# An HTTP/2 client's opening: the connection preface, then an empty SETTINGS frame.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-_H2_SETTINGS = 4
-
-
-def _speaks_grpc(conn: socket.socket) -> bool | None:
-  """Whether the server on ``conn`` speaks HTTP/2, as Ray's GCS and Ray Client (gRPC) do.
-
-  An HTTP/2 server's first frame is its SETTINGS frame, sent at once: this tells a
-  Ray head from any other open port in milliseconds, where ``ray.init`` would keep
-  retrying for minutes. None (not checked) when Ray uses TLS, whose handshake comes
-  first.
-  """
-  if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
-    return None
-  try:
-    conn.sendall(_H2_PREFACE)
-    header = b""
-    while len(header) < 9:
-      chunk = conn.recv(9 - len(header))
-      if not chunk:
-        break
-      header += chunk
-  except OSError:  # reset or timed out: not an HTTP/2 server
-    return False
-  return len(header) == 9 and header[3] == _H2_SETTINGS
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return text[0] if text else type(e).__name__
-
-
-def _drop_token_notice(record: logging.LogRecord) -> bool:
-  return not record.getMessage().startswith("Token authentication is enabled")
-
-
-UV_HOOK = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
-
-
-@contextlib.contextmanager
-def _without_uv_run_hook() -> Iterator[None]:
-  """Turns off Ray's replication of a ``uv run`` driver's environment, unless the user set it.
-
-  When the driver runs under ``uv run`` (as ``uv run python -m sweeps.launch`` and
-  ``uv run pytest`` do), Ray by default makes every worker re-run ``uv run`` in an
-  uploaded copy of the current directory, which builds a fresh virtualenv per node:
-  over a minute here, before the first run starts, on a machine whose workers could
-  use this very interpreter. The backend's contract is instead: ship ``jaxfl`` and
-  ``sweeps``, find third-party packages installed. Ray reads the switch from
-  ``ray_constants`` when ``ray.init`` runs, so it is flipped only for that call;
-  ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=1`` in the environment restores Ray's behaviour.
-  """
-  try:
-    constants = importlib.import_module("ray._private.ray_constants")
-  except ImportError:
-    constants = None
-  if UV_HOOK in os.environ or not hasattr(constants, UV_HOOK):
-    yield
-    return
-  before = getattr(constants, UV_HOOK)
-  setattr(constants, UV_HOOK, False)
-  try:
-    yield
-  finally:
-    setattr(constants, UV_HOOK, before)
-
-
-def _worker_env(opts: dict) -> dict[str, str]:
-  """Environment variables for every worker of the sweep's Ray job.
-
-  * Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for a task that requests no GPU, so
-    a CPU run on a GPU node would see (and JAX would claim) every GPU; Ray's switch
-    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1`` restores hiding them.
-  * Runs sharing a GPU (``num_gpus`` < 1) each get that share of its memory, since
-    JAX preallocates 75% of a GPU per process by default. A value the user set for
-    either JAX variable wins.
-  """
-  env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO":
-         os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")}
-  share = opts["num_gpus"]
-  jax_vars = ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
-              "XLA_PYTHON_CLIENT_ALLOCATOR")
-  if 0 < share < 1 and not any(v in os.environ for v in jax_vars):
-    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.75 * share:.4f}"
-  return env
-
-
-def _ray_init(ray, address: str, origin: str, opts: dict) -> None:
-  with warnings.catch_warnings(), _without_uv_run_hook():
-    # JAX warns on any fork once it has started threads; Ray forks only to exec its own
-    # services (subprocess), so no JAX state is used in the child.
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    _ray_init_quietly(ray, address, origin, opts)
-
-
-def _ray_init_quietly(ray, address: str, origin: str, opts: dict) -> None:
-  runtime_env = {"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"],
-                 "env_vars": _worker_env(opts)}
-  common = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
-  if not address:
-    # Ray's default for a new instance (token authentication, its services listen on
-    # every interface) stays; only its notice about that default, logged on every
-    # launch, is dropped. "local" always starts a new instance rather than joining a
-    # cluster that a past `ray start` left running on this machine.
-    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    notices.addFilter(_drop_token_notice)
-    try:
-      ray.init(address="local", include_dashboard=False, **common)
-    finally:
-      notices.removeFilter(_drop_token_notice)
-    return
-  try:
-    ray.init(address=address, **common)
-  except Exception as e:  # noqa: BLE001 -- anything here means: not a usable cluster
-    raise _address_error(origin, f"ray.init failed ({_first_line(e)})") from None
-
-
-def _check_feasible(ray, opts: dict, *, started_here: bool) -> None:
-  """Some alive node must hold one run's CPUs and GPUs, or its tasks wait forever."""
-  try:
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
-  except Exception:  # noqa: BLE001 -- e.g. Ray Client without node listing: skip the check
-    return
-  need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"]}
-  if not nodes or any(all(r.get(k, 0) >= v for k, v in need.items()) for r in nodes):
-    return
-  most = {k: max(r.get(k, 0) for r in nodes) for k in need}
-  key = "GPU" if most["GPU"] < need["GPU"] else "CPU"
-  field = f"--ray.num_{key.lower()}s"
-  expected = (f"at most {most[key]:g} {key}s per run (the most that one node of the Ray "
-              f"{'instance started here' if started_here else 'cluster'} has)")
-  if started_here:
-    raise ConfigError(field, expected, need[key])
-  print(f"warning: {field}={need[key]:g}: no node of the Ray cluster has that many {key}s now; "
-        "runs wait until the autoscaler adds one", file=sys.stderr)
-
-
-def _ray_backend(opts: dict) -> Submit:
-  ray = _require("ray", "ray")
-  origin = opts["address"]
-  address = origin or os.environ.get("RAY_ADDRESS", "").strip()
-  if address and not origin:
-    origin = f"{address} (from $RAY_ADDRESS)"
-  owned = not ray.is_initialized()  # a connection this process already holds is used as is
-  if not sys.stdout.isatty():
-    # Workers' printed lines reach the driver with a "(task pid=...)" prefix, in ANSI
-    # colours unless this is set: plain text in logs and CI, like the progress lines.
-    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-  if owned:
-    if address:
-      address = _resolve_address(address, origin)
-    _ray_init(ray, address, origin, opts)
-  try:
-    _check_feasible(ray, opts, started_here=owned and not address)
-  except BaseException:
-    if owned:
-      ray.shutdown()
-    raise
-  state = {"used": False}
-
-  def submit(fn: Callable, config_dict: dict, specs: Sequence[Any],
-             workdir: str) -> Iterator[tuple[Any, Any]]:
-    if state["used"]:
-      raise RuntimeError("a Ray backend's submit runs once (get() another for the next sweep)")
-    state["used"] = True
-    workdir = os.path.abspath(workdir)
-    pending: dict[Any, Any] = {}
-    try:
-      # No retries: rows come back only at the end of a run, so a retry that resumed
-      # from the run's checkpoint would return only the rows after it.
-      task = ray.remote(_call_run)
-      config_ref = ray.put(config_dict)
-      for spec in specs:
-        name = f"{getattr(spec, 'method', 'run')}-seed{getattr(spec, 'seed', '')}"
-        ref = task.options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"], max_retries=0,
-                           name=name).remote(fn, config_ref, spec, workdir)
-        pending[ref] = spec
-      while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-          spec = pending.pop(ref)
-          try:
-            outcome = _outcome(ray.get(ref), f"Ray task {ref.task_id().hex()}")
-          except Exception as e:  # noqa: BLE001 -- the worker died or the task never ran
-            outcome = e
-          yield spec, outcome
-    finally:
-      for ref in pending:
-        with contextlib.suppress(Exception):  # finished meanwhile, or already gone
-          ray.cancel(ref)
-      if owned:
-        ray.shutdown()
-
-  return submit
-
-
-# ---------------------------------------------------------------------------- Slurm
-
-
-def _slurm_backend(opts: dict) -> Submit:
-  submitit = _require("submitit", "slurm")
-  if opts["cluster"] == "slurm" and shutil.which("sbatch") is None:
-    raise ConfigError("--slurm.cluster", "'local' or 'debug' on a machine without Slurm (no "
-                      "sbatch on PATH), or 'slurm' on a Slurm login node", "slurm")
-
-  def submit(fn: Callable, config_dict: dict, specs: Sequence[Any],
-             workdir: str) -> Iterator[tuple[Any, Any]]:
-    specs = list(specs)
-    if not specs:
-      return
-    workdir = os.path.abspath(workdir)
-    folder = os.path.abspath(opts["folder"] or os.path.join(workdir, "slurm"))
-    executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=opts["cluster"])
-    params = {"name": f"jaxfl-{config_dict.get('experiment', 'run')}",
-              "timeout_min": opts["timeout_min"], "nodes": 1, "tasks_per_node": 1,
-              "gpus_per_node": opts["gpus_per_node"], "cpus_per_task": opts["cpus_per_task"],
-              "mem_gb": opts["mem_gb"], "slurm_partition": opts["partition"] or None}
-    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    n = len(specs)
-    jobs = executor.map_array(_call_run, [fn] * n, [config_dict] * n, specs, [workdir] * n)
-    pending = list(zip(jobs, specs))
-    try:
-      while pending:
-        finished = [(job, spec) for job, spec in pending if job.done()]
-        for job, spec in finished:
-          pending.remove((job, spec))
-          try:
-            outcome = _outcome(job.result(), f"{opts['cluster']} job {job.job_id}")
-          except Exception as e:  # noqa: BLE001 -- the job died, timed out or was cancelled
-            outcome = e
-          yield spec, outcome
-        if pending and not finished:
-          time.sleep(POLL_S)
-    finally:
-      for job, _ in pending:
-        with contextlib.suppress(Exception):  # finished meanwhile, or already gone
-          job.cancel(check=False)
-
-  return submit
-
-
-# ---------------------------------------------------------------------------- multi-host
-
-
-def _env_int(var: str) -> int:
-  value = os.environ[var]
-  try:
-    return int(value)
-  except ValueError:
-    raise ConfigError(var, "an integer", value) from None
-
-
-def _cluster_processes() -> int | None:
-  """Processes of a Slurm step or Open MPI job, as JAX would detect them; None outside one."""
-  env = os.environ
-  # The variables JAX's SlurmCluster requires: set inside an `srun` step, not in a bare
-  # sbatch script (whose SLURM_NTASKS alone does not start any other process).
-  if all(v in env for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
-                            "SLURM_PROCID", "SLURM_LOCALID")):
-    return _env_int("SLURM_NTASKS")
-  if "OMPI_MCA_orte_hnp_uri" in env and "OMPI_COMM_WORLD_SIZE" in env:
-    return _env_int("OMPI_COMM_WORLD_SIZE")
-  return None
-
-
-def maybe_initialize_distributed() -> bool:
-  """Joins a multi-process JAX run when the environment describes one; else does nothing.
-
-  Call it first in each process, before any JAX computation. It calls
-  ``jax.distributed.initialize()`` when
-
-  * ``JAX_COORDINATOR_ADDRESS`` is set (process 0's ``host:port``) with
-    ``JAX_NUM_PROCESSES`` > 1 and ``JAX_PROCESS_ID`` (these two are this project's
-    convention; JAX itself reads only the address), or with a Slurm step / Open MPI job
-    supplying them;
-  * or the process is one of several tasks of an ``srun`` step (``SLURM_NTASKS`` > 1)
-    or an ``mpirun`` job (``OMPI_COMM_WORLD_SIZE`` > 1), which JAX detects by itself.
-
-  Returns:
-    True when this process is part of a multi-process run (initialized now or before),
-    False on a single host, where nothing is done.
-
-  Raises:
-    ConfigError: naming the environment variable that is missing or malformed.
-  """
-  import jax
-
-  if jax.distributed.is_initialized():
-    return True
-  env = os.environ
-  # Collectives between the CPU devices of different processes need an implementation
-  # (the default has none); accelerators use their own (NCCL), so this is harmless there.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  detected = _cluster_processes()
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs = {}
-    if env.get("JAX_NUM_PROCESSES"):
-      kwargs["num_processes"] = _env_int("JAX_NUM_PROCESSES")
-    if env.get("JAX_PROCESS_ID"):
-      kwargs["process_id"] = _env_int("JAX_PROCESS_ID")
-    count = kwargs.get("num_processes", detected)
-    if count is None:
-      raise ConfigError("JAX_NUM_PROCESSES", "the number of processes of the run, set beside "
-                        "JAX_COORDINATOR_ADDRESS (or launch with srun or mpirun)")
-    if count <= 1:
-      return False
-    if "process_id" not in kwargs and detected is None:
-      raise ConfigError("JAX_PROCESS_ID", "this process's index in [0, JAX_NUM_PROCESSES), "
-                        "set beside JAX_COORDINATOR_ADDRESS")
-    jax.distributed.initialize(**kwargs)
-    return True
-  if detected is not None and detected > 1:
-    jax.distributed.initialize()
-    return True
-  return False

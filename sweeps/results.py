@@ -42,15 +42,15 @@ losing rows. WAL needs shared memory, so all writers must be on the same host as
 crash or power loss can drop the last commits.
 
 All SQL is parameterized; no value is ever formatted into a statement.
+
+The schema and input checks live in :mod:`sweeps.results_schema`, the queries in
+:mod:`sweeps.results_queries`; this module holds the connection and the writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import math
-import operator
 import os
 import socket
 import sqlite3
@@ -58,64 +58,26 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
+from sweeps.results_queries import ResultsQueries
+from sweeps.results_schema import (
+    _SCHEMA,
+    _UPGRADES,
+    FINISHED,
+    HASH_CHARS,
+    SCHEMA_VERSION,
+    STATUSES,
+    _float,
+    _int,
+    _text,
+    canonical_json,
+    config_hash,
+)
+
+__all__ = ["BUSY_TIMEOUT_S", "FILENAME", "FINISHED", "HASH_CHARS", "SCHEMA_VERSION", "STATUSES",
+           "ResultsDB", "canonical_json", "config_hash", "results_path"]
+
 FILENAME = "results.sqlite"
-SCHEMA_VERSION = 2
-HASH_CHARS = 16  # hex chars of sha256 kept: 64 bits, collision-free for any sweep size.
 BUSY_TIMEOUT_S = 30.0
-STATUSES = ("running", "done", "failed")
-FINISHED = ("done", "failed")
-
-_INT64 = (-(2**63), 2**63 - 1)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-  id INTEGER PRIMARY KEY,
-  experiment TEXT NOT NULL,
-  variant TEXT,
-  method TEXT NOT NULL,
-  config_json TEXT NOT NULL,
-  config_hash TEXT NOT NULL,
-  seed INTEGER NOT NULL,
-  status TEXT NOT NULL CHECK(status IN ('running', 'done', 'failed')),
-  host TEXT,
-  pid INTEGER,
-  start_time REAL,
-  end_time REAL,
-  error TEXT,
-  attempts INTEGER NOT NULL DEFAULT 1,
-  info TEXT,
-  UNIQUE(experiment, config_hash, method, seed)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-  run_id INTEGER NOT NULL REFERENCES runs(id),
-  step INTEGER NOT NULL,
-  sim_time REAL,
-  name TEXT NOT NULL,
-  value REAL,
-  PRIMARY KEY(run_id, step, name)
-);
--- Serves "all values of metric X" and the per-run largest-step lookups of final_metrics.
-CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics(name, run_id, step);
-CREATE TABLE IF NOT EXISTS reports (
-  experiment TEXT NOT NULL,
-  config_hash TEXT NOT NULL,
-  out TEXT NOT NULL,
-  sweep TEXT,
-  registered REAL NOT NULL,
-  PRIMARY KEY(experiment, config_hash, out)
-);
-CREATE VIEW IF NOT EXISTS final_metrics AS
-  SELECT r.id AS run_id, r.experiment, r.variant, r.method, r.config_hash, r.seed, r.status,
-         m.name, m.step, m.sim_time, m.value
-  FROM metrics m JOIN runs r ON r.id = m.run_id
-  WHERE m.step = (SELECT MAX(step) FROM metrics m2
-                  WHERE m2.run_id = m.run_id AND m2.name = m.name);
-"""
-
-_RUN_COLUMNS = ("id", "experiment", "variant", "method", "config_json", "config_hash", "seed",
-                "status", "host", "pid", "start_time", "end_time", "error", "attempts", "info")
-# Version-1 files gain what version 2 added; CREATE ... IF NOT EXISTS adds the table.
-_UPGRADES = {1: ["ALTER TABLE runs ADD COLUMN info TEXT"]}
 
 
 def results_path(workdir: str | os.PathLike) -> str:
@@ -123,97 +85,17 @@ def results_path(workdir: str | os.PathLike) -> str:
   return os.path.join(os.fspath(workdir), FILENAME)
 
 
-# ---------------------------------------------------------------------------- validation
-
-
-def _text(field: str, value: Any, *, optional: bool = False) -> str | None:
-  if value is None and optional:
-    return None
-  if not isinstance(value, str) or not value:
-    expected = "a non-empty string" + (" or None" if optional else "")
-    raise ValueError(f"{field}: expected {expected}, got {value!r}")
-  return value
-
-
-def _int(field: str, value: Any, *, minimum: int | None = None) -> int:
-  # operator.index accepts numpy/JAX integer scalars but not floats or strings; bools are
-  # ints to Python but always a mistake here.
-  try:
-    if isinstance(value, bool):
-      raise TypeError
-    n = operator.index(value)
-  except TypeError:
-    raise ValueError(f"{field}: expected an integer, got {value!r}") from None
-  low = _INT64[0] if minimum is None else minimum
-  if not low <= n <= _INT64[1]:
-    raise ValueError(f"{field}: expected an integer in [{low}, {_INT64[1]}], got {n}")
-  return n
-
-
-def _float(field: str, value: Any) -> float | None:
-  """A finite float, or None. Strings are refused although float() would parse them."""
-  if value is None:
-    return None
-  if isinstance(value, (str, bytes, bool)):
-    raise ValueError(f"{field}: expected a finite number or None, got {value!r}")
-  try:
-    x = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{field}: expected a finite number or None, got {value!r}") from None
-  if not math.isfinite(x):
-    raise ValueError(f"{field}: expected a finite number or None, got {x!r} "
-                     "(a diverging run should stop before logging)")
-  return x
-
-
-def _json_default(obj: Any) -> Any:
-  # numpy / JAX scalars and arrays, which configs and sweeps often carry.
-  if hasattr(obj, "tolist"):
-    return obj.tolist()
-  raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def canonical_json(config: Mapping[str, Any]) -> str:
-  """The canonical JSON text of a config: sorted keys, no whitespace, no NaN.
-
-  Accepts a mapping or anything with ``to_dict()`` (``ml_collections.ConfigDict``).
-  Tuples become lists, numpy/JAX values become Python numbers or lists.
-
-  Raises:
-    ValueError: naming ``config`` when it is not a mapping or not JSON-serializable.
-  """
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  if not isinstance(config, Mapping):
-    raise ValueError(f"config: expected a mapping (dict or ConfigDict), got "
-                     f"{type(config).__name__}")
-  try:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                      default=_json_default)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"config: expected JSON-serializable values with finite numbers and "
-                     f"string keys ({e})") from None
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-  """``HASH_CHARS`` (16) hex chars of the sha256 of ``canonical_json(config)``.
-
-  Stable under key order and across processes and Python versions; ``1`` and ``1.0`` hash
-  differently (they are different JSON).
-  """
-  return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:HASH_CHARS]
-
-
 # ---------------------------------------------------------------------------- database
 
 
-class ResultsDB:
+class ResultsDB(ResultsQueries):
   """A connection to a results database; one per process.
 
   Usable as a context manager (closes on exit). Pickling carries only the path, so an
   instance sent to another process (Ray, submitit, multiprocessing) reopens its own
   connection there. Using an instance after ``fork`` raises, since SQLite connections
-  must not cross a fork.
+  must not cross a fork. The queries (``runs``, ``metrics``, ``series``, ...) are
+  :class:`~sweeps.results_queries.ResultsQueries`' methods.
 
   Args:
     path: the database file (created with its parent directories if missing); see
@@ -466,135 +348,3 @@ class ResultsDB:
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(experiment, config_hash, out) DO UPDATE "
                 "SET sweep = excluded.sweep, registered = excluded.registered",
                 (experiment, config_hash, out, point, time.time()))
-
-  # -- queries
-
-  def reports(self, experiment: str | None = None) -> list[dict]:
-    """Registered reports, oldest first: ``{experiment, config_hash, out, sweep, registered}``
-    with ``sweep`` parsed (a dict, or None)."""
-    where, params = _filters(experiment=experiment)
-    rows = self._read("SELECT experiment, config_hash, out, sweep, registered FROM reports"
-                      f"{where} ORDER BY registered, rowid", params)
-    for r in rows:
-      r["sweep"] = None if r["sweep"] is None else json.loads(r["sweep"])
-    return rows
-
-  def runs(self, experiment: str | None = None, status: str | None = None, *,
-           method: str | None = None, variant: str | None = None) -> list[dict]:
-    """Runs matching every given filter, by id; ``config`` is the parsed config dict."""
-    where, params = _filters(experiment=experiment, status=_status(status), method=method,
-                             variant=variant)
-    rows = self._read(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs{where} ORDER BY id", params)
-    for r in rows:
-      r["config"] = json.loads(r.pop("config_json"))
-      r["info"] = None if r["info"] is None else json.loads(r["info"])
-    return rows
-
-  def metrics(self, run_id: int | None = None, experiment: str | None = None,
-              name: str | None = None) -> list[dict]:
-    """Metric rows ``{run_id, step, sim_time, name, value}``, by run, step and name."""
-    if run_id is not None:
-      run_id = _int("run_id", run_id)
-    where, params = _filters(**{"m.run_id": run_id, "r.experiment": experiment,
-                                "m.name": name})
-    return self._read(
-        "SELECT m.run_id, m.step, m.sim_time, m.name, m.value FROM metrics m "
-        f"JOIN runs r ON r.id = m.run_id{where} ORDER BY m.run_id, m.step, m.name", params)
-
-  def snapshot(self, experiment: str | None = None) -> tuple[list[tuple], list[tuple]]:
-    """What two launches of the same config must agree on, without ids or timestamps:
-    every metric row ``(method, seed, step, name, sim_time, value)`` and every run
-    ``(method, seed, status, config_hash)``, sorted.
-
-    >>> db = ResultsDB(":memory:")
-    >>> run, _ = db.start_run("e", "quick", "m", {"seed": 0}, 0)
-    >>> db.log_metrics(run, 1, 2.5, {"loss": 0.5})
-    >>> db.finish_run(run)
-    >>> db.snapshot()
-    ([('m', 0, 1, 'loss', 2.5, 0.5)], [('m', 0, 'done', '...')])
-    """
-    where, params = _filters(**{"r.experiment": experiment})
-    metrics = self._read(
-        "SELECT r.method, r.seed, m.step, m.name, m.sim_time, m.value FROM metrics m "
-        f"JOIN runs r ON r.id = m.run_id{where} ORDER BY 1, 2, 3, 4", params)
-    where, params = _filters(experiment=experiment)
-    runs = self._read(f"SELECT method, seed, status, config_hash FROM runs{where} "
-                      "ORDER BY 1, 2", params)
-    return [tuple(r.values()) for r in metrics], [tuple(r.values()) for r in runs]
-
-  def series(self, experiment: str, method: str, name: str, *, variant: str | None = None,
-             config_hash: str | None = None, status: str | None = "done"
-             ) -> dict[int, tuple[list[int], list[float | None], list[float | None]]]:
-    """One metric over steps, per seed: ``{seed: (steps, sim_times, values)}``.
-
-    Lists are in step order (``np.asarray(values, float)`` turns None into NaN for
-    plotting). Only runs with ``status`` (default ``"done"``; None for all) count.
-
-    Raises:
-      ValueError: when two matching runs share a seed (a hyperparameter grid or several
-        variants): pass ``variant`` or ``config_hash`` to pick one.
-    """
-    experiment, method = _text("experiment", experiment), _text("method", method)
-    name = _text("name", name)
-    where, params = _filters(**{"r.experiment": experiment, "r.method": method,
-                                "m.name": name, "r.variant": variant,
-                                "r.config_hash": config_hash, "r.status": _status(status)})
-    rows = self._read(
-        "SELECT m.run_id, r.seed, m.step, m.sim_time, m.value FROM metrics m "
-        f"JOIN runs r ON r.id = m.run_id{where} ORDER BY r.seed, m.run_id, m.step", params)
-    out: dict[int, tuple[list, list, list]] = {}
-    owner: dict[int, int] = {}
-    for r in rows:
-      if owner.setdefault(r["seed"], r["run_id"]) != r["run_id"]:
-        raise ValueError(_ambiguous(experiment, method, r["seed"]))
-      steps, sim_times, values = out.setdefault(r["seed"], ([], [], []))
-      steps.append(r["step"])
-      sim_times.append(r["sim_time"])
-      values.append(r["value"])
-    return out
-
-  def final_values(self, experiment: str, name: str, *, variant: str | None = None,
-                   config_hash: str | None = None, status: str | None = "done"
-                   ) -> dict[str, dict[int, float | None]]:
-    """Each run's value of a metric at its largest logged step: ``{method: {seed: value}}``.
-
-    Only runs with ``status`` (default ``"done"``; None for all) count.
-
-    Raises:
-      ValueError: when two matching runs share a method and seed: pass ``variant`` or
-        ``config_hash`` to pick one.
-    """
-    experiment, name = _text("experiment", experiment), _text("name", name)
-    where, params = _filters(experiment=experiment, name=name, variant=variant,
-                             config_hash=config_hash, status=_status(status))
-    rows = self._read(f"SELECT run_id, method, seed, value FROM final_metrics{where} "
-                      "ORDER BY method, seed, run_id", params)
-    out: dict[str, dict[int, float | None]] = {}
-    seen: set[tuple[str, int]] = set()
-    for r in rows:
-      if (r["method"], r["seed"]) in seen:
-        raise ValueError(_ambiguous(experiment, r["method"], r["seed"]))
-      seen.add((r["method"], r["seed"]))
-      out.setdefault(r["method"], {})[r["seed"]] = r["value"]
-    return out
-
-
-def _status(status: str | None) -> str | None:
-  if status is not None and status not in STATUSES:
-    raise ValueError(f"status: expected one of {list(STATUSES)} or None, got {status!r}")
-  return status
-
-
-def _filters(**columns: Any) -> tuple[str, list[Any]]:
-  """A WHERE clause over the non-None filters. Column names are code constants; values
-  are always bound parameters."""
-  given = [(col, v) for col, v in columns.items() if v is not None]
-  if not given:
-    return "", []
-  return (" WHERE " + " AND ".join(f"{col} = ?" for col, _ in given),
-          [v for _, v in given])
-
-
-def _ambiguous(experiment: str, method: str, seed: int) -> str:
-  return (f"config_hash: several {experiment!r} runs of method {method!r} have seed {seed} "
-          "(different configs); pass variant= or config_hash= to pick one")

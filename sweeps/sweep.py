@@ -378,16 +378,21 @@ def _value_text(v) -> str:
 
 
 def point_config(config, point: Mapping[str, Any]):
-  """``config`` with a grid point's values; unknown keys raise ConfigError naming them."""
+  """``config`` with a grid point's values (``"comm.bits_per_param"`` names a block's field);
+  unknown keys raise ConfigError naming them."""
   from jaxfl.errors import ConfigError
 
   c = config.copy_and_resolve_references()
   with c.unlocked():
     for key, value in point.items():
-      if key not in c:
+      *blocks, name = key.split(".")
+      block = c
+      for part in blocks:
+        block = block.get(part) if hasattr(block, "get") else None
+      if not hasattr(block, "get") or name not in block:
         raise ConfigError(f"get_sweep()[{key!r}]", "a field of the config", key)
       try:
-        c[key] = value
+        block[name] = value
       except TypeError as e:
         raise ConfigError(f"get_sweep()[{key!r}]", f"a value of the field's type ({e})",
                           value) from None

@@ -32,7 +32,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import ConfigError, check, check_number
 
 FADING = ("rayleigh", "rician")
 #: How a group uploads: over the air; digitally, each member alone on its own band (the
@@ -64,6 +64,20 @@ class Comm:
   max_upload_time: float = float("inf")
   fading: str = "rayleigh"
   rician_k: float = 0.0
+
+  def __post_init__(self):
+    check_number(self.bandwidth_hz, "bandwidth_hz", low=0, strict=True, unit="channel uses/s")
+    check_number(self.bits_per_param, "bits_per_param", low=0, strict=True)
+    check_number(self.max_power, "max_power", low=0, strict=True)
+    check_number(self.noise_var, "noise_var", low=0)
+    check_number(self.download_time, "download_time", low=0, unit="seconds")
+    check_number(self.max_upload_time, "max_upload_time", low=0, strict=True, finite=False,
+                 unit="seconds")
+    if self.fading not in FADING:
+      raise ConfigError("fading", f"one of {FADING}", self.fading)
+    check_number(self.rician_k, "rician_k", low=0)
+    check(self.fading == "rician" or self.rician_k == 0, "rician_k",
+          "0 with fading='rayleigh' (set fading='rician' for a line-of-sight path)", self.rician_k)
 
 
 def fading_gain_sq(key: jax.Array, path_gain: jax.Array, *, fading: str = "rayleigh",

@@ -21,11 +21,7 @@ import math
 
 import numpy as np
 
-from jaxfl.errors import ConfigError
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+from jaxfl.errors import ConfigError, check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +38,8 @@ class WAN:
   latency: float = 0.1
 
   def __post_init__(self):
-    if not (_is_number(self.bandwidth) and math.isfinite(self.bandwidth) and self.bandwidth > 0):
-      raise ConfigError("bandwidth", "a positive finite number (bytes per second)",
-                        self.bandwidth)
-    if not (_is_number(self.latency) and math.isfinite(self.latency) and self.latency >= 0):
-      raise ConfigError("latency", "a non-negative finite number (seconds)", self.latency)
+    check_number(self.bandwidth, "bandwidth", low=0, strict=True, unit="bytes per second")
+    check_number(self.latency, "latency", low=0, unit="seconds")
 
   def allreduce_time(self, num_bytes, num_workers: int) -> float:
     return blocking_sync_time(num_bytes, self.bandwidth, self.latency, num_workers)

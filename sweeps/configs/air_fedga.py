@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
+
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "air_fedga"
-  c.variant = variant
-  c.seed = 0
-  c.num_seeds = 5
-  c.num_tuning_seeds = 2  # seeds seed+1000, ... pick each async method's mixing constant
+  # num_tuning_seeds: seeds seed+1000, ... pick each async method's mixing constant
+  c = common.base("air_fedga", variant, num_seeds=5, num_tuning_seeds=2)
 
   # Data: label-skewed workers on the embedded digits task.
   c.dataset = "digits"
-  c.data_dir = ""  # "" = $JAXFL_DATA_DIR or ~/.cache/jaxfl/tfds
   c.download = False
   c.num_workers = 20
   c.alpha = 0.5  # Dirichlet label skew
@@ -53,20 +50,20 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.jitter_low = 0.9
   c.jitter_high = 1.1
 
-  # Channel and communication. A parameter is one real channel use (AirComp) or
-  # bits_per_param bits over the worker's Shannon rate (digital).
+  # Channel. Large-scale gains L_k ~ U(path_gain_low, path_gain_high), fixed per worker;
+  # the receiver noise is comm.max_power / 10^(snr_db / 10).
   c.snr_db = 10.0  # P / sigma^2
-  c.max_power = 1.0
-  c.path_gain_low = 0.2  # large-scale gains L_k ~ U(low, high), fixed per worker
+  c.path_gain_low = 0.2
   c.path_gain_high = 1.0
-  c.fading = "rayleigh"  # rayleigh | rician
-  c.rician_k = 0.0
-  c.bandwidth_hz = 1.0e5  # channel uses per second
-  # Digital uploads carry float32 parameters: the digital baselines aggregate exactly, so
-  # they must pay for exact payloads (8 bits would need a quantisation error, not modelled).
-  c.bits_per_param = 32.0
-  c.max_upload_time = 5.0
-  c.download_time = 0.1
+  # Communication: the block of jaxfl.sim.channel.Comm (less its noise_var, set by snr_db).
+  # A parameter is one real channel use (AirComp) or bits_per_param bits over the worker's
+  # Shannon rate (digital). Digital uploads carry float32 parameters: the digital baselines
+  # aggregate exactly, so they must pay for exact payloads (8 bits would need a quantisation
+  # error, not modelled).
+  c.comm = ml_collections.ConfigDict(dict(
+      bandwidth_hz=1.0e5,  # channel uses per second
+      bits_per_param=32.0, max_power=1.0, max_upload_time=5.0, download_time=0.1,
+      fading="rayleigh", rician_k=0.0))  # fading: rayleigh | rician
 
   # Grouping planner (jaxfl.planners.grouping; a reconstruction).
   c.group_candidates = (2, 4, 5)
@@ -99,13 +96,11 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.t_max = 3000.0
     c.target_accuracy = 0.80
     c.log_points = 100
-  elif variant != "quick":
-    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c
 
 
 def get_sweep():
-  """The regime map: compute heterogeneity x digital upload cost (``bits_per_param``)."""
+  """The regime map: compute heterogeneity x digital upload cost (``comm.bits_per_param``)."""
   tiers = {1: (1.0, 1.0, 1.0, 1.0), 2: (1.0, 1.26, 1.59, 2.0), 8: (1.0, 2.0, 4.0, 8.0)}
-  return [{"compute_tiers": t, "bits_per_param": b}
+  return [{"compute_tiers": t, "comm.bits_per_param": b}
           for t in tiers.values() for b in (2.0, 8.0, 32.0)]

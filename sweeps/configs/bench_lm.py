@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
+
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "bench_lm"
-  c.variant = variant
-  c.seed = 0  # seeds the model init and the random tokens of each repeat
-  c.num_seeds = 2  # repeats of the whole measurement (one run each); claims take the median
+  # seed: seeds the model init and the random tokens of each repeat
+  # num_seeds: repeats of the whole measurement (one run each); claims take the median
+  c = common.base("bench_lm", variant, num_seeds=2, data_dir=False)
 
   c.model = "small"  # jaxfl.models.transformer.VARIANTS (random init)
 
@@ -94,7 +94,4 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.warmup = 2
     c.timing_repeats = 10
     c.matmul_size = 8192
-  elif variant != "quick":
-    # A plain ValueError: config_flags re-raises it with its own message prepended.
-    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c

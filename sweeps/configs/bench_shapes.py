@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
+
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "bench_shapes"
-  c.variant = variant
-  c.seed = 0  # seeds the denoiser's random init and the clouds of each repeat
-  c.num_seeds = 2  # repeats of the whole measurement; claims take the median
+  # seed: seeds the denoiser's random init and the clouds of each repeat
+  # num_seeds: repeats of the whole measurement; claims take the median
+  c = common.base("bench_shapes", variant, num_seeds=2, data_dir=False)
 
   # Sampling: a randomly initialised denoiser (throughput does not depend on the weights)
   # of the prism config's shape, and part SSMs fitted on a few generated shapes.
@@ -70,6 +70,4 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.nna_shapes = 200
     c.nna_points = 2048
     c.timing_repeats = 5
-  elif variant != "quick":
-    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c

@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
+
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "cocodc"
-  c.variant = variant
-  c.seed = 0
-  c.num_seeds = 4
-  c.num_tuning_seeds = 1
-  c.data_dir = ""  # "" = $JAXFL_DATA_DIR or ~/.cache/jaxfl/tfds
+  c = common.base("cocodc", variant, num_seeds=4, num_tuning_seeds=1)
 
   # Model: a from-scratch byte-level transformer, the block of jaxfl.models.transformer.LMConfig
   # (its max_len is seq_len).
@@ -94,6 +90,4 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.alpha_grid = (0.5, 0.0)
     c.lam0_grid = (0.2, 0.5)
     c.wan.bandwidth = 1.0e6
-  elif variant != "quick":
-    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c

@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
 from sweeps.configs.lm_pretrain import pretrain_config
 
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "fedlora"
-  c.variant = variant
-  c.seed = 0
-  c.num_seeds = 2
-  c.data_dir = ""  # "" = $JAXFL_DATA_DIR or ~/.cache/jaxfl/tfds
-  c.cache_dir = ""  # "" = $JAXFL_CACHE_DIR or ~/.cache/jaxfl (the pre-trained model)
+  # cache_dir holds the pre-trained model (lm_pretrain).
+  c = common.base("fedlora", variant, num_seeds=2, cache_dir=True)
   c.pretrain = pretrain_config(variant)
 
   # Clients: one downstream domain each (jaxfl.data.corpus.CLIENT_DOMAINS, in order).
@@ -76,6 +72,4 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.local_steps = 10
     c.num_rounds = 50
     c.eval_every = 5
-  elif variant != "quick":
-    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
+
 
 def pretrain_config(variant: str = "quick") -> ml_collections.ConfigDict:
   """The block that builds :class:`jaxfl.models.pretrained.PretrainSpec` (its fields; shared
@@ -46,13 +48,8 @@ def pretrain_config(variant: str = "quick") -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "lm_pretrain"
-  c.variant = variant
-  c.seed = 0  # the model's seed is pretrain.seed; this names the run
-  c.num_seeds = 1
-  c.data_dir = ""  # "" = $JAXFL_DATA_DIR or ~/.cache/jaxfl/tfds
-  c.cache_dir = ""  # "" = $JAXFL_CACHE_DIR or ~/.cache/jaxfl
+  # seed: the model's seed is pretrain.seed; this names the run
+  c = common.base("lm_pretrain", variant, num_seeds=1, cache_dir=True)
   c.pretrain = pretrain_config(variant)
   # Claim threshold: validation loss (nats per byte) on the general domains' held-out files.
   c.target_val_loss = 2.0 if variant == "quick" else 1.2

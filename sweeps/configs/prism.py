@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from sweeps.configs import common
+
 
 def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.experiment = "prism"
-  c.variant = variant
-  c.seed = 0
-  c.num_seeds = 3
-  c.data_dir = ""  # "" = $JAXFL_DATA_DIR or ~/.cache/jaxfl/tfds (the shapes cache)
+  # data_dir also holds the generated shapes cache.
+  c = common.base("prism", variant, num_seeds=3)
 
   # Data (shapes.data): training shapes and held-out references, both from the run seed.
   c.category = "chair"
@@ -89,6 +87,4 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.batch_size = 256
     c.num_eval = 200
     c.eval_points = 2048
-  elif variant != "quick":
-    raise ValueError(f"variant: expected 'quick' or 'full', got {variant!r}")
   return c

@@ -32,6 +32,7 @@ from shapes import data, diffusion, metrics, tokens
 from shapes import ssm as ssm_lib
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
+from sweeps.configs import common
 from sweeps.sweep import RunSpec
 from sweeps.timing import environment, time_interleaved
 
@@ -40,10 +41,10 @@ PROGRAMS = ("ddpm", "ddim", "nna_plane", "nna_matmul")
 
 
 def validate(c) -> None:
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
+  common.check(c)
   check(c.category in data.CATEGORIES, "category", f"one of {list(data.CATEGORIES)}",
         c.category)
-  for field in ("num_seeds", "num_modes", "width", "depth", "heads", "sample_batch",
+  for field in ("num_modes", "width", "depth", "heads", "sample_batch",
                 "nna_shapes", "nna_points", "warmup", "timing_repeats"):
     check(isinstance(c[field], int) and c[field] > 0, field, "a positive integer", c[field])
   check(c.num_modes <= 64, "num_modes", "at most 64 (the SSMs are fitted on 64 shapes)",

@@ -25,6 +25,7 @@ from jaxfl.sim import DeviceProfiles, load_profiles, sample_profiles
 from sweeps import claims as claims_lib
 from sweeps import families as families_lib
 from sweeps import report as report_lib
+from sweeps.configs import common
 from sweeps.families import seeds
 from sweeps.sweep import RunSpec
 
@@ -36,8 +37,7 @@ KEY_MODEL, KEY_PROFILES, KEY_ROUNDS, KEY_CENTRAL = range(4)
 
 def validate(c) -> None:
   """Check every field before anything runs or is written."""
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
-  check(c.num_seeds >= 1, "num_seeds", "a positive integer", c.num_seeds)
+  common.check(c)
   check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
   check(c.partition in PARTITIONS, "partition", f"one of {list(PARTITIONS)}", c.partition)
   check(c.num_clients > 0, "num_clients", "a positive integer", c.num_clients)
@@ -52,8 +52,6 @@ def validate(c) -> None:
         "a non-negative finite learning rate", c.server_lr)
   for field in ("compute_median", "uplink_median", "downlink_median"):
     check(math.isfinite(c[field]) and c[field] > 0, field, "a positive finite number", c[field])
-  check(not c.data_dir or not os.path.exists(c.data_dir) or os.path.isdir(c.data_dir),
-        "data_dir", "a directory (or '' for the default)", c.data_dir)
   check(c.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
         f"one of {list(SERVER_OPTIMIZERS)}", c.server_optimizer)
   check(c.local_epochs > 0, "local_epochs", "a positive number", c.local_epochs)

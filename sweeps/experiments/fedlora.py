@@ -25,6 +25,7 @@ from jaxfl.sim import sample_profiles, tree_bytes
 from sweeps import claims as claims_lib
 from sweeps import families as families_lib
 from sweeps import report as report_lib
+from sweeps.configs import common
 from sweeps.experiments import lm_pretrain
 from sweeps.families import seeds
 
@@ -35,10 +36,7 @@ EVAL_METRICS = ("downstream_loss", "downstream_accuracy", "general_loss", "gener
 
 
 def validate(c) -> None:
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
-  check(isinstance(c.num_seeds, int) and c.num_seeds >= 1, "num_seeds", "a positive integer",
-        c.num_seeds)
-  lm_pretrain.check_cache_dir(c.cache_dir)
+  common.check(c)
   spec = lm_pretrain.spec(c.pretrain)
   n_domains = len(corpus_lib.CLIENT_DOMAINS)
   check(isinstance(c.num_clients, int) and c.num_clients >= 1, "num_clients",

@@ -25,16 +25,10 @@ def spec(p) -> pretrained.PretrainSpec:
   return common.build(pretrained.PretrainSpec, p, "pretrain")
 
 
-def check_cache_dir(path: str) -> None:
-  check(not path or not os.path.exists(path) or os.path.isdir(path), "cache_dir",
-        "a directory (or '' for the default)", path)
-
-
 def validate(c) -> None:
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
+  common.check(c)
   check(c.num_seeds == 1, "num_seeds", "1 (one model per recipe; vary pretrain.seed)",
         c.num_seeds)
-  check_cache_dir(c.cache_dir)
   check(math.isfinite(c.target_val_loss) and c.target_val_loss > 0, "target_val_loss",
         "a positive number", c.target_val_loss)
   spec(c.pretrain)  # every pretrain.* field

@@ -32,7 +32,7 @@ def test_configs_and_every_regime_point_validate():
   for variant in ("quick", "full"):
     air_fedga.validate(get_config(variant))
   grid = get_sweep()
-  assert len(grid) == 9 and {p["bits_per_param"] for p in grid} == {2.0, 8.0, 32.0}
+  assert len(grid) == 9 and {p["comm.bits_per_param"] for p in grid} == {2.0, 8.0, 32.0}
   for point in grid:
     air_fedga.validate(point_config(get_config("quick"), point))
   with pytest.raises(ValueError, match="variant"):
@@ -41,14 +41,14 @@ def test_configs_and_every_regime_point_validate():
 
 @pytest.mark.parametrize("field,value", [
     ("num_workers", 0), ("alpha", -1.0), ("jitter_low", 2.0), ("path_gain_low", 0.0),
-    ("snr_db", math.nan), ("fading", "nakagami"), ("group_candidates", (0,)),
+    ("snr_db", math.nan), ("comm.fading", "nakagami"), ("group_candidates", (0,)),
     ("group_candidates", (30,)), ("beta0_grid", (0.0,)), ("beta0_grid", ()),
-    ("target_accuracy", 1.5), ("compute_tiers", (1.0, -2.0)), ("bits_per_param", 0.0),
-    ("t_max", math.inf), ("staleness_exponent", -0.5), ("download_time", -1.0),
+    ("target_accuracy", 1.5), ("compute_tiers", (1.0, -2.0)), ("comm.bits_per_param", 0.0),
+    ("t_max", math.inf), ("staleness_exponent", -0.5), ("comm.download_time", -1.0),
+    ("comm.rician_k", 1.0), ("comm.max_power", 0.0),
 ])
 def test_validate_names_the_field(field, value):
-  c = get_config("quick")
-  c[field] = value
+  c = point_config(get_config("quick"), {field: value})
   with pytest.raises(ConfigError) as e:
     air_fedga.validate(c)
   assert e.value.field == field
@@ -178,9 +178,8 @@ def test_regime_report_tabulates_each_points_ratios(tmp_path):
   for tiers, bits, d in [((1.0, 8.0), 32.0, doc(100.0, 200.0, 150.0)),
                          ((1.0, 1.0), 32.0, doc(90.0, 90.0, 45.0)),
                          ((1.0, 8.0), 2.0, doc(100.0, None, 50.0))]:
-    c = get_config("quick")
-    c.update(dict(compute_tiers=tiers, bits_per_param=bits))
-    points.append(({"compute_tiers": tiers, "bits_per_param": bits}, c, d))
+    point = {"compute_tiers": tiers, "comm.bits_per_param": bits}
+    points.append((point, point_config(get_config("quick"), point), d))
   air_fedga.report_sweep(str(tmp_path), points)
   table = (tmp_path / "regime.md").read_text()
   assert "| 1 | 32 | 90 | 90 | 45 | 1 | 2 |" in table  # equal speeds: no gain over Air-FedAvg

@@ -129,6 +129,19 @@ def test_point_config_names_unknown_or_mistyped_keys():
   with pytest.raises(ConfigError) as e:
     point_config(get_config("quick"), {"num_clients": "many"})
   assert e.value.field == "get_sweep()['num_clients']"
+  for key in ("alpha.x", "nope.x"):  # a dotted key names a block's field
+    with pytest.raises(ConfigError) as e:
+      point_config(get_config("quick"), {key: 1})
+    assert e.value.field == f"get_sweep()[{key!r}]"
+
+
+def test_point_config_sets_a_blocks_field_and_leaves_the_config_alone():
+  c = get_config("quick")
+  with c.unlocked():
+    c.block = {"x": 1.0, "y": 2.0}
+  p = point_config(c, {"block.x": 3.0, "alpha": 0.1})
+  assert (p.block.x, p.block.y, p.alpha) == (3.0, 2.0, 0.1)
+  assert (c.block.x, c.alpha) == (1.0, 0.5)
 
 
 GRID_CONFIG = """

@@ -106,8 +106,8 @@ def write_report(out, c, doc, curves, t2t, mse, per_seed) -> None:
                        [[p, mean_std(mse[p])] for p in mse]),
       report_lib.image("mse.png"),
       f"{c.num_workers} workers, compute tiers {tuple(c.compute_tiers)} x "
-      f"{c.base_compute_time} s, SNR {c.snr_db} dB, {c.fading} fading, bandwidth "
-      f"{c.bandwidth_hz:g} channel uses/s, {c.bits_per_param:g} bits/parameter digital, "
+      f"{c.base_compute_time} s, SNR {c.snr_db} dB, {c.comm.fading} fading, bandwidth "
+      f"{c.comm.bandwidth_hz:g} channel uses/s, {c.comm.bits_per_param:g} bits/parameter digital, "
       f"target {c.target_accuracy:.0%}, t_max {c.t_max:g} s. Groups and mixing rule are "
       "reconstructions (arXiv 2507.05704's text was not available)."])
 
@@ -121,7 +121,7 @@ def report_sweep(folder: str, points: list[tuple[dict, object, dict]]) -> None:
   For every grid point (``get_sweep()``: compute heterogeneity x digital payload), the
   ratio of Air-FedGA's median time to target to Air-FedAvg's and to FedAsync's (below
   1: Air-FedGA is faster), against the heterogeneity max/min compute time, a line per
-  ``bits_per_param``.
+  ``comm.bits_per_param``.
   """
   rows = []
   for _, c, doc in points:
@@ -129,7 +129,7 @@ def report_sweep(folder: str, points: list[tuple[dict, object, dict]]) -> None:
     ratio = lambda cl: (None if cl["value"] is None or cl["baseline_value"] is None
                         else cl["value"] / cl["baseline_value"])
     tiers = tuple(c.compute_tiers)
-    rows.append(dict(heterogeneity=max(tiers) / min(tiers), bits=float(c.bits_per_param),
+    rows.append(dict(heterogeneity=max(tiers) / min(tiers), bits=float(c.comm.bits_per_param),
                      vs_air_fedavg=ratio(by_id["time_to_target_vs_air_fedavg"]),
                      vs_fedasync=ratio(by_id["time_to_target_vs_fedasync"]),
                      air_fedga=by_id["time_to_target_vs_air_fedavg"]["value"],

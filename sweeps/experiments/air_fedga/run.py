@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import grouped_async as ga
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number, is_number
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, SIZES, functional
@@ -20,6 +20,7 @@ from jaxfl.planners import grouping
 from jaxfl.planners.power import POLICIES
 from jaxfl.sim.channel import Comm, noise_var_from_snr_db
 from sweeps import families as families_lib
+from sweeps.configs import common
 from sweeps.families import seeds, tuning_seeds
 
 # name -> (uplink, synchronous, grouping)
@@ -36,46 +37,35 @@ KEY_MODEL, KEY_RUN = range(2)
 
 
 def validate(c) -> None:
-  """Check every field before anything runs or is written."""
-  pos = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                   and v > 0)
-  pos_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
-  check(pos_int(c.num_seeds), "num_seeds", "a positive integer", c.num_seeds)
-  check(pos_int(c.num_tuning_seeds), "num_tuning_seeds", "a positive integer", c.num_tuning_seeds)
+  """Check every field before anything runs or is written (the ``comm`` block by building
+  :class:`~jaxfl.sim.channel.Comm`, which checks its own fields)."""
+  common.check(c)
+  for f in ("num_workers", "min_client_size", "batch_size",
+            "local_steps", "planner_draws", "log_points"):
+    check_number(c[f], f, low=1, integer=True)
   check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
-  check(pos_int(c.num_workers), "num_workers", "a positive integer", c.num_workers)
-  check(pos(c.alpha), "alpha", "a positive finite number", c.alpha)
-  check(pos_int(c.min_client_size), "min_client_size", "a positive integer", c.min_client_size)
   check(c.model in SIZES, "model", f"one of {list(SIZES)}", c.model)
-  for f in ("batch_size", "local_steps", "planner_draws", "log_points"):
-    check(pos_int(c[f]), f, "a positive integer", c[f])
-  for f in ("learning_rate", "base_compute_time", "max_power", "bandwidth_hz", "bits_per_param",
-            "max_upload_time", "t_max", "path_gain_high"):
-    check(pos(c[f]), f, "a positive finite number", c[f])
-  check(isinstance(c.download_time, (int, float)) and c.download_time >= 0, "download_time",
-        "a non-negative number", c.download_time)
+  for f in ("alpha", "learning_rate", "base_compute_time", "t_max", "path_gain_high"):
+    check_number(c[f], f, low=0, strict=True)
   tiers = tuple(c.compute_tiers)
-  check(len(tiers) >= 1 and all(pos(t) for t in tiers), "compute_tiers",
-        "a tuple of positive numbers", tiers)
+  check(len(tiers) >= 1 and all(is_number(t) and 0 < t < math.inf for t in tiers),
+        "compute_tiers", "a tuple of positive numbers", tiers)
   check(0 < c.jitter_low <= c.jitter_high, "jitter_low", "0 < jitter_low <= jitter_high",
         (c.jitter_low, c.jitter_high))
   check(0 < c.path_gain_low <= c.path_gain_high, "path_gain_low",
         "0 < path_gain_low <= path_gain_high", (c.path_gain_low, c.path_gain_high))
-  check(isinstance(c.snr_db, (int, float)) and math.isfinite(c.snr_db), "snr_db",
-        "a finite number of dB", c.snr_db)
-  check(c.fading in ("rayleigh", "rician"), "fading", "'rayleigh' or 'rician'", c.fading)
-  check(c.rician_k >= 0, "rician_k", "a non-negative K-factor", c.rician_k)
+  check_number(c.snr_db, "snr_db", unit="dB")
+  _comm(c)
   cands = tuple(c.group_candidates)
   check(len(cands) >= 1 and all(isinstance(m, int) and 1 <= m <= c.num_workers for m in cands),
         "group_candidates", f"group counts between 1 and num_workers={c.num_workers}", cands)
   for f in ("idle_weight", "mse_weight", "label_weight", "staleness_weight", "staleness_exponent"):
-    check(isinstance(c[f], (int, float)) and c[f] >= 0, f, "a non-negative number", c[f])
+    check_number(c[f], f, low=0)
   grid = tuple(c.beta0_grid)
   check(len(grid) >= 1 and all(0 < b <= 1 for b in grid), "beta0_grid",
         "mixing constants in (0, 1]", grid)
   check(0 < c.target_accuracy <= 1, "target_accuracy", "an accuracy in (0, 1]", c.target_accuracy)
-  check(c.time_margin >= 0, "time_margin", "a non-negative number of seconds", c.time_margin)
+  check_number(c.time_margin, "time_margin", low=0, unit="seconds")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -104,20 +94,20 @@ class Context:
 
 
 def _comm(c) -> Comm:
-  return Comm(bandwidth_hz=c.bandwidth_hz, bits_per_param=c.bits_per_param,
-                 noise_var=noise_var_from_snr_db(c.snr_db, c.max_power), max_power=c.max_power,
-                 download_time=c.download_time, max_upload_time=c.max_upload_time,
-                 fading=c.fading, rician_k=c.rician_k)
+  """The ``comm`` block as :class:`~jaxfl.sim.channel.Comm` (``noise_var`` from ``snr_db``)."""
+  noise_var = noise_var_from_snr_db(c.snr_db, c.comm.max_power)
+  return common.build(Comm, c.comm, "comm", noise_var=float(noise_var))
 
 
 def _groups(c, compute, path_gain, counts, hist, seed: int, num_params: int
             ) -> dict[str, list[np.ndarray]]:
   """Every method's groups for one seed; random groups take the planned number of groups."""
   n = c.num_workers
+  comm = _comm(c)
   plan = grouping.plan_groups(
       compute, path_gain, counts, hist, candidates=tuple(c.group_candidates),
-      noise_var=float(noise_var_from_snr_db(c.snr_db, c.max_power)), max_power=c.max_power,
-      comm_time=c.download_time + num_params / c.bandwidth_hz,  # AirComp upload + download
+      noise_var=comm.noise_var, max_power=comm.max_power,
+      comm_time=comm.download_time + num_params / comm.bandwidth_hz,  # AirComp up + down
       seed=seed, draws=c.planner_draws, weights=(c.idle_weight, c.mse_weight, c.label_weight),
       staleness_weight=c.staleness_weight)
   random = grouping.random_groups(n, len(plan.groups), np.random.default_rng([seed, 7]))

@@ -20,16 +20,17 @@ from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import resolve_num_devices
 from sweeps import timing
+from sweeps.configs import common
 from sweeps.experiments.bench_fl.programs import (
-    client_keys,
-    compiled_flops,
-    make_centralized,
-    make_client_loop_round,
-    make_fedavg,
-    make_plain_vmap_round,
-    mlp_train_flops,
-    mlp_widths,
-    split_clients,
+  client_keys,
+  compiled_flops,
+  make_centralized,
+  make_client_loop_round,
+  make_fedavg,
+  make_plain_vmap_round,
+  mlp_train_flops,
+  mlp_widths,
+  split_clients,
 )
 from sweeps.sweep import RunSpec
 from sweeps.timing import make_matmul, time_interleaved
@@ -43,8 +44,7 @@ KEY_MODEL, KEY_ROUNDS, KEY_CENTRAL, KEY_SCALING = range(4)
 def validate(c) -> None:
   """Check every field before anything runs or is written."""
   pos_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
-  check(pos_int(c.num_seeds), "num_seeds", "a positive integer", c.num_seeds)
+  common.check(c)
   check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
   check(c.partition in PARTITIONS, "partition", f"one of {list(PARTITIONS)}", c.partition)
   check(math.isfinite(c.alpha) and c.alpha > 0, "alpha", "a positive finite number", c.alpha)

@@ -19,6 +19,7 @@ import optax
 
 from jaxfl.errors import check
 from jaxfl.models import lora, transformer
+from sweeps.configs import common
 from sweeps.sweep import RunSpec
 from sweeps.timing import environment, make_matmul, time_interleaved
 
@@ -41,12 +42,11 @@ def _pos_int(v) -> bool:
 
 def validate(c) -> None:
   """Check every field before anything runs or is written."""
-  check(isinstance(c.seed, int) and not isinstance(c.seed, bool) and c.seed >= 0, "seed",
-        "a non-negative integer", c.seed)
+  common.check(c)
   check(c.model in transformer.VARIANTS, "model", f"one of {sorted(transformer.VARIANTS)}",
         c.model)
   max_len = transformer.VARIANTS[c.model].max_len
-  for field in ("num_seeds", "batch_size", "seq_len", "lora_rank", "decode_batch",
+  for field in ("batch_size", "seq_len", "lora_rank", "decode_batch",
                 "prompt_len", "new_tokens", "timing_repeats", "matmul_size"):
     check(_pos_int(c[field]), field, "a positive integer", c[field])
   check(c.seq_len <= max_len, "seq_len", f"at most the {c.model} model's max_len={max_len}",

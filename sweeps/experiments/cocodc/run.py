@@ -38,8 +38,8 @@ def _pos_int(v, low: int = 1) -> bool:
 
 def validate(c) -> None:
   """Every field, before anything runs or is written."""
-  check(_pos_int(c.seed, 0), "seed", "a non-negative integer", c.seed)
-  for f in ("num_seeds", "num_tuning_seeds", "seq_len", "num_workers", "windows_per_worker",
+  common.check(c)
+  for f in ("seq_len", "num_workers", "windows_per_worker",
             "eval_windows", "batch_size", "num_steps", "inner_steps", "num_fragments",
             "eval_every"):
     check(_pos_int(c[f]), f, "a positive integer", c[f])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import NamedTuple
 
 import jax
@@ -18,6 +17,7 @@ from shapes import baselines, data, diffusion, metrics, tokens
 from shapes import prism as prism_lib
 from shapes import ssm as ssm_lib
 from sweeps import families as families_lib
+from sweeps.configs import common
 from sweeps.families import seeds
 
 METHODS = ("prism", "global_pca", "independent")
@@ -32,10 +32,10 @@ EDITED = {"chair": ("back", "arms"), "table": ("legs4", "pedestal", "shelf"),
 
 
 def validate(c) -> None:
-  check(isinstance(c.seed, int) and c.seed >= 0, "seed", "a non-negative integer", c.seed)
+  common.check(c)
   check(c.category in data.CATEGORIES, "category", f"one of {list(data.CATEGORIES)}",
         c.category)
-  for field in ("num_seeds", "num_train", "num_modes", "width", "depth", "heads",
+  for field in ("num_train", "num_modes", "width", "depth", "heads",
                 "train_steps", "batch_size", "num_samples", "num_eval", "eval_points"):
     check(isinstance(c[field], int) and c[field] > 0, field, "a positive integer", c[field])
   check(isinstance(c.points_per_part, int) and c.points_per_part >= 24, "points_per_part",
@@ -63,8 +63,6 @@ def validate(c) -> None:
   check(math.isfinite(c.min_nna_gap), "min_nna_gap", "a number", c.min_nna_gap)
   for field in ("max_pattern_tv", "max_violations"):
     check(0 <= c[field] <= 1, field, "a number in [0, 1]", c[field])
-  check(isinstance(c.data_dir, str) and not os.path.isfile(c.data_dir), "data_dir",
-        "'' or a directory path (not a file)", c.data_dir)
 
 
 class Context:

@@ -9,6 +9,7 @@ import pytest
 
 from jaxfl.errors import ConfigError
 from jaxfl.sim import (
+  Comm,
   aircomp_upload_time,
   digital_upload_time,
   fading_gain_sq,
@@ -97,3 +98,22 @@ def test_upload_times_known_values():
   rate = shannon_rate(1.0, 1.0, noise_var_from_snr_db(0.0), 1e6)  # 1 Mbit/s
   assert float(digital_upload_time(10_000, 8, rate)) == pytest.approx(0.08)
   assert float(digital_upload_time(10, 8, 0.0)) == math.inf  # a channel in a null
+
+
+@pytest.mark.parametrize("field,value", [
+    ("bandwidth_hz", 0.0), ("bandwidth_hz", math.inf), ("bits_per_param", -8.0),
+    ("noise_var", -0.1), ("noise_var", math.nan), ("max_power", 0.0), ("download_time", -1.0),
+    ("max_upload_time", 0.0), ("fading", "nakagami"), ("rician_k", -1.0), ("rician_k", 2.0),
+    ("bandwidth_hz", True),
+])
+def test_comm_names_its_bad_field(field, value):
+  kw = dict(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=1.0) | {field: value}
+  with pytest.raises(ConfigError) as e:
+    Comm(**kw)
+  assert e.value.field == field
+
+
+def test_comm_accepts_an_uncapped_upload_and_a_rician_k_factor():
+  comm = Comm(bandwidth_hz=100.0, bits_per_param=8.0, noise_var=0.0, fading="rician",
+              rician_k=3.0)
+  assert comm.max_upload_time == math.inf and comm.rician_k == 3.0
