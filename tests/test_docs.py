@@ -25,13 +25,18 @@ def modules_with_examples() -> list[str]:
 
 
 MODULES = modules_with_examples()
+# Examples that compile and train a model (2-7 s each on 2 cores): the full tier only.
+SLOW = {"shapes.prism", "shapes.diffusion", "jaxfl.algorithms.fedpeft", "jaxfl.transforms.aircomp",
+        "jaxfl.models.quant", "jaxfl.models.transformer", "jaxfl.peft.expand"}
 
 
 def test_the_collection_finds_the_examples():
   assert {"jaxfl.loop", "jaxfl.algorithms.base", "jaxfl.models.lora", "shapes.ssm"} <= set(MODULES)
+  assert SLOW <= set(MODULES)  # a renamed module must leave the slow list too
 
 
-@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("name", [
+    pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in MODULES])
 def test_docstring_examples(name):
   module = importlib.import_module(name)
   result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

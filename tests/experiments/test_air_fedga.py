@@ -82,6 +82,7 @@ def swept(tmp_path_factory):
   return workdir, doc
 
 
+@pytest.mark.slow
 def test_claims_follow_the_contract_and_rebuild_from_the_database(swept):
   workdir, doc = swept
   out = workdir / "air_fedga"
@@ -105,6 +106,7 @@ def test_claims_follow_the_contract_and_rebuild_from_the_database(swept):
   assert "Air-FedGA" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_rows_are_accuracy_on_the_time_grid_then_the_summary(swept):
   workdir, _ = swept
   with ResultsDB(results_path(workdir)) as db:
@@ -139,6 +141,7 @@ def test_rows_are_accuracy_on_the_time_grid_then_the_summary(swept):
         assert t2t is not None and t2t <= reached[0]
 
 
+@pytest.mark.slow
 def test_mixing_constant_is_chosen_on_the_tuning_seeds_only(swept):
   workdir, _ = swept
   with ResultsDB(results_path(workdir)) as db:
@@ -155,6 +158,7 @@ def test_mixing_constant_is_chosen_on_the_tuning_seeds_only(swept):
   assert beta0["air_fedavg"] == {0: 1.0, 1: 1.0}  # synchronous: nothing to mix
 
 
+@pytest.mark.slow
 def test_a_run_computed_alone_is_its_vmapped_call_bit_for_bit(swept):
   """The remote-worker path computes the family call holding the run: the same rows."""
   workdir, _ = swept

@@ -49,6 +49,7 @@ def max_diff(a, b):
 
 
 @pytest.mark.parametrize("num_devices", [1, 2])
+@pytest.mark.slow
 def test_runtime_client_loop_and_plain_vmap_compute_the_same_round(num_devices):
   c = small_config(num_devices=num_devices)
   clients = ragged_clients(c.num_clients)
@@ -120,6 +121,7 @@ def test_configs_and_sweep_validate():
     get_config("huge")
 
 
+@pytest.mark.slow
 def test_run_writes_claims_and_report(tmp_path):
   c = get_config("quick")
   c.update(dict(num_seeds=2, num_clients=8, num_devices=2, local_steps=2, warmup=1, repeats=1,

@@ -101,6 +101,7 @@ def decoded(tiny_model):
   return np.asarray(prompt), np.asarray(cached()), np.asarray(uncached())
 
 
+@pytest.mark.slow
 def test_decoding_with_and_without_cache_is_identical(tiny_model, decoded):
   base, _, _, params = tiny_model
   prompt, a, b = decoded
@@ -110,6 +111,7 @@ def test_decoding_with_and_without_cache_is_identical(tiny_model, decoded):
   assert bench_lm.greedy_agreement(base, params, 5, a, b) == (3, 0)
 
 
+@pytest.mark.slow
 def test_greedy_agreement_rejects_a_real_disagreement(tiny_model, decoded, monkeypatch):
   base, _, _, params = tiny_model
   _, a, _ = decoded
@@ -132,6 +134,7 @@ def test_greedy_agreement_rejects_a_real_disagreement(tiny_model, decoded, monke
   assert bench_lm.greedy_agreement(base, params, 5, a, b) == (2, 1)
 
 
+@pytest.mark.slow
 def test_lora_step_trains_only_the_adapters_of_the_same_function(tiny_model):
   base, with_lora, adapters, frozen = tiny_model
   tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 17), 0, 258)
@@ -156,6 +159,7 @@ def test_lora_step_trains_only_the_adapters_of_the_same_function(tiny_model):
   assert part.compile_s >= 0 and part.trace_s >= 0
 
 
+@pytest.mark.slow
 def test_run_writes_claims_and_report_that_rebuild_from_the_database(tmp_path):
   c = tiny_config(num_seeds=2)
   doc = run_sweep(bench_lm, c, str(tmp_path), stream=io.StringIO())

@@ -96,6 +96,7 @@ def swept(tmp_path_factory):
   return c, doc, root
 
 
+@pytest.mark.slow
 def test_tuned_point_is_the_grid_argmin_of_validation_loss(swept):
   c, _, root = swept
   with ResultsDB(results_path(str(root / "a"))) as db:
@@ -112,6 +113,7 @@ def test_tuned_point_is_the_grid_argmin_of_validation_loss(swept):
     assert all(r["info"]["params"] > 0 for r in runs)
 
 
+@pytest.mark.slow
 def test_claims_follow_from_the_logged_curves(swept):
   c, doc, root = swept
   claims = {cl["id"]: cl for cl in doc["claims"]}
@@ -144,6 +146,7 @@ def test_claims_follow_from_the_logged_curves(swept):
   assert red["holds"] == (expected is not None and expected >= c.min_step_reduction)
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_the_database(swept):
   c, doc, root = swept
   out = root / "a" / "cocodc"

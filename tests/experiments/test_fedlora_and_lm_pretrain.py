@@ -92,6 +92,7 @@ def test_fedlora_validate_names_the_field(field, value, reported):
   assert e.value.field == reported
 
 
+@pytest.mark.slow
 def test_pretrained_model_is_cached_and_reused(dirs):
   spec = lm_pretrain.spec(tiny_pretrain(dirs).pretrain)
   corpus = corpus_lib.load_corpus(dirs["data_dir"])
@@ -116,6 +117,7 @@ def test_pretrained_model_is_cached_and_reused(dirs):
   assert other.digest() != spec.digest() and other.path() != spec.path()
 
 
+@pytest.mark.slow
 def test_pretrain_experiment_reports_the_cached_model(dirs, tmp_path):
   c = tiny_pretrain(dirs)
   doc = run_sweep(lm_pretrain, c, str(tmp_path), stream=io.StringIO())
@@ -128,6 +130,7 @@ def test_pretrain_experiment_reports_the_cached_model(dirs, tmp_path):
   assert os.path.exists(tmp_path / "lm_pretrain" / "loss.png")
 
 
+@pytest.mark.slow
 def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
   c = tiny_fedlora(dirs)
   doc = run_sweep(fedlora, c, str(tmp_path), stream=io.StringIO())
@@ -158,6 +161,7 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
     assert json.load(fh) == written
 
 
+@pytest.mark.slow
 def test_fedlora_lora_starts_from_the_pretrained_function(dirs):
   c = tiny_fedlora(dirs)
   ctx = fedlora.prepare(c)

@@ -88,6 +88,7 @@ def swept(tmp_path_factory):
   return c, doc, root
 
 
+@pytest.mark.slow
 def test_claims_are_recomputed_from_the_logged_values(swept):
   c, doc, root = swept
   with ResultsDB(results_path(str(root / "a"))) as db:
@@ -116,6 +117,7 @@ def test_claims_are_recomputed_from_the_logged_values(swept):
     assert json.load(f) == doc
 
 
+@pytest.mark.slow
 def test_report_has_pictures_and_inpainting_keeps_slots(swept):
   c, _, root = swept
   out = os.path.join(root, "a", "prism")
@@ -131,6 +133,7 @@ def test_report_has_pictures_and_inpainting_keeps_slots(swept):
   assert np.asarray(info["edits"]["exists"])[:, kept].all()
 
 
+@pytest.mark.slow
 def test_a_run_computed_alone_is_bit_identical(swept):
   """The remote-worker path (the family call holding the run, in a fresh context)."""
   c, _, root = swept
@@ -143,6 +146,7 @@ def test_a_run_computed_alone_is_bit_identical(swept):
       assert info == (run["info"] if method == "prism" else None)
 
 
+@pytest.mark.slow
 def test_bench_matmul_form_agrees_and_run_reports():
   c = bench_config.get_config("quick")
   c.update(width=16, depth=1, heads=2, num_modes=4, diffusion_steps=8, ddim_steps=2,

@@ -144,6 +144,7 @@ def test_first_save_off_interval_is_ignored(tmp_path):
     assert ckpt.latest_round() is None
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, setup):
   alg, clients, evaluate = setup
   key = jax.random.PRNGKey(3)

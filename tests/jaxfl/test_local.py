@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from jaxfl.local import (
@@ -53,6 +54,7 @@ def test_epochs_to_steps():
   np.testing.assert_array_equal(local_epochs_to_steps(jnp.array([3, 300]), 2.0, 32), [1, 19])
 
 
+@pytest.mark.slow
 def test_scan_matches_python_loop_of_sgd_steps():
   apply_fn, params, data = small_problem()
   loss_fn = softmax_cross_entropy(apply_fn)

@@ -48,6 +48,7 @@ def test_collective_reduces_all_clients_under_both_runtimes():
 
 
 @pytest.mark.parametrize("local,server", [("epochs", "fedavg"), ("steps", "fedadam")])
+@pytest.mark.slow
 def test_fedavg_round_vmap_equals_shard_map(local, server):
   data = ragged_clients()
   apply_fn, params = functional(MLP(64, (32,), 10, rngs=nnx.Rngs(0)))

@@ -142,6 +142,7 @@ def tiny_model(seed=0):
       lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), abstract)
 
 
+@pytest.mark.slow
 def test_fedavg_offline_slots_get_no_steps_and_no_weight():
   apply_fn, params = tiny_model()
   loss_fn = softmax_cross_entropy(apply_fn)

@@ -67,6 +67,7 @@ def test_inpainting_keeps_the_known_slots_exactly():
   assert not np.allclose(z[:, 1], known[:, 1])
 
 
+@pytest.mark.slow
 def test_denoiser_is_permutation_equivariant_and_training_lowers_the_loss():
   cfg = diffusion.DenoiserConfig(dim=4, width=32, depth=1, heads=2)
   params = diffusion.init(cfg, jax.random.key(0))
@@ -87,6 +88,7 @@ def test_denoiser_is_permutation_equivariant_and_training_lowers_the_loss():
   assert 0.85 < first < 1.15 and last < 0.5 * first
 
 
+@pytest.mark.slow
 def test_untrained_v_model_gives_the_prior_eps_and_ordered_mlp_shapes():
   # The read-out is zero at init, so v_hat = 0 and eps = sqrt(1 - ab) z exactly: the
   # implied x0 = sqrt(ab) z - sqrt(1 - ab) v_hat is the prior-mean shrinkage sqrt(ab) z.
@@ -107,6 +109,7 @@ def test_untrained_v_model_gives_the_prior_eps_and_ordered_mlp_shapes():
     diffusion.DenoiserConfig(dim=7, prediction="x0")
 
 
+@pytest.mark.slow
 def test_channel_weights_scale_out_and_select_channels():
   config = diffusion.DenoiserConfig(dim=5, width=8, depth=1, heads=2)
   params = diffusion.init(config, jax.random.key(0))

@@ -24,6 +24,7 @@ def test_coverage_mmd_and_one_nna_on_known_matrices():
   assert metrics.one_nna(near, np.full((2, 2), 9.0), near) == 1.0
 
 
+@pytest.mark.slow
 def test_one_nna_of_two_draws_of_the_same_generator_is_near_chance():
   a = data.generate("chair", 100, seed=0, split="test", points_per_part=64)
   b = data.generate("chair", 100, seed=1, split="test", points_per_part=64)

@@ -1,6 +1,7 @@
 """Part SSMs: degrees of freedom and the held-out round-trip floor."""
 
 import numpy as np
+import pytest
 
 from shapes import data, ssm
 
@@ -12,6 +13,7 @@ def test_box_part_ssm_has_exactly_its_degrees_of_freedom():
   assert curve[3] > 1 - 1e-9 and curve[2] < 0.9999
 
 
+@pytest.mark.slow
 def test_ssm_round_trip_error_is_the_jitter_floor():
   train = data.generate("table", 400, seed=0, points_per_part=48)
   test = data.generate("table", 100, seed=0, split="test", points_per_part=48)

@@ -2,10 +2,12 @@
 
 import jax
 import numpy as np
+import pytest
 
 from shapes import data, ssm, tokens
 
 
+@pytest.mark.slow
 def test_token_labels_round_trip_and_duplicates_are_dropped():
   s = data.generate("chair", 200, seed=0, points_per_part=24)
   model = ssm.fit(s, num_modes=6)
@@ -31,6 +33,7 @@ def test_token_labels_round_trip_and_duplicates_are_dropped():
   np.testing.assert_allclose(dec.coeffs[1], 1.0)
 
 
+@pytest.mark.slow
 def test_ordered_tokens_round_trip_and_empty_slots():
   s = data.generate("chair", 40, seed=3, points_per_part=24)
   model = ssm.fit(s, num_modes=4)

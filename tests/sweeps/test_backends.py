@@ -223,6 +223,7 @@ def run(config, spec, workdir):
 """
 
 
+@pytest.mark.slow
 def test_closing_submit_early_cancels_pending_jobs(tmp_path, monkeypatch):
   pytest.importorskip("submitit")
   (tmp_path / "sleepy.py").write_text(SLEEPY)
@@ -433,6 +434,9 @@ def test_maybe_initialize_distributed_names_a_missing_variable(monkeypatch):
     backends.maybe_initialize_distributed()
 
 
+_SUITE_XLA_FLAGS = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                            if not f.startswith("--xla_force_host_platform_device_count"))
+
 _TWO_HOSTS = textwrap.dedent("""
   import json
   import jax, jax.numpy as jnp, numpy as np
@@ -453,6 +457,7 @@ _TWO_HOSTS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_client_mesh(tmp_path):
   """Multi-host as far as one machine allows: two processes over loopback, 4 CPU devices each."""
   with socket.socket() as s:
@@ -461,7 +466,8 @@ def test_two_processes_share_one_client_mesh(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
   env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
              JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+             XLA_FLAGS=f"{_SUITE_XLA_FLAGS} --xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", _TWO_HOSTS], cwd=ROOT,
                             env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -490,9 +496,10 @@ def test_launcher_on_two_processes_gives_the_one_process_rows(tmp_path, local_ro
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV and k != "XLA_FLAGS"}
+  env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+  # The suite's XLA flags without its 8 host devices (JAX_NUM_CPU_DEVICES sets 2 here).
   env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-             JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+             JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", XLA_FLAGS=_SUITE_XLA_FLAGS)
   cmd = [sys.executable, "-m", "sweeps.launch", *_LAUNCH_TINY, "--config.num_devices=0",
          f"--workdir={tmp_path}"]
   procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)},

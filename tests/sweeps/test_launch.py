@@ -73,6 +73,7 @@ def test_more_clients_than_samples_names_the_limit(tmp_path, capsys):
   assert "at most 1438" in capsys.readouterr().err  # digits' training split
 
 
+@pytest.mark.slow
 def test_subprocess_exit_code_and_no_traceback(tmp_path):
   workdir = tmp_path / "runs"
   proc = subprocess.run([sys.executable, "-m", "sweeps.launch", f"--config={CONFIG}",
@@ -112,6 +113,7 @@ def test_fedavg_quick_end_to_end(tmp_path):
   assert (workdir / "results.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_persistent_compilation_cache_under_the_cache_dir(tmp_path):
   """The launcher points JAX's compilation cache at $JAXFL_CACHE_DIR/xla, unless told not to
   or given an explicit JAX_COMPILATION_CACHE_DIR (one process: its JAX config is its own)."""

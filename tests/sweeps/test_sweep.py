@@ -55,6 +55,7 @@ def uninterrupted(tmp_path_factory):
   return workdir, out
 
 
+@pytest.mark.slow
 def test_sweep_records_every_run_and_metric(uninterrupted):
   workdir, out = uninterrupted
   rows, runs = metric_rows(workdir)
@@ -69,6 +70,7 @@ def test_sweep_records_every_run_and_metric(uninterrupted):
   assert "claim accuracy_vs_centralized" in out
 
 
+@pytest.mark.slow
 def test_relaunch_skips_finished_runs(uninterrupted):
   workdir, _ = uninterrupted
   before = metric_rows(workdir)
@@ -81,6 +83,7 @@ def test_relaunch_skips_finished_runs(uninterrupted):
     assert all(r["attempts"] == 1 for r in db.runs())
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_database_alone(uninterrupted):
   workdir, _ = uninterrupted
   out = workdir / "fedavg"

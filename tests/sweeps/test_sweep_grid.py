@@ -50,6 +50,7 @@ def vmapped(tmp_path_factory):
   return rows(workdir), stream.getvalue()
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_compute_the_one_by_one_rows(vmapped, one_by_one):
   got_rows, log = vmapped
   assert "[fedavg seeds 0,1 (one vmapped call)] done" in log
@@ -68,6 +69,7 @@ def test_vmapped_seeds_compute_the_one_by_one_rows(vmapped, one_by_one):
       assert got[4] == pytest.approx(want[4], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_are_bit_reproducible(tmp_path, vmapped):
   run_sweep(fedavg, tiny(), str(tmp_path), stream=io.StringIO())
   assert rows(tmp_path) == vmapped[0]
@@ -162,6 +164,7 @@ def write_config(tmp_path, grid):
   return str(path)
 
 
+@pytest.mark.slow
 def test_sweep_flag_runs_every_point_and_the_table_rebuilds(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(ROOT)
   config = write_config(tmp_path, [{"alpha": 0.5}, {"alpha": 100.0, "server_lr": 0.5}])

@@ -126,6 +126,7 @@ def test_conforms(case):
   check_algorithm(alg)
 
 
+@pytest.mark.slow
 def test_vmapped_scan_over_seeds_equals_a_host_loop_per_seed(case):
   name, alg, params, inputs = case
   keys = jax.random.split(jax.random.PRNGKey(7), 2)
@@ -149,6 +150,7 @@ def test_vmapped_scan_over_seeds_equals_a_host_loop_per_seed(case):
                                  rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_run_rounds_resumes_bit_identical(case, tmp_path):
   _, alg, params, inputs = case
   init = jax.jit(alg.init)

@@ -23,6 +23,7 @@ def data(num_workers, n=8, seed=0):
   return ClientData(x, y, jnp.full([num_workers], n, jnp.int32))
 
 
+@pytest.mark.slow
 def test_one_worker_one_step_outer_sgd_one_is_plain_inner_training():
   inner = optax.adamw(1e-2)
   alg = DiLoCo(loss, inner, optax.sgd(1.0), num_workers=1, inner_steps=1, batch_size=8)
@@ -43,6 +44,7 @@ def test_one_worker_one_step_outer_sgd_one_is_plain_inner_training():
   assert int(state.inner_state[0].count[0]) == 4  # the inner state persisted across rounds
 
 
+@pytest.mark.slow
 def test_outer_sgd_one_averages_the_workers_and_nesterov_is_the_outer_step():
   d = data(4)
   plain = DiLoCo(loss, optax.sgd(0.05), optax.sgd(1.0), num_workers=4, inner_steps=3,
@@ -81,6 +83,7 @@ def test_blocking_clock_and_wan_cost():
   assert int(state.step) == 30
 
 
+@pytest.mark.slow
 def test_shard_map_matches_vmap():
   d = data(4)
   kwargs = dict(num_workers=4, inner_steps=3, batch_size=4)

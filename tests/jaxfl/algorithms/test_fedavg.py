@@ -45,6 +45,7 @@ def make(loss_fn, server, **kw):
                 profiles=uniform_profiles(N), local_steps=STEPS, **kw)
 
 
+@pytest.mark.slow
 def test_fedavg_is_sample_weighted_mean_of_client_models(setup):
   loss_fn, params, data = setup
   alg = make(loss_fn, server_optimizer("fedavg"))
@@ -61,6 +62,7 @@ def test_fedavg_is_sample_weighted_mean_of_client_models(setup):
 
 @pytest.mark.parametrize("name,lr", [("fedavgm", 0.7), ("fedadam", 0.01), ("fedyogi", 0.01),
                                      ("fedadagrad", 0.05)])
+@pytest.mark.slow
 def test_server_optimizer_applies_to_pseudo_gradient(setup, name, lr):
   """x1 = x0 + tx(-mean delta), with the optimizer stepped by hand through optax."""
   loss_fn, params, data = setup
@@ -77,6 +79,7 @@ def test_server_optimizer_applies_to_pseudo_gradient(setup, name, lr):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_single_client_fedavg_is_local_training(setup):
   """One client, server lr 1: the server model is exactly that client's model."""
   loss_fn, params, data = setup
@@ -142,6 +145,7 @@ def test_server_optimizer_errors():
     server_optimizer("fedavg", -1.0)
 
 
+@pytest.mark.slow
 def test_server_optimizer_state_carries_across_rounds(setup):
   """Round 2 of FedAdam applies the moments accumulated in round 1 (by hand through optax)."""
   loss_fn, params, data = setup

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxfl.algorithms import FederatedPEFT, PEFTInputs
 from jaxfl.local import ClientData
@@ -30,6 +31,7 @@ def run(axis, rounds=2):
   return trainable, frozen, state, metrics
 
 
+@pytest.mark.slow
 def test_fedit_trains_only_the_adapters():
   trainable, frozen, state, metrics = run(ClientAxis())
   assert jax.tree.structure(state.params) == jax.tree.structure(trainable)
@@ -39,6 +41,7 @@ def test_fedit_trains_only_the_adapters():
   assert int(metrics.participants) == 4 and np.isfinite(float(metrics.loss))
 
 
+@pytest.mark.slow
 def test_shard_map_round_matches_vmap():
   _, _, a, _ = run(ClientAxis())
   _, _, b, _ = run(ClientAxis(client_mesh(2)))

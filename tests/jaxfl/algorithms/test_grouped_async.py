@@ -67,6 +67,7 @@ SPEED_GROUPS = [[0, 1, 2, 3], [4, 5, 6, 7]]
 AIR_FEDGA = ga.Method("aircomp", synchronous=False, beta0=0.6)
 
 
+@pytest.mark.slow
 def test_events_are_in_time_order_and_every_arrival_by_t_max_is_kept(setup):
   trace, events = simulate(setup, SPEED_GROUPS, AIR_FEDGA)
   valid = trace.valid
@@ -84,6 +85,7 @@ def test_events_are_in_time_order_and_every_arrival_by_t_max_is_kept(setup):
   assert len(fast) > 2 * len(slow)
 
 
+@pytest.mark.slow
 def test_staleness_counts_the_updates_since_the_group_got_its_model(setup):
   trace, _ = simulate(setup, SPEED_GROUPS, AIR_FEDGA)
   last = {}  # group -> global version when it received its model
@@ -97,6 +99,7 @@ def test_staleness_counts_the_updates_since_the_group_got_its_model(setup):
   assert trace.staleness[trace.valid & (trace.group == 1)].max() >= 2  # the slow group lags
 
 
+@pytest.mark.slow
 def test_one_group_async_with_full_mixing_is_the_synchronous_method(setup):
   one = [list(range(N))]
   sync, _ = simulate(setup, one, ga.Method("aircomp", synchronous=True))
@@ -107,6 +110,7 @@ def test_one_group_async_with_full_mixing_is_the_synchronous_method(setup):
   assert np.all(sync.staleness[sync.valid] == 0)
 
 
+@pytest.mark.slow
 def test_noiseless_aircomp_with_channel_inversion_is_exact_aggregation(setup):
   one = [list(range(N))]
   quiet = Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=1e-12, download_time=0.05)
@@ -119,6 +123,7 @@ def test_noiseless_aircomp_with_channel_inversion_is_exact_aggregation(setup):
   assert np.all(air.mse[:n] < 1e-9)
 
 
+@pytest.mark.slow
 def test_aircomp_noise_costs_accuracy_and_mse_grows_as_snr_falls(setup):
   one = [list(range(N))]
   noisy = Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=10.0, download_time=0.05)
@@ -134,6 +139,7 @@ def test_aircomp_noise_costs_accuracy_and_mse_grows_as_snr_falls(setup):
   assert dirty.loss[n - 1] > clean.loss[n - 1]
 
 
+@pytest.mark.slow
 def test_policies_report_their_mse_on_the_same_channels(setup):
   trace, _ = simulate(setup, SPEED_GROUPS, AIR_FEDGA,
                       policies=("optimal", "zero_forcing", "full_power"))

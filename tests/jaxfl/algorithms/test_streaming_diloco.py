@@ -63,6 +63,7 @@ def test_a_receive_changes_only_its_fragment():
   assert np.any(mu["a"] != 0) and np.all(mu["b"] == 0) and np.all(mu["c"] == 0)
 
 
+@pytest.mark.slow
 def test_alpha_one_never_touches_the_workers():
   """With alpha = 1 the merge keeps the local value: workers train as if alone."""
   alg = engine(alpha=1.0)
@@ -107,6 +108,7 @@ def test_unhidden_communication_stalls_the_clock():
   assert float(state.sim_time) == pytest.approx(3 * 0.5 + 3.0)
 
 
+@pytest.mark.slow
 def test_low_precision_outer_gradients():
   d = data()
   base = engine()
@@ -135,6 +137,7 @@ def test_bad_arguments_name_the_field(kwargs, field):
 
 
 @pytest.mark.parametrize("mode", ["streaming", "cocodc"])
+@pytest.mark.slow
 def test_traced_hyperparameters_match_concrete_ones(mode):
   """A vmapped sweep over (outer lr, alpha or lam0, overlap) equals building each engine
   with Python numbers: the experiment's tuning grid relies on it."""

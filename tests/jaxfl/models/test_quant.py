@@ -98,6 +98,7 @@ def test_pack_round_trip(bits, n):
   np.testing.assert_array_equal(quant._unpack(packed, bits, n), q)
 
 
+@pytest.mark.slow
 def test_stochastic_rounding_unbiased_and_deterministic():
   x = _normal(1, (4, 64))
   keys = jax.random.split(jax.random.PRNGKey(2), 200)
@@ -184,6 +185,7 @@ def test_saved_residual_bytes_agrees_with_jax_internal_listing(setup):
   assert ours.activation_bytes == sum(n for n, a in zip(nbytes, is_arg) if not a)
 
 
+@pytest.mark.slow
 def test_gradient_error_by_bits(block_grads):
   got = block_grads[0]["bits"]
   exact = block_grads[0]["exact"]
@@ -211,6 +213,7 @@ def test_stochastic_rounding_gradient(block_grads):
     assert _rel(grads[1], exact[1]) <= 0.05
 
 
+@pytest.mark.slow
 def test_linear_fn_exact_gradient_and_zero_frozen_cotangent():
   # Integer inputs with absmax 127 in every row: scale 1, so x_hat == x exactly.
   x = np.random.default_rng(0).integers(-127, 128, (3, 6, 16)).astype(np.float32)

@@ -42,6 +42,7 @@ def test_parameter_count_matches_the_formula(name):
     assert 1_000_000 <= T.num_params(shapes) <= 5_000_000
 
 
+@pytest.mark.slow
 def test_init_is_deterministic_and_key_dependent(params):
   again = T.init(TINY, jax.random.key(0))
   other = T.init(TINY, jax.random.key(1))
@@ -129,6 +130,7 @@ def test_dropped_block_is_the_identity(params, tokens):
                              apply(TINY, params, tokens), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_gradient_floor_stops_gradients_below_it(params, tokens):
   plan = T.Plan(grad_floor=1)
   grads = jax.jit(jax.grad(lambda p: T.lm_loss(TINY, p, tokens, tokens, plan=plan)))(params)

@@ -48,6 +48,7 @@ def train(config, params, rule, batch, steps=3, lr=1e-2, tx=None):
   return lora.combine(trainable, frozen), losses
 
 
+@pytest.mark.slow
 def test_labels_split_combine_and_the_partitioned_optimizer(batch):
   cfg = TINY.with_lora(4)
   params = T.init(cfg, jax.random.key(0))
@@ -75,6 +76,7 @@ def test_lora_depth_rule_selects_the_top_blocks():
   assert sorted(trainable["blocks"]) == [4, 5]
 
 
+@pytest.mark.slow
 def test_saved_activations_grow_linearly_with_lora_depth(batch):
   """Nothing below block L - d is differentiated: residual bytes are affine in d."""
   depths = np.arange(1, 7)
@@ -93,6 +95,7 @@ def test_saved_activations_grow_linearly_with_lora_depth(batch):
   assert act[1] <= 0.4 * act[5], act  # depth 2 stores at most 40% of depth 6
 
 
+@pytest.mark.slow
 def test_gradient_floor_does_not_change_the_top_gradients(batch):
   cfg = SIX.with_lora(4, depth=2)
   params = T.init(cfg, jax.random.key(0))
@@ -106,6 +109,7 @@ def test_gradient_floor_does_not_change_the_top_gradients(batch):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_int8_activation_storage(batch):
   """Quantized blocks save >= 3x fewer activation bytes; gradients within 5%."""
   depths = np.array([2, 6])  # bytes are affine in depth (test above): two points give the slope
@@ -142,6 +146,7 @@ def test_int8_activation_storage(batch):
   assert rel <= 0.05, rel
 
 
+@pytest.mark.slow
 def test_expanded_blocks_are_identity_and_only_they_train(batch):
   params = T.init(TINY, jax.random.key(0))
   big_cfg, big, new = expand.expand(TINY, params, after=expand.uniform_positions(2, 2))
@@ -162,6 +167,7 @@ def test_expanded_blocks_are_identity_and_only_they_train(batch):
   assert expand.uniform_positions(32, 8) == (3, 7, 11, 15, 19, 23, 27, 31)  # LLaMA Pro 7B
 
 
+@pytest.mark.slow
 def test_expansion_keeps_identity_with_trained_adapters(batch):
   cfg = TINY.with_lora(2)
   params = T.init(cfg, jax.random.key(0))
@@ -200,6 +206,7 @@ def test_footprint_counts_hand_checkable_bytes(batch):
   assert fp.total_bytes == 2 * fp.trainable_bytes + fp.optimizer_bytes + fp.activation_bytes
 
 
+@pytest.mark.slow
 def test_layer_dropout_leaves_dropped_adapters_and_adam_state_unchanged(batch):
   cfg = TINY.with_lora(4)
   params = T.init(cfg, jax.random.key(0))

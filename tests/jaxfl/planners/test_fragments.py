@@ -109,6 +109,7 @@ def test_fragment_drift_sums_l1_over_workers_per_fragment():
 
 @settings(max_examples=200, deadline=None)
 @given(selection_cases)
+@pytest.mark.slow
 def test_select_fragment_follows_the_cocodc_rule(args):
   H, step, sent_at, in_flight, drift, sizes = args
   sent_at = [min(s, step) for s in sent_at]

@@ -104,6 +104,7 @@ def test_dc_asgd_adaptive_matches_formula_over_three_steps():
   np.testing.assert_allclose(lam0 / np.sqrt(0.05), 8.94427, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dc_asgd_chain_jit_vmap():
   lam = 0.04
   g, w, w_bak = _tree(jax.random.key(3)), _tree(jax.random.key(4)), _tree(jax.random.key(5))

@@ -60,6 +60,7 @@ def _labels(params):
 
 
 @pytest.mark.parametrize("static", [False, True])
+@pytest.mark.slow
 def test_skip_inactive_adam_freezes_dropped_block(static):
   params = _params()
   tx = skip_inactive(optax.adam(1e-2), layer_index_tree(params))
@@ -114,6 +115,7 @@ def test_skip_inactive_all_kept_is_plain_adam_bit_for_bit():
   _assert_tree_equal(u, u_ref)
 
 
+@pytest.mark.slow
 def test_skip_inactive_jit_scan_with_traced_keep():
   params = _params()
   tx = skip_inactive(optax.adam(1e-2), layer_index_tree(params))
@@ -149,6 +151,7 @@ def test_skip_inactive_jit_scan_with_traced_keep():
 
 
 @pytest.mark.parametrize("order", ["outside", "inside"])
+@pytest.mark.slow
 def test_skip_inactive_with_partition_labels(order):
   params = _lora_params()
   layers = layer_index_tree(params)
