@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxfl.errors import ConfigError
+from jaxfl.errors import ConfigError, check_number
 
 
 class Schedule(NamedTuple):
@@ -184,6 +184,18 @@ class MLPDenoiser(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserConfig:
+  """A denoiser's shape.
+
+  Attributes:
+    dim: channels per token (:attr:`shapes.tokens.TokenSpec.dim`).
+    width: hidden width (even: the step embedding is sinusoidal; a multiple of ``heads``).
+    depth: blocks.
+    heads: attention heads of the set transformer (``kind='set'``).
+    num_slots: ordered slots (0: a set of slots); an MLP needs them.
+    prediction: what the network predicts, ``'eps'`` (the noise) or ``'v'``.
+    kind: ``'set'`` (:class:`Denoiser`) or ``'mlp'`` (:class:`MLPDenoiser`).
+  """
+
   dim: int
   width: int = 128
   depth: int = 3
@@ -193,6 +205,11 @@ class DenoiserConfig:
   kind: str = "set"
 
   def __post_init__(self):
+    for name in ("dim", "width", "depth", "heads"):
+      check_number(getattr(self, name), name, low=1, integer=True)
+    check_number(self.num_slots, "num_slots", low=0, integer=True)
+    if self.width % 2 or self.width % self.heads:
+      raise ConfigError("heads", f"a divisor of an even width={self.width}", self.heads)
     if self.prediction not in ("eps", "v"):
       raise ConfigError("prediction", "'eps' or 'v'", self.prediction)
     if self.kind not in ("set", "mlp"):

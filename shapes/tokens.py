@@ -47,7 +47,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfl.errors import ConfigError
+from jaxfl.errors import ConfigError, check_number
 from shapes import ssm as ssm_lib
 
 
@@ -69,13 +69,9 @@ class TokenSpec:
 
   def __post_init__(self):
     for name in ("num_labels", "num_modes"):
-      v = getattr(self, name)
-      if not (isinstance(v, int) and v > 0):
-        raise ConfigError(name, "a positive integer", v)
-    if not self.alpha > 0:
-      raise ConfigError("alpha", "a positive number", self.alpha)
-    if not self.sigma >= 0:
-      raise ConfigError("sigma", "a non-negative number", self.sigma)
+      check_number(getattr(self, name), name, low=1, integer=True)
+    check_number(self.alpha, "alpha", low=0, strict=True)
+    check_number(self.sigma, "sigma", low=0)
 
   @property
   def num_classes(self) -> int:

@@ -41,12 +41,10 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   # Sampling: a randomly initialised denoiser (throughput does not depend on the weights)
   # of the prism config's shape, and part SSMs fitted on a few generated shapes.
   c.category = "chair"
-  c.num_modes = 12
+  c.tokens = ml_collections.ConfigDict(dict(num_modes=12, alpha=3.0, sigma=0.1))
   c.slots = "ordered"
-  c.denoiser = "mlp"
-  c.width = 256
-  c.depth = 3
-  c.heads = 4
+  c.denoiser = ml_collections.ConfigDict(dict(kind="mlp", width=256, depth=3, heads=4,
+                                              prediction="v"))
   c.diffusion_steps = 200
   c.ddim_steps = 50
   c.sample_batch = 256
@@ -63,9 +61,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
 
   if variant == "full":
     c.slots = "set"
-    c.denoiser = "set"
-    c.width = 128
-    c.depth = 3
+    c.denoiser.update(kind="set", width=128, depth=3)
     c.sample_batch = 2048
     c.nna_shapes = 200
     c.nna_points = 2048

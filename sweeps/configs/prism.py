@@ -44,18 +44,24 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
   c.num_train = 4000
   c.points_per_part = 128
 
-  # Representation.
-  c.num_modes = 12  # SSM coefficients per part (q)
+  # Representation: c.tokens builds shapes.tokens.TokenSpec (num_labels: the category's parts).
+  c.tokens = ml_collections.ConfigDict(dict(
+      num_modes=12,  # SSM coefficients per part (q)
+      alpha=3.0,  # GMM means alpha * e_k
+      sigma=0.1,  # GMM component std
+  ))
   c.slots = "ordered"  # 'ordered' (slot j = label j) or 'set' (shuffled slots)
-  c.alpha = 3.0  # GMM means alpha * e_k
-  c.sigma = 0.1  # GMM component std
 
-  # Denoiser and diffusion.
-  c.denoiser = "mlp"  # 'set' (transformer over slots) or 'mlp' (flattened ordered slots)
-  c.width = 256
-  c.depth = 3
-  c.heads = 4  # the transformer's
-  c.prediction = "v"  # 'v' or 'eps'
+  # Denoiser: c.denoiser builds shapes.diffusion.DenoiserConfig (dim and num_slots follow
+  # from the tokens and the slots).
+  c.denoiser = ml_collections.ConfigDict(dict(
+      kind="mlp",  # 'set' (transformer over slots) or 'mlp' (flattened ordered slots)
+      width=256,
+      depth=3,
+      heads=4,  # the transformer's
+      prediction="v",  # 'v' or 'eps'
+  ))
+  # Diffusion.
   c.diffusion_steps = 200  # T (cosine schedule; ancestral DDPM sampling)
   c.label_weight = 1.0  # loss weight of the label channels (the geometry channels: 1)
 
@@ -80,9 +86,7 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.num_train = 2000
     c.points_per_part = 256
     c.slots = "set"
-    c.denoiser = "set"
-    c.width = 128
-    c.depth = 3
+    c.denoiser.update(kind="set", width=128, depth=3)
     c.train_steps = 20000
     c.batch_size = 256
     c.num_eval = 200

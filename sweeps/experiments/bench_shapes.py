@@ -27,12 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from shapes import data, diffusion, metrics, tokens
 from shapes import ssm as ssm_lib
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
 from sweeps.configs import common
+from sweeps.experiments.prism import run as prism_run
 from sweeps.sweep import RunSpec
 from sweeps.timing import environment, time_interleaved
 
@@ -44,20 +45,18 @@ def validate(c) -> None:
   common.check(c)
   check(c.category in data.CATEGORIES, "category", f"one of {list(data.CATEGORIES)}",
         c.category)
-  for field in ("num_modes", "width", "depth", "heads", "sample_batch",
-                "nna_shapes", "nna_points", "warmup", "timing_repeats"):
-    check(isinstance(c[field], int) and c[field] > 0, field, "a positive integer", c[field])
-  check(c.num_modes <= 64, "num_modes", "at most 64 (the SSMs are fitted on 64 shapes)",
-        c.num_modes)
+  for field in ("sample_batch", "nna_shapes", "nna_points", "warmup", "timing_repeats"):
+    check_number(c[field], field, low=1, integer=True)
   check(c.slots in ("ordered", "set"), "slots", "'ordered' or 'set'", c.slots)
-  check(c.denoiser in ("set", "mlp") and (c.denoiser == "set" or c.slots == "ordered"),
-        "denoiser", "'set', or 'mlp' with ordered slots", c.denoiser)
-  check(isinstance(c.diffusion_steps, int) and c.diffusion_steps >= 2, "diffusion_steps",
-        "an integer >= 2", c.diffusion_steps)
+  check(c.denoiser.get("kind") == "set" or c.slots == "ordered", "denoiser.kind",
+        "'set' when slots='set' (an MLP needs ordered slots)", c.denoiser.get("kind"))
+  spec = prism_run.token_spec(c)
+  prism_run.denoiser_config(c)
+  check(spec.num_modes <= 64, "tokens.num_modes",
+        "at most 64 (the SSMs are fitted on 64 shapes)", spec.num_modes)
+  check_number(c.diffusion_steps, "diffusion_steps", low=2, integer=True)
   check(isinstance(c.ddim_steps, int) and 1 <= c.ddim_steps <= c.diffusion_steps,
         "ddim_steps", f"an integer in [1, diffusion_steps={c.diffusion_steps}]", c.ddim_steps)
-  check(c.width % c.heads == 0 and c.width % 2 == 0, "heads",
-        f"a divisor of an even width={c.width}", c.heads)
   check(c.min_ddim_speedup > 0, "min_ddim_speedup", "a positive number", c.min_ddim_speedup)
 
 
@@ -84,12 +83,9 @@ def one_nna(pairwise, gen, ref) -> float:
 def run_repeat(c, seed: int, log=print) -> dict:
   key = jax.random.PRNGKey(seed)
   shapes = data.generate(c.category, 64, seed=seed, points_per_part=128)
-  model = ssm_lib.fit(shapes, c.num_modes)
-  m = len(shapes.labels)
-  spec = tokens.TokenSpec(m, c.num_modes, alpha=3.0)
-  cfg = diffusion.DenoiserConfig(spec.dim, width=c.width, depth=c.depth, heads=c.heads,
-                                 num_slots=m if c.slots == "ordered" else 0, prediction="v",
-                                 kind=c.denoiser)
+  spec, cfg = prism_run.token_spec(c), prism_run.denoiser_config(c)
+  model = ssm_lib.fit(shapes, spec.num_modes)
+  m = spec.num_labels
   sched = diffusion.Schedule.cosine(c.diffusion_steps)
   params = diffusion.init(cfg, key)
   eps_fn = diffusion.model_eps(cfg, params, sched)
@@ -191,7 +187,8 @@ def report(c, db, out: str, digest: str) -> dict:
            f"{ms(per('squared_distances_per_s'))} squared distances/s"],
           ["the same, matmul form", ms(per("seconds_nna_matmul")),
            f"{ms(per('plane_over_matmul_speed'))}x the coordinate form's seconds"]]),
-      f"Denoiser: {c.denoiser}, width {c.width}, depth {c.depth}, {c.slots} slots, random "
+      f"Denoiser: {c.denoiser.kind}, width {c.denoiser.width}, depth {c.denoiser.depth}, "
+      f"{c.slots} slots, random "
       f"weights. 1-NNA value (both forms): {ms(per('nna_plane_value'))} vs "
       f"{ms(per('nna_matmul_value'))} (two draws of the generator: about 0.5)."])
   return doc

@@ -26,10 +26,17 @@ from sweeps.sweep import run_sweep
 def tiny(data_dir, **overrides):
   c = prism_config.get_config("quick")
   c.update({**dict(data_dir=data_dir, num_seeds=2, num_train=40, points_per_part=24,
-                   num_modes=4, width=16, depth=1, heads=2, diffusion_steps=8,
-                   train_steps=30, warmup_steps=5, batch_size=16, num_samples=24, num_eval=6,
-                   eval_points=32, num_pictures=2), **overrides})
+                   diffusion_steps=8, train_steps=30, warmup_steps=5, batch_size=16,
+                   num_samples=24, num_eval=6, eval_points=32, num_pictures=2), **overrides})
+  c.tokens.num_modes = 4
+  c.denoiser.update(width=16, depth=1, heads=2)
   return c
+
+
+def set_field(c, field, value):
+  """``c[field] = value`` for a top-level or a block's (``denoiser.heads``) field."""
+  *path, name = field.split(".")
+  (c[path[0]] if path else c)[name] = value
 
 
 def test_configs_validate():
@@ -42,22 +49,35 @@ def test_configs_validate():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("category", "sofa"), ("slots", "sorted"), ("prediction", "x0"), ("num_eval", 5000),
-    ("warmup_steps", 3000), ("heads", 3), ("points_per_part", 8), ("max_pattern_tv", 2.0),
-    ("label_weight", 0.0), ("diffusion_steps", 1), ("num_pictures", -1),
+    ("category", "sofa"), ("slots", "sorted"), ("denoiser.prediction", "x0"),
+    ("num_eval", 5000), ("warmup_steps", 3000), ("denoiser.heads", 3), ("points_per_part", 8),
+    ("max_pattern_tv", 2.0), ("label_weight", 0.0), ("diffusion_steps", 1),
+    ("num_pictures", -1), ("tokens.num_modes", 5000), ("tokens.sigma", -0.1),
+    ("tokens.alpha", float("inf")), ("denoiser.kind", "unet"), ("denoiser.depth", 0),
 ])
 def test_prism_validate_names_the_field(field, value):
   c = prism_config.get_config("quick")
-  c[field] = value
+  set_field(c, field, value)
   with pytest.raises(ConfigError) as e:
     prism.validate(c)
   assert e.value.field == field
 
 
-@pytest.mark.parametrize("field,value", [("ddim_steps", 500), ("slots", "x"), ("heads", 5)])
+def test_an_mlp_over_shuffled_slots_is_refused_as_the_denoiser_kind():
+  c = prism_config.get_config("quick")
+  c.slots = "set"
+  with pytest.raises(ConfigError, match="an MLP needs ordered slots") as e:
+    prism.validate(c)
+  assert e.value.field == "denoiser.kind"
+  c.denoiser.kind = "set"
+  prism.validate(c)  # the full variant's pairing
+
+
+@pytest.mark.parametrize("field,value", [("ddim_steps", 500), ("slots", "x"),
+                                         ("denoiser.heads", 5), ("tokens.num_modes", 65)])
 def test_bench_validate_names_the_field(field, value):
   c = bench_config.get_config("quick")
-  c[field] = value
+  set_field(c, field, value)
   with pytest.raises(ConfigError) as e:
     bench_shapes.validate(c)
   assert e.value.field == field
@@ -126,7 +146,7 @@ def test_report_has_pictures_and_inpainting_keeps_slots(swept):
   with ResultsDB(results_path(str(root / "a"))) as db:
     info = next(r["info"] for r in db.runs("prism", method="prism") if r["seed"] == c.seed)
   assert info["edits"]["kept_unchanged"] is True
-  assert np.asarray(info["gallery"]["coeffs"]).shape == (c.num_pictures, 5, c.num_modes)
+  assert np.asarray(info["gallery"]["coeffs"]).shape == (c.num_pictures, 5, c.tokens.num_modes)
   # Every kept part of the source shape is present in each edit.
   kept = [lab not in prism.EDITED["chair"] and e
           for lab, e in zip(data.CATEGORIES["chair"], info["source"]["exists"], strict=True)]
@@ -149,8 +169,10 @@ def test_a_run_computed_alone_is_bit_identical(swept):
 @pytest.mark.slow
 def test_bench_matmul_form_agrees_and_run_reports():
   c = bench_config.get_config("quick")
-  c.update(width=16, depth=1, heads=2, num_modes=4, diffusion_steps=8, ddim_steps=2,
-           sample_batch=4, nna_shapes=5, nna_points=40, timing_repeats=1)
+  c.update(diffusion_steps=8, ddim_steps=2, sample_batch=4, nna_shapes=5, nna_points=40,
+           timing_repeats=1)
+  c.tokens.num_modes = 4
+  c.denoiser.update(width=16, depth=1, heads=2)
   r = bench_shapes.run_repeat(c, 0, log=lambda *a: None)
   assert r["nna_plane_value"] == r["nna_matmul_value"]
   assert r["nna_plane_value"] * 10 == pytest.approx(round(r["nna_plane_value"] * 10))

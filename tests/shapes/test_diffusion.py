@@ -109,6 +109,18 @@ def test_untrained_v_model_gives_the_prior_eps_and_ordered_mlp_shapes():
     diffusion.DenoiserConfig(dim=7, prediction="x0")
 
 
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(dim=0), "dim"), (dict(width=0), "width"), (dict(depth=2.0), "depth"),
+    (dict(heads=3), "heads"), (dict(width=9, heads=1), "heads"), (dict(num_slots=-1), "num_slots"),
+    (dict(kind="unet"), "kind"), (dict(prediction="x0"), "prediction"),
+])
+def test_denoiser_config_names_the_bad_field(kwargs, field):
+  with pytest.raises(ConfigError) as e:
+    diffusion.DenoiserConfig(**{"dim": 7, "width": 8, "heads": 2, **kwargs})
+  assert e.value.field == field
+  assert diffusion.DenoiserConfig(dim=7, width=8, heads=2, num_slots=5, kind="mlp").num_slots == 5
+
+
 @pytest.mark.slow
 def test_channel_weights_scale_out_and_select_channels():
   config = diffusion.DenoiserConfig(dim=5, width=8, depth=1, heads=2)

@@ -4,7 +4,20 @@ import jax
 import numpy as np
 import pytest
 
+from jaxfl.errors import ConfigError
 from shapes import data, ssm, tokens
+
+
+def test_token_layout_and_bad_fields():
+  spec = tokens.TokenSpec(num_labels=5, num_modes=4, alpha=3.0)
+  assert (spec.num_classes, spec.dim) == (6, 10)  # 5 labels + empty; 4 modes + 6 classes
+  np.testing.assert_array_equal(spec.means(), 3.0 * np.eye(6))
+  for kwargs, field in [(dict(num_labels=0), "num_labels"), (dict(num_modes=2.5), "num_modes"),
+                        (dict(alpha=0.0), "alpha"), (dict(alpha=float("inf")), "alpha"),
+                        (dict(sigma=-0.1), "sigma"), (dict(sigma=float("nan")), "sigma")]:
+    with pytest.raises(ConfigError) as e:
+      tokens.TokenSpec(**{"num_labels": 5, "num_modes": 4, **kwargs})
+    assert e.value.field == field
 
 
 @pytest.mark.slow

@@ -143,9 +143,10 @@ def write_report(out, c, doc, per_seed, drawn) -> None:
       f"{mean_std(p['duplicate_slots']['prism'])} per shape.",
       "\n\n".join(report_lib.image(f) for f in drawn),
       f"Set-up: {c.category}s, {c.num_train} training shapes per seed ({c.points_per_part} "
-      f"points per part), {c.num_modes} SSM modes per part, {c.slots} slots, GMM alpha "
-      f"{c.alpha:g}, sigma {c.sigma:g}; denoiser width {c.width}, depth {c.depth}, "
-      f"{c.heads} heads, {c.prediction}-prediction, label-channel weight "
+      f"points per part), {c.tokens.num_modes} SSM modes per part, {c.slots} slots, GMM "
+      f"alpha {c.tokens.alpha:g}, sigma {c.tokens.sigma:g}; {c.denoiser.kind} denoiser width "
+      f"{c.denoiser.width}, depth {c.denoiser.depth}, {c.denoiser.heads} heads, "
+      f"{c.denoiser.prediction}-prediction, label-channel weight "
       f"{c.label_weight:g}; {c.train_steps} AdamW steps of {c.batch_size} (lr {c.lr:g}); "
       f"T = {c.diffusion_steps}. {c.num_samples} samples per method for the structure "
       f"statistics; the first {c.num_eval} against {c.num_eval} held-out shapes at "

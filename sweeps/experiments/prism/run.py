@@ -4,7 +4,6 @@ method families (prism, vmapped over seeds; the baselines, on the host)."""
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from shapes import baselines, data, diffusion, metrics, tokens
 from shapes import prism as prism_lib
 from shapes import ssm as ssm_lib
@@ -35,13 +34,11 @@ def validate(c) -> None:
   common.check(c)
   check(c.category in data.CATEGORIES, "category", f"one of {list(data.CATEGORIES)}",
         c.category)
-  for field in ("num_train", "num_modes", "width", "depth", "heads",
-                "train_steps", "batch_size", "num_samples", "num_eval", "eval_points"):
-    check(isinstance(c[field], int) and c[field] > 0, field, "a positive integer", c[field])
-  check(isinstance(c.points_per_part, int) and c.points_per_part >= 24, "points_per_part",
-        "an integer >= 24", c.points_per_part)
-  check(isinstance(c.diffusion_steps, int) and c.diffusion_steps >= 2, "diffusion_steps",
-        "an integer >= 2", c.diffusion_steps)
+  for field in ("num_train", "train_steps", "batch_size", "num_samples", "num_eval",
+                "eval_points"):
+    check_number(c[field], field, low=1, integer=True)
+  check_number(c.points_per_part, "points_per_part", low=24, integer=True)
+  check_number(c.diffusion_steps, "diffusion_steps", low=2, integer=True)
   check(isinstance(c.warmup_steps, int) and 0 <= c.warmup_steps < c.train_steps,
         "warmup_steps", f"an integer in [0, train_steps={c.train_steps})", c.warmup_steps)
   check(isinstance(c.num_pictures, int) and 0 <= c.num_pictures <= c.num_samples,
@@ -49,18 +46,17 @@ def validate(c) -> None:
   check(c.num_eval <= c.num_samples, "num_eval", f"at most num_samples={c.num_samples}",
         c.num_eval)
   check(c.slots in ("ordered", "set"), "slots", "'ordered' or 'set'", c.slots)
-  check(c.prediction in ("eps", "v"), "prediction", "'eps' or 'v'", c.prediction)
-  check(c.denoiser in ("set", "mlp"), "denoiser", "'set' or 'mlp'", c.denoiser)
-  check(c.denoiser == "set" or c.slots == "ordered", "denoiser",
-        "'set' when slots='set' (an MLP needs ordered slots)", c.denoiser)
-  check(c.width % c.heads == 0 and c.width % 2 == 0, "heads",
-        f"a divisor of an even width={c.width}", c.heads)
-  check(c.num_modes <= c.num_train, "num_modes", f"at most num_train={c.num_train}",
-        c.num_modes)
-  for field in ("alpha", "lr", "label_weight"):
-    check(math.isfinite(c[field]) and c[field] > 0, field, "a positive number", c[field])
-  check(math.isfinite(c.sigma) and c.sigma >= 0, "sigma", "a non-negative number", c.sigma)
-  check(math.isfinite(c.min_nna_gap), "min_nna_gap", "a number", c.min_nna_gap)
+  # Before building: an MLP over a set of slots would be refused as num_slots=0, a field
+  # the config does not have.
+  check(c.denoiser.get("kind") == "set" or c.slots == "ordered", "denoiser.kind",
+        "'set' when slots='set' (an MLP needs ordered slots)", c.denoiser.get("kind"))
+  spec = token_spec(c)
+  denoiser_config(c)
+  check(spec.num_modes <= c.num_train, "tokens.num_modes", f"at most num_train={c.num_train}",
+        spec.num_modes)
+  for field in ("lr", "label_weight"):
+    check_number(c[field], field, low=0, strict=True)
+  check_number(c.min_nna_gap, "min_nna_gap")
   for field in ("max_pattern_tv", "max_violations"):
     check(0 <= c[field] <= 1, field, "a number in [0, 1]", c[field])
 
@@ -98,7 +94,7 @@ def seed_shapes(c, seed: int) -> tuple[data.PartShapes, data.PartShapes, ssm_lib
   kw = dict(seed=seed, points_per_part=c.points_per_part, data_dir=c.data_dir or None)
   train = data.load(c.category, "train", c.num_train, **kw)
   test = data.load(c.category, "test", c.num_samples, **kw)
-  return train, test, ssm_lib.fit(train, c.num_modes)
+  return train, test, ssm_lib.fit(train, c.tokens.num_modes)
 
 
 def seed_data(c, seed: int) -> SeedData:
@@ -110,15 +106,16 @@ def seed_data(c, seed: int) -> SeedData:
 
 
 def token_spec(c) -> tokens.TokenSpec:
-  return tokens.TokenSpec(len(data.CATEGORIES[c.category]), c.num_modes, alpha=float(c.alpha),
-                          sigma=float(c.sigma))
+  """``c.tokens`` as the token layout of ``c.category`` (bench_shapes builds it too)."""
+  return common.build(tokens.TokenSpec, c.tokens, "tokens",
+                      num_labels=len(data.CATEGORIES[c.category]))
 
 
 def denoiser_config(c) -> diffusion.DenoiserConfig:
+  """``c.denoiser`` for those tokens and ``c.slots`` (ordered: one slot per label)."""
   m = len(data.CATEGORIES[c.category])
-  return diffusion.DenoiserConfig(token_spec(c).dim, width=c.width, depth=c.depth,
-                                  heads=c.heads, num_slots=m if c.slots == "ordered" else 0,
-                                  prediction=c.prediction, kind=c.denoiser)
+  return common.build(diffusion.DenoiserConfig, c.denoiser, "denoiser", dim=token_spec(c).dim,
+                      num_slots=m if c.slots == "ordered" else 0)
 
 
 def _weights(c) -> jax.Array:
