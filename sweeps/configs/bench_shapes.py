@@ -16,8 +16,7 @@ denoiser calls at 200 / 50; decoding and per-step overheads are shared, so only 
 required).
 
 The issue's size, 200 x 200 shapes of 2,048 points (``full``), is 1.3 x 10^12 squared
-distances: about 25 minutes on 2 CPU cores, so quick measures 64 x 64 shapes of 512
-points.
+distances, an accelerator's job; quick measures 64 x 64 shapes of 512 points.
 
 Measured numbers are in the README ("Benchmark") and in the report this config writes.
 

@@ -15,7 +15,7 @@ from flax import nnx
 from jaxfl import data as jdata
 from jaxfl.algorithms import SERVER_OPTIMIZERS, FedAvg, server_optimizer
 from jaxfl.checkpoint import Checkpointer
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
 from jaxfl.loop import DivergenceError, run_rounds
@@ -40,37 +40,26 @@ def validate(c) -> None:
   common.check(c)
   check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
   check(c.partition in PARTITIONS, "partition", f"one of {list(PARTITIONS)}", c.partition)
-  check(c.num_clients > 0, "num_clients", "a positive integer", c.num_clients)
-  check(c.min_client_size >= 1, "min_client_size", "a positive integer (no empty clients)",
-        c.min_client_size)
-  check(math.isfinite(c.alpha) and c.alpha > 0, "alpha", "a positive finite number", c.alpha)
+  for field in ("num_clients", "min_client_size", "batch_size", "max_local_steps",
+                "clients_per_round", "num_rounds", "eval_every", "central_epochs",
+                "checkpoint_every"):
+    check_number(c[field], field, low=1, integer=True)
+  for field in ("alpha", "compute_median", "uplink_median", "downlink_median", "local_epochs"):
+    check_number(c[field], field, low=0, strict=True)
+  for field in ("client_lr", "server_lr", "profile_sigma", "accuracy_gap_points"):
+    check_number(c[field], field, low=0)
   check(c.model in SIZES, "model", f"one of {list(SIZES)}", c.model)
-  check(c.batch_size > 0, "batch_size", "a positive integer", c.batch_size)
-  check(math.isfinite(c.client_lr) and c.client_lr >= 0, "client_lr",
-        "a non-negative finite learning rate", c.client_lr)
-  check(math.isfinite(c.server_lr) and c.server_lr >= 0, "server_lr",
-        "a non-negative finite learning rate", c.server_lr)
-  for field in ("compute_median", "uplink_median", "downlink_median"):
-    check(math.isfinite(c[field]) and c[field] > 0, field, "a positive finite number", c[field])
   check(c.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
         f"one of {list(SERVER_OPTIMIZERS)}", c.server_optimizer)
-  check(c.local_epochs > 0, "local_epochs", "a positive number", c.local_epochs)
-  check(c.max_local_steps > 0, "max_local_steps", "a positive integer", c.max_local_steps)
-  check(0 < c.clients_per_round <= c.num_clients, "clients_per_round",
+  check(c.clients_per_round <= c.num_clients, "clients_per_round",
         f"between 1 and num_clients={c.num_clients}", c.clients_per_round)
-  check(c.num_rounds > 0, "num_rounds", "a positive integer", c.num_rounds)
-  check(c.eval_every > 0, "eval_every", "a positive integer", c.eval_every)
-  check(c.central_epochs > 0, "central_epochs", "a positive integer", c.central_epochs)
-  check(c.checkpoint_every > 0, "checkpoint_every", "a positive integer", c.checkpoint_every)
   devices = resolve_num_devices(c.num_devices)
   check(c.clients_per_round % devices == 0, "clients_per_round",
         f"a multiple of the {devices} devices", c.clients_per_round)
+  for field in ("availability_low", "availability_high"):
+    check_number(c[field], field)
   check(0 < c.availability_low <= c.availability_high <= 1, "availability_low",
         "0 < availability_low <= availability_high <= 1", c.availability_low)
-  check(math.isfinite(c.profile_sigma) and c.profile_sigma >= 0, "profile_sigma",
-        "a non-negative finite number", c.profile_sigma)
-  check(c.accuracy_gap_points >= 0, "accuracy_gap_points", "a non-negative number",
-        c.accuracy_gap_points)
 
 
 def partition(c, labels: np.ndarray, seed: int) -> list[np.ndarray]:

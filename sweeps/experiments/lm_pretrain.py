@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxfl.data import corpus as corpus_lib
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from jaxfl.models import pretrained, transformer
 from sweeps import claims as claims_lib
 from sweeps import report as report_lib
@@ -29,8 +29,7 @@ def validate(c) -> None:
   common.check(c)
   check(c.num_seeds == 1, "num_seeds", "1 (one model per recipe; vary pretrain.seed)",
         c.num_seeds)
-  check(math.isfinite(c.target_val_loss) and c.target_val_loss > 0, "target_val_loss",
-        "a positive number", c.target_val_loss)
+  check_number(c.target_val_loss, "target_val_loss", low=0, strict=True)
   spec(c.pretrain)  # every pretrain.* field
 
 

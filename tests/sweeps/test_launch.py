@@ -46,6 +46,10 @@ def at_root(monkeypatch):
       "--config.alpha=0.0001"], "alpha"),
     (["--config=sweeps/configs/prism.py", "--config.slots=sorted"], "slots"),
     (["--config=sweeps/configs/prism.py", "--config.data_dir=README.md"], "data_dir"),
+    (["--config=sweeps/configs/prism.py", "--config.denoiser.heads=3"], "denoiser.heads"),
+    (["--config=sweeps/configs/prism.py", "--config.tokens.sigma=-1"], "tokens.sigma"),
+    ([f"--config={CONFIG}", "--config.local_epochs=0"], "local_epochs"),
+    ([f"--config={CONFIG}", "--config.availability_high=nan"], "availability_high"),
     (["--config=sweeps/configs/bench_shapes.py", "--config.ddim_steps=500"], "ddim_steps"),
     ([], "--config"),
 ])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -15,7 +14,7 @@ from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import FedAvg, ServerState
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, SIZES, functional
 from jaxfl.runtime import resolve_num_devices
@@ -43,35 +42,25 @@ KEY_MODEL, KEY_ROUNDS, KEY_CENTRAL, KEY_SCALING = range(4)
 
 def validate(c) -> None:
   """Check every field before anything runs or is written."""
-  pos_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
   common.check(c)
   check(c.dataset in jdata.DATASETS, "dataset", f"one of {list(jdata.DATASETS)}", c.dataset)
   check(c.partition in PARTITIONS, "partition", f"one of {list(PARTITIONS)}", c.partition)
-  check(math.isfinite(c.alpha) and c.alpha > 0, "alpha", "a positive finite number", c.alpha)
   check(c.model in SIZES, "model", f"one of {list(SIZES)}", c.model)
-  check(pos_int(c.num_clients), "num_clients", "a positive integer", c.num_clients)
-  check(pos_int(c.local_steps), "local_steps", "a positive integer", c.local_steps)
-  check(pos_int(c.batch_size), "batch_size", "a positive integer", c.batch_size)
-  check(math.isfinite(c.client_lr) and c.client_lr >= 0, "client_lr",
-        "a non-negative learning rate", c.client_lr)
+  # warmup >= 1: the first call compiles.
+  for field in ("num_clients", "local_steps", "batch_size", "warmup", "repeats", "matmul_size",
+                "scaling_samples_per_client"):
+    check_number(c[field], field, low=1, integer=True)
+  for field in ("alpha", "min_round_vs_centralized", "min_round_vs_client_loop",
+                "max_time_per_client_step_growth"):
+    check_number(c[field], field, low=0, strict=True)
+  check_number(c.client_lr, "client_lr", low=0)
   devices = resolve_num_devices(c.num_devices)
   check(c.num_clients % devices == 0, "num_clients", f"a multiple of the {devices} devices",
         c.num_clients)
-  check(isinstance(c.warmup, int) and c.warmup >= 1, "warmup",
-        "an integer >= 1 (the first call compiles)", c.warmup)
-  check(pos_int(c.repeats), "repeats", "a positive integer", c.repeats)
-  check(pos_int(c.matmul_size), "matmul_size", "a positive integer", c.matmul_size)
   ks = tuple(c.scaling_clients)
-  check(len(ks) >= 2 and all(pos_int(k) and k % devices == 0 for k in ks)
+  check(len(ks) >= 2 and all(isinstance(k, int) and k > 0 and k % devices == 0 for k in ks)
         and list(ks) == sorted(set(ks)), "scaling_clients",
         f"an increasing tuple of at least 2 positive multiples of the {devices} devices", ks)
-  check(pos_int(c.scaling_samples_per_client), "scaling_samples_per_client",
-        "a positive integer", c.scaling_samples_per_client)
-  for field in ("min_round_vs_centralized", "min_round_vs_client_loop",
-                "max_time_per_client_step_growth"):
-    v = c[field]
-    check(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, field,
-          "a positive finite number", v)
 
 
 class Setup(NamedTuple):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import statistics
 import time
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from jaxfl.models import lora, transformer
 from sweeps.configs import common
 from sweeps.sweep import RunSpec
@@ -36,10 +35,6 @@ KEY_MODEL, KEY_TRAIN_TOKENS, KEY_PROMPT, KEY_MATMUL = range(4)
 TIE_GAP = 1e-4
 
 
-def _pos_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
 def validate(c) -> None:
   """Check every field before anything runs or is written."""
   common.check(c)
@@ -48,18 +43,16 @@ def validate(c) -> None:
   max_len = transformer.VARIANTS[c.model].max_len
   for field in ("batch_size", "seq_len", "lora_rank", "decode_batch",
                 "prompt_len", "new_tokens", "timing_repeats", "matmul_size"):
-    check(_pos_int(c[field]), field, "a positive integer", c[field])
+    check_number(c[field], field, low=1, integer=True)
   check(c.seq_len <= max_len, "seq_len", f"at most the {c.model} model's max_len={max_len}",
         c.seq_len)
   check(c.prompt_len + c.new_tokens <= max_len, "new_tokens",
         f"prompt_len + new_tokens <= the {c.model} model's max_len={max_len} "
         f"(prompt_len={c.prompt_len})", c.new_tokens)
-  check(isinstance(c.warmup, int) and not isinstance(c.warmup, bool) and c.warmup >= 1,
-        "warmup", "an integer >= 1 (the first call checks the decoded tokens)", c.warmup)
+  # warmup >= 1: the first call checks the decoded tokens.
+  check_number(c.warmup, "warmup", low=1, integer=True)
   for field in ("learning_rate", "min_cache_speedup", "min_lora_train_speedup"):
-    v = c[field]
-    check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
-          field, "a positive finite number", v)
+    check_number(c[field], field, low=0, strict=True)
 
 
 # ----------------------------------------------------------------------------- programs

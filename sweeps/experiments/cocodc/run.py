@@ -14,7 +14,7 @@ import optax
 from jaxfl.algorithms.diloco import DiLoCo
 from jaxfl.algorithms.streaming_diloco import StreamingDiLoCo
 from jaxfl.data import corpus as corpus_lib
-from jaxfl.errors import check
+from jaxfl.errors import check, check_number
 from jaxfl.local import ClientData
 from jaxfl.models import transformer
 from jaxfl.planners import fragments as frag
@@ -32,18 +32,14 @@ PAPER = ("CoCoDC reduces the training steps to a comparable perplexity by up to 
          "Streaming DiLoCo (arXiv 2504.17672)")
 
 
-def _pos_int(v, low: int = 1) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
 def validate(c) -> None:
   """Every field, before anything runs or is written."""
   common.check(c)
   for f in ("seq_len", "num_workers", "windows_per_worker",
             "eval_windows", "batch_size", "num_steps", "inner_steps", "num_fragments",
             "eval_every"):
-    check(_pos_int(c[f]), f, "a positive integer", c[f])
-  check(_pos_int(c.warmup_steps, 0), "warmup_steps", "a non-negative integer", c.warmup_steps)
+    check_number(c[f], f, low=1, integer=True)
+  check_number(c.warmup_steps, "warmup_steps", low=0, integer=True)
   layers = model_config(c).num_layers  # builds the model and wan blocks: their fields
   _wan(c)
   n_domains = len(corpus_lib.CLIENT_DOMAINS)
@@ -62,14 +58,12 @@ def validate(c) -> None:
         "'sequential' or 'strided'", c.fragment_pattern)
   overlaps = tuple(c.overlaps)
   check(len(overlaps) >= 1 and len(set(overlaps)) == len(overlaps) and
-        all(_pos_int(t) and t < c.inner_steps for t in overlaps), "overlaps",
+        all(isinstance(t, int) and 0 < t < c.inner_steps for t in overlaps), "overlaps",
         f"distinct integers in [1, inner_steps={c.inner_steps})", overlaps)
-  for f in ("inner_lr", "step_time"):
-    check(math.isfinite(c[f]) and c[f] > 0, f, "a positive number", c[f])
-  check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
-        "a non-negative number", c.weight_decay)
-  check(math.isfinite(c.clip_norm) and c.clip_norm > 0, "clip_norm", "a positive number",
-        c.clip_norm)
+  for f in ("inner_lr", "step_time", "clip_norm"):
+    check_number(c[f], f, low=0, strict=True)
+  check_number(c.weight_decay, "weight_decay", low=0)
+  check_number(c.outer_momentum, "outer_momentum")
   check(0 <= c.outer_momentum < 1, "outer_momentum", "a number in [0, 1)", c.outer_momentum)
   for f, ok, what in (("outer_lr_grid", lambda v: math.isfinite(v) and v > 0, "positive"),
                       ("alpha_grid", lambda v: 0 <= v <= 1, "in [0, 1]"),
