@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 from flax import nnx
 
+from jaxfl.errors import ConfigError
 from jaxfl.models.mlp import MLP, SIZES
 
 ApplyFn = Callable[[Any, Any], Any]
@@ -29,4 +32,23 @@ def functional(model: nnx.Module) -> tuple[ApplyFn, dict]:
   return apply, params
 
 
-__all__ = ["MLP", "SIZES", "functional"]
+def mlp_classifier(size: str, input_shape: Sequence[int], num_classes: int,
+                   key: jax.Array) -> tuple[ApplyFn, dict]:
+  """The FedAvg experiments' classifier as a pure function and its parameters.
+
+  ``functional(MLP(prod(input_shape), SIZES[size], num_classes))`` with the parameters
+  drawn from ``key`` (``nnx.Rngs(params=key)``), so the same key gives the same model in
+  every experiment (fedavg, Air-FedGA, bench_fl).
+
+  >>> import jax, jax.numpy as jnp
+  >>> apply, params = mlp_classifier("tiny", (8, 8), 10, jax.random.key(0))
+  >>> apply(params, jnp.zeros((2, 8, 8))).shape, params["head"]["kernel"].shape
+  ((2, 10), (32, 10))
+  """
+  if size not in SIZES:
+    raise ConfigError("size", f"one of {list(SIZES)}", size)
+  return functional(MLP(math.prod(input_shape), SIZES[size], num_classes,
+                        rngs=nnx.Rngs(params=key)))
+
+
+__all__ = ["MLP", "SIZES", "functional", "mlp_classifier"]

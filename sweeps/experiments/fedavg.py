@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import SERVER_OPTIMIZERS, FedAvg, server_optimizer
@@ -19,7 +18,7 @@ from jaxfl.errors import check, check_number
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
 from jaxfl.loop import DivergenceError, run_rounds
-from jaxfl.models import MLP, SIZES, functional
+from jaxfl.models import SIZES, mlp_classifier
 from jaxfl.runtime import make_client_axis, resolve_num_devices
 from jaxfl.sim import DeviceProfiles, load_profiles, sample_profiles
 from sweeps import claims as claims_lib
@@ -96,11 +95,8 @@ def rounds(c, spec: RunSpec) -> int:
 
 
 def _model(c, ds, key):
-  in_features = int(np.prod(ds.x_train.shape[1:]))
-  model = MLP(in_features, SIZES[c.model], ds.num_classes,
-              rngs=nnx.Rngs(params=jax.random.fold_in(key, KEY_MODEL)))
-  apply_fn, params0 = functional(model)
-  return apply_fn, params0
+  return mlp_classifier(c.model, ds.x_train.shape[1:], ds.num_classes,
+                        jax.random.fold_in(key, KEY_MODEL))
 
 
 def _profiles(c, ctx: Context, key) -> DeviceProfiles:

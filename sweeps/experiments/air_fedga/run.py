@@ -8,14 +8,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import grouped_async as ga
 from jaxfl.errors import check, check_number, is_number
 from jaxfl.evaluation import make_evaluate
 from jaxfl.local import ClientData, softmax_cross_entropy
-from jaxfl.models import MLP, SIZES, functional
+from jaxfl.models import SIZES, mlp_classifier
 from jaxfl.planners import grouping
 from jaxfl.planners.power import POLICIES
 from jaxfl.sim.channel import Comm, noise_var_from_snr_db
@@ -117,9 +116,8 @@ def _groups(c, compute, path_gain, counts, hist, seed: int, num_params: int
 
 
 def _num_params(c, ds) -> int:
-  model = MLP(int(np.prod(ds.x_train.shape[1:])), SIZES[c.model], ds.num_classes,
-              rngs=nnx.Rngs(0))
-  return sum(x.size for x in jax.tree.leaves(functional(model)[1]))
+  params = mlp_classifier(c.model, ds.x_train.shape[1:], ds.num_classes, jax.random.key(0))[1]
+  return sum(x.size for x in jax.tree.leaves(params))
 
 
 def prepare(c) -> Context:
@@ -172,14 +170,12 @@ def _simulate_fn(c, ctx: Context, method: str):
   rounds_, events = ctx.bounds[method]
   times = jnp.asarray(log_times(c), jnp.float32)
   policies = tuple(POLICIES) if method == "air_fedga" else ()
-  in_features = int(np.prod(ds.x_train.shape[1:]))
 
   def simulate(key, inputs, hparams):
     clients, members, path_gain = inputs
     beta0 = hparams["beta0"]
-    model = MLP(in_features, SIZES[c.model], ds.num_classes,
-                rngs=nnx.Rngs(params=jax.random.fold_in(key, KEY_MODEL)))
-    apply_fn, params0 = functional(model)
+    apply_fn, params0 = mlp_classifier(c.model, ds.x_train.shape[1:], ds.num_classes,
+                                       jax.random.fold_in(key, KEY_MODEL))
     evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
     engine = ga.GroupedAsync(
         loss_fn=softmax_cross_entropy(apply_fn), learning_rate=c.learning_rate,

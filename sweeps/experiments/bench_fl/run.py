@@ -10,13 +10,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxfl import data as jdata
 from jaxfl.algorithms import FedAvg, ServerState
 from jaxfl.errors import check, check_number
 from jaxfl.local import ClientData, softmax_cross_entropy
-from jaxfl.models import MLP, SIZES, functional
+from jaxfl.models import SIZES, mlp_classifier
 from jaxfl.runtime import resolve_num_devices
 from sweeps import timing
 from sweeps.configs import common
@@ -104,8 +103,7 @@ def make_setup(c, ds, alg: FedAvg, seed: int) -> Setup:
 
 
 def init_model(c, ds, key: jax.Array):
-  in_features = int(np.prod(ds.x_train.shape[1:]))
-  return functional(MLP(in_features, SIZES[c.model], ds.num_classes, rngs=nnx.Rngs(params=key)))
+  return mlp_classifier(c.model, ds.x_train.shape[1:], ds.num_classes, key)
 
 
 def synthetic_clients(ds, num_clients: int, samples_per_client: int, seed: int) -> ClientData:
