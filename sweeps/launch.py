@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
   _use_cpu_cores(config)
   _use_compilation_cache(fv.compilation_cache)
   from sweeps import backends, experiments
-  from sweeps.sweep import run_grid, run_sweep
+  from sweeps.grid import run_grid
+  from sweeps.sweep import run_sweep
 
   try:
     backends.maybe_initialize_distributed()  # before JAX's first operation

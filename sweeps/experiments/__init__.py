@@ -3,7 +3,7 @@
 A runner is the importable body of an experiment (usable from a notebook): ``validate``,
 ``prepare``, ``families`` (:mod:`sweeps.families`) and/or the per-run ``run_specs``,
 ``rounds`` and ``execute``, and ``report`` (see :mod:`sweeps.sweep`). The launcher only
-parses flags and calls ``run_sweep`` (or ``run_grid``) with it.
+parses flags and calls ``run_sweep`` (or ``sweeps.grid.run_grid``) with it.
 """
 
 from __future__ import annotations

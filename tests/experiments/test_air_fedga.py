@@ -16,8 +16,9 @@ from jaxfl.errors import ConfigError
 from sweeps import families, report
 from sweeps.configs.air_fedga import get_config, get_sweep
 from sweeps.experiments import air_fedga
+from sweeps.grid import point_config
 from sweeps.results import ResultsDB, results_path
-from sweeps.sweep import point_config, run_sweep
+from sweeps.sweep import run_sweep
 
 
 def tiny(**overrides):

@@ -13,8 +13,9 @@ from jaxfl.loop import DivergenceError
 from sweeps import launch, report
 from sweeps.configs.fedavg import SERVER_LRS, get_config, get_sweep
 from sweeps.experiments import fedavg
+from sweeps.grid import point_config, point_name
 from sweeps.results import ResultsDB, results_path
-from sweeps.sweep import RunSpec, point_config, point_name, run_sweep
+from sweeps.sweep import RunSpec, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
