@@ -1,12 +1,19 @@
 """Reproduce every experiment's headline claim and tabulate them.
 
   python -m sweeps.reproduce [--quick] [--only fedavg,bench_fl] [--workdir runs]
+                            [--compare runs_before]
 
 Runs each experiment config in ``sweeps/configs/`` (its ``quick`` variant with
 ``--quick``, else ``full``) through the launcher, one process each (so each gets a fresh
 JAX runtime), then writes ``<workdir>/REPRODUCTION.md``: one row per claim with the paper's
 statement, our value, the baseline's value and whether it holds. Finished runs are
 skipped on a relaunch, as with the launcher.
+
+``--compare`` names the workdir of an earlier reproduction (another commit's, say) and adds
+a table of each claim beside the same claim there: ``bit-equal`` when every number it was
+computed from (its value, the baseline's, every per-seed value) is the same float, else how
+many differ and by how much at most (relative). A refactor that should not change results
+is checked this way; timing benchmarks are expected to differ.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,18 +46,85 @@ def table(docs: list[dict]) -> str:
   return "\n".join(rows)
 
 
+def _numbers(claim: dict) -> dict[str, float | None]:
+  """The numbers a claim was computed from, by name (``per_seed.<method>[i]``)."""
+  out = {k: claim.get(k) for k in ("value", "baseline_value") if k in claim}
+  for method, values in claim.get("per_seed", {}).items():
+    out.update({f"per_seed.{method}[{i}]": v for i, v in enumerate(values)})
+  return out
+
+
+def _difference(before: dict, after: dict) -> str:
+  """``bit-equal``, or how many of the claim's numbers differ and the largest relative gap."""
+  a, b = _numbers(before), _numbers(after)
+  differ = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  if not differ:
+    return "bit-equal"
+  gaps = [abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]))
+          if isinstance(a.get(k), (int, float)) and isinstance(b.get(k), (int, float))
+          else math.inf for k in differ]
+  return f"{len(differ)} of {len(set(a) | set(b))} numbers differ, by at most {max(gaps):.1e}"
+
+
+def compare(docs: list[dict], reference: list[dict]) -> str:
+  """A markdown table of each claim of ``docs`` beside the same claim (experiment, variant
+  and id) of ``reference``.
+
+  >>> doc = {"experiment": "x", "variant": "quick", "claims": [
+  ...     {"id": "c", "value": 1.5, "holds": True, "per_seed": {"m": [1.0, 2.0]}}]}
+  >>> ref = {**doc, "claims": [{**doc["claims"][0], "per_seed": {"m": [1.0, 2.5]}}]}
+  >>> print(compare([doc], [ref]).splitlines()[-1])
+  | x (quick) | c | yes -> yes | 1.5 -> 1.5 | 1 of 3 numbers differ, by at most 2.0e-01 |
+  """
+  rows = ["| experiment | claim | holds (reference -> now) | value (reference -> now) | numbers |",
+          "|---|---|---|---|---|"]
+  yes = lambda cl: "yes" if cl["holds"] else "no"
+  for doc, cl, ref in _matched(docs, reference):
+    where = f"| {doc['experiment']} ({doc['variant']}) | {cl['id']} |"
+    if ref is None:
+      rows.append(f"{where} - -> {yes(cl)} | - -> {_fmt(cl['value'])} | not in the reference |")
+      continue
+    rows.append(f"{where} {yes(ref)} -> {yes(cl)} | {_fmt(ref['value'])} -> "
+                f"{_fmt(cl['value'])} | {_difference(ref, cl)} |")
+  return "\n".join(rows)
+
+
+def _matched(docs: list[dict], reference: list[dict]):
+  """``(doc, claim, the reference's same claim or None)`` for every claim of ``docs``."""
+  known = {(d["experiment"], d["variant"], cl["id"]): cl for d in reference for cl in d["claims"]}
+  for doc in docs:
+    for cl in doc["claims"]:
+      yield doc, cl, known.get((doc["experiment"], doc["variant"], cl["id"]))
+
+
+def _reference_docs(workdir: str, names: list[str]) -> list[dict]:
+  docs = []
+  for name in names:
+    path = os.path.join(workdir, name, "claims.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        docs.append(json.load(f))
+  return docs
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sweeps.reproduce",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="quick variants (minutes on a CPU)")
   parser.add_argument("--only", default="", help="comma-separated experiment names")
   parser.add_argument("--workdir", default="runs")
+  parser.add_argument("--compare", default="",
+                      help="an earlier reproduction's workdir to compare every claim with")
   args = parser.parse_args(argv)
   names = configs.names()
   only = [n for n in args.only.split(",") if n]
   unknown = [n for n in only if n not in names]
   if unknown:
     print(f"error: --only: expected names among {names}, got {unknown}", file=sys.stderr)
+    return 2
+  if args.compare and not os.path.isdir(args.compare):
+    print(f"error: --compare: expected an earlier reproduction's workdir, got {args.compare!r}",
+          file=sys.stderr)
     return 2
   variant = "quick" if args.quick else "full"
   docs, failed = [], []
@@ -71,11 +146,18 @@ def main(argv: list[str] | None = None) -> int:
            table(docs), ""]
   if failed:
     lines += [f"Failed to run: {', '.join(failed)}.", ""]
+  reference = _reference_docs(args.compare, only or names) if args.compare else []
+  if args.compare:
+    lines += [f"## Against `{args.compare}`", "", compare(docs, reference), ""]
   with open(out, "w") as f:
     f.write("\n".join(lines))
   held = sum(cl["holds"] for d in docs for cl in d["claims"])
   total = sum(len(d["claims"]) for d in docs)
   print(f"{held}/{total} claims hold -> {out}")
+  if args.compare:
+    same = sum(ref is not None and _difference(ref, cl) == "bit-equal"
+               for _, cl, ref in _matched(docs, reference))
+    print(f"{same}/{total} claims bit-equal to {args.compare}'s -> {out}")
   return 1 if failed else 0
 
 

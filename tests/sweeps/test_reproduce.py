@@ -1,0 +1,69 @@
+"""python -m sweeps.reproduce: the claims table, the comparison with an earlier reproduction,
+and its bad-input errors. (The launches themselves are the launcher's, tested in
+test_launch.py; here the launch step is replaced by claims.json files already in place.)"""
+
+import json
+
+import pytest
+
+from sweeps import reproduce
+
+
+def doc(experiment="fedavg", **claim):
+  base = dict(id="acc", statement="s", paper="p", method="fedavg", value=94.5, holds=True,
+              baseline="centralized", baseline_value=96.0, per_seed={"fedavg": [94.0, 95.0]})
+  return {"experiment": experiment, "variant": "quick", "claims": [{**base, **claim}]}
+
+
+def test_table_rows_name_the_baseline_or_the_threshold():
+  threshold = doc("bench_fl", baseline=None, value=None, holds=False, threshold=1.5)
+  del threshold["claims"][0]["baseline"]
+  rows = reproduce.table([doc(), threshold]).splitlines()
+  assert rows[2] == "| fedavg (quick) | s | p | fedavg: 94.5 | centralized: 96 | yes |"
+  assert rows[3] == "| bench_fl (quick) | s | p | fedavg: null | threshold 1.5 | **no** |"
+
+
+def test_compare_is_bit_equal_only_when_every_number_is_the_same_float():
+  same = reproduce.compare([doc()], [doc()]).splitlines()[2]
+  assert same == "| fedavg (quick) | acc | yes -> yes | 94.5 -> 94.5 | bit-equal |"
+  # One per-seed value moves by one float32 ulp at 95: still reported.
+  moved = doc(per_seed={"fedavg": [94.0, 95.0 + 2 ** -17]})
+  row = reproduce.compare([moved], [doc()]).splitlines()[2]
+  assert row.endswith(f"| 1 of 4 numbers differ, by at most {2 ** -17 / (95 + 2 ** -17):.1e} |")
+  # A value that became missing (a target never reached) is an infinite difference.
+  gone = reproduce.compare([doc(value=None, holds=False)], [doc()]).splitlines()[2]
+  assert "yes -> no | 94.5 -> null | 1 of 4 numbers differ, by at most inf |" in gone
+  assert reproduce._difference(doc(value=None)["claims"][0],
+                               doc(value=None)["claims"][0]) == "bit-equal"
+  new = reproduce.compare([doc(id="new")], [doc()]).splitlines()[2]
+  assert new.endswith("| new | - -> yes | - -> 94.5 | not in the reference |")
+
+
+def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, capsys):
+  now, before = tmp_path / "runs", tmp_path / "before"
+  for root, d in ((now, doc(per_seed={"fedavg": [94.0, 95.5]})), (before, doc())):
+    (root / "fedavg").mkdir(parents=True)
+    (root / "fedavg" / "claims.json").write_text(json.dumps(d))
+  launched = []
+  monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, cwd: launched.append(cmd) or 0)
+  code = reproduce.main(["--quick", "--only", "fedavg", "--workdir", str(now),
+                         "--compare", str(before)])
+  assert code == 0
+  assert launched[0][-2:] == [f"--config={reproduce.configs.FOLDER}/fedavg.py:quick",
+                              f"--workdir={now}"]
+  out = capsys.readouterr().out
+  assert "1/1 claims hold" in out and f"0/1 claims bit-equal to {before}'s" in out
+  text = (now / "REPRODUCTION.md").read_text()
+  gap = 0.5 / 95.5
+  assert f"| acc | yes -> yes | 94.5 -> 94.5 | 1 of 4 numbers differ, by at most {gap:.1e} |" \
+      in text
+
+
+@pytest.mark.parametrize("args,field", [(["--only", "nope"], "--only"),
+                                        (["--compare", "/no/such/dir"], "--compare")])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, field):
+  code = reproduce.main([*args, "--workdir", str(tmp_path / "runs")])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1
+  assert err.startswith(f"error: {field}: expected")
+  assert not (tmp_path / "runs").exists()
