@@ -31,7 +31,7 @@ def test_kernel_runs_this_python():
 
 
 @pytest.mark.slow
-def test_notebook_executes(tmp_path, monkeypatch):
+def test_notebook_executes(tmp_path, monkeypatch, user_xla):
   monkeypatch.setenv("JAXFL_NOTEBOOK_WORKDIR", str(tmp_path))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -91,7 +91,7 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_fedavg_quick_end_to_end(tmp_path):
+def test_fedavg_quick_end_to_end(tmp_path, user_xla):
   """The README's main command, seed 0 only (the suite's time budget): the claim holds.
 
   All five seeds run in `python -m sweeps.reproduce --quick` (REPRODUCTION.md).
