@@ -256,7 +256,8 @@ def _ray_backend(opts: dict) -> Submit:
       task = ray.remote(_call_run)
       config_ref = ray.put(config_dict)
       for spec in specs:
-        name = f"{getattr(spec, 'method', 'run')}-seed{getattr(spec, 'seed', '')}"
+        name = getattr(spec, "task_name", None) or \
+            f"{getattr(spec, 'method', 'run')}-seed{getattr(spec, 'seed', '')}"
         ref = task.options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"], max_retries=0,
                            name=name).remote(fn, config_ref, spec, workdir)
         pending[ref] = spec

@@ -273,6 +273,20 @@ def lowest(*metrics: str, aggregate: str = "mean") -> Callable[[list[Finals]], t
   return select
 
 
+def outcomes(fam: Family, runs: Sequence[Run], outputs: Any, info: dict | None = None):
+  """Each run of one call as ``(run, (rows, info))``, or ``(run, DivergenceError)`` for a
+  reported run whose required metric is not finite; ``info`` is merged into every run's."""
+  from jaxfl.loop import DivergenceError
+
+  for i, r in enumerate(runs):
+    sim_time, values, run_info = results(fam, r, outputs, i)
+    run_rows, bad = rows(fam, r, sim_time, values)
+    if bad is not None and r.stage == "report":
+      yield r, DivergenceError(f"{r.name} seed {r.seed}: {bad} is not finite")
+    else:
+      yield r, (run_rows, {**(info or {}), **(run_info or {})} or None)
+
+
 def specs(c, fams: Sequence[Family]):
   """Every family's runs as :class:`~sweeps.sweep.RunSpec`: tuning first, then reported."""
   from sweeps.sweep import RunSpec

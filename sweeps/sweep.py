@@ -33,7 +33,8 @@ by recomputing the family calls that hold them). Metric writes are idempotent up
 so a resumed run ends with exactly the rows of an uninterrupted one.
 
 Backends: ``local`` executes runs in this process and writes each metric as it comes.
-Remote backends (:mod:`sweeps.backends`) execute :func:`execute_run` in workers, which
+Remote backends (:mod:`sweeps.backends`) execute :func:`execute_run` in workers (for an
+experiment of families only, one task per family call: :mod:`sweeps.family_tasks`), which
 return their metric rows; only this process writes the database (SQLite's WAL needs
 every writer on the file's host). Checkpoints live under the workdir, which remote
 workers must share (a cluster file system) for resumption to work. A run that fails is
@@ -208,7 +209,11 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
       if before != "done":  # else finished by a concurrent launcher meanwhile
         started[spec] = run_id
     failures: list[BaseException] = []
-    if submit is not None:
+    if submit is not None and fams is not None and not hasattr(runner, "execute"):
+      get_submit = lambda: backends.get(backend, backend_options or {})
+      failures += _run_tasks(fams, config, started, db, digest, sweep, submit, get_submit, cfg,
+                             workdir)
+    elif submit is not None:
       for spec, outcome in submit(execute_run, cfg, list(started), workdir):
         failures += _record(db, started[spec], spec, outcome, sweep)
     else:
@@ -293,10 +298,17 @@ def _run_family(fam, c, started: dict, db, digest: str, sweep, info) -> list:
   failures: list[BaseException] = []
   tune = families_lib.tuning_runs(fam, c)
   failures += _run_stage(fam, c, program, tune, todo, db, sweep, info)
+  report = families_lib.reported_runs(fam, c, _chosen(fam, c, db, digest, sweep))
+  failures += _run_stage(fam, c, program, report, todo, db, sweep, info)
+  return failures
+
+
+def _chosen(fam, c, db, digest: str, sweep) -> dict[str, dict[str, float]]:
+  """Each method's point, chosen from the family's tuning runs as the database holds them."""
   done = {(r["method"], r["seed"]): r["id"] for r in db.runs(c.experiment, status="done")
           if r["config_hash"] == digest}
   results = {}
-  for r in tune:
+  for r in families_lib.tuning_runs(fam, c):
     rows = [(m["step"], m["sim_time"], {m["name"]: m["value"]})
             for m in db.metrics(done[(r.name, r.seed)])]
     results[(r.name, r.seed)] = families_lib.finals(rows)
@@ -304,8 +316,34 @@ def _run_family(fam, c, started: dict, db, digest: str, sweep, info) -> list:
   if len(fam.grid) > 1:
     sweep.log(f"{fam.name}: chosen on tuning seeds {families_lib.tuning_seeds(c)}: " + "; ".join(
         f"{m} {families_lib.point_name('', p)}" for m, p in chosen.items()))
-  report = families_lib.reported_runs(fam, c, chosen)
-  failures += _run_stage(fam, c, program, report, todo, db, sweep, info)
+  return chosen
+
+
+def _run_tasks(fams, c, started: dict, db, digest: str, sweep, submit, get_submit, cfg: dict,
+               workdir: str) -> list:
+  """A families experiment on a remote backend: each family call that holds unfinished
+  runs is one task (:mod:`sweeps.family_tasks`); the tuning stage's first, then, with each
+  method's point chosen from the recorded tuning runs, the reported stage's (from a second
+  ``submit``: a backend's runs once). Returns the failures."""
+  from sweeps import family_tasks
+
+  todo = {(s.method, s.seed): run_id for s, run_id in started.items()}
+  failures: list[BaseException] = []
+  for stage in ("tune", "report"):
+    tasks = [t for fam in fams for t in family_tasks.tasks(
+        fam, c, stage, todo, _chosen(fam, c, db, digest, sweep) if stage == "report" else None)]
+    if not tasks:
+      continue
+    submit = submit or get_submit()
+    for task, outcome in submit(family_tasks.execute_task, cfg, tasks, workdir):
+      for name, seed in task.runs:
+        if (name, seed) in todo:
+          got = outcome if isinstance(outcome, BaseException) else outcome[(name, seed)]
+          got = got if isinstance(got, BaseException) else RunOutcome(*got)
+          failures += _record(db, todo[(name, seed)], RunSpec(name, seed), got, sweep)
+    submit = None
+    if failures:  # a tuning run lost: nothing to choose from
+      break
   return failures
 
 
@@ -332,19 +370,19 @@ def _run_stage(fam, c, program, runs, todo: dict, db, sweep, info) -> list:
       for _, r in mine:
         db.finish_run(todo[(r.name, r.seed)], "failed", error=f"{type(e).__name__}: {e}")
       raise
-    for i, r in mine:
-      run_id = todo[(r.name, r.seed)]
-      sim_time, values, run_info = families_lib.results(fam, r, outputs, i)
-      rows, bad = families_lib.rows(fam, r, sim_time, values)
-      if bad is not None and r.stage == "report":
-        e = DivergenceError(f"{r.name} seed {r.seed}: {bad} is not finite")
-        db.finish_run(run_id, "failed", error=f"DivergenceError: {e}")
-        sweep.log(f"failed: {e}")
-        failures.append(e)
+    for r, outcome in families_lib.outcomes(fam, chunk, outputs, info):
+      if (r.name, r.seed) not in todo:
         continue
+      run_id = todo[(r.name, r.seed)]
+      if isinstance(outcome, DivergenceError):
+        db.finish_run(run_id, "failed", error=f"DivergenceError: {outcome}")
+        sweep.log(f"failed: {outcome}")
+        failures.append(outcome)
+        continue
+      rows, run_info = outcome
       db.log_metrics_many(run_id, rows)
-      if info or run_info:
-        db.set_info(run_id, {**(info or {}), **(run_info or {})})
+      if run_info:
+        db.set_info(run_id, run_info)
       db.finish_run(run_id, "done")
   return failures
 

@@ -165,3 +165,48 @@ def test_a_diverged_reported_run_fails_naming_the_metric_and_step(tmp_path):
     run_sweep(Toy, c, str(tmp_path), stream=io.StringIO())
   with ResultsDB(results_path(tmp_path)) as db:
     assert {r["status"] for r in db.runs("toy")} == {"failed"}
+
+
+@pytest.fixture
+def remote(monkeypatch):
+  """Toy run on the slurm backend's debug executor (submitit, in this process): each
+  family call is a task that prepares the experiment from the config, as a worker does."""
+  pytest.importorskip("submitit")
+  from sweeps import experiments
+
+  real = experiments.get
+  monkeypatch.setattr(experiments, "get", lambda name: Toy if name == "toy" else real(name))
+  return dict(backend="slurm", backend_options={"cluster": "debug"})
+
+
+def test_a_remote_backend_gets_one_task_per_family_call_and_the_local_rows(
+    tmp_path, calls, remote):
+  c = config()
+  run_sweep(Toy, c, str(tmp_path / "local"), stream=io.StringIO())
+  calls.clear()
+  out = io.StringIO()
+  run_sweep(Toy, c, str(tmp_path / "remote"), stream=out, **remote)
+  assert calls == [12, 4]  # the tuning call, then the reported one: neither twice
+  assert "toy: chosen on tuning seeds [1005, 1006]: a [lr=0.3]; b [lr=0.7]" in out.getvalue()
+  snapshots = []
+  for where in ("local", "remote"):
+    with ResultsDB(results_path(tmp_path / where)) as db:
+      snapshots.append(db.snapshot())
+  assert snapshots[0] == snapshots[1]
+  # A reported run forgotten (a lost task): the relaunch sends only its call.
+  with ResultsDB(results_path(tmp_path / "remote")) as db:
+    (run,) = [r for r in db.runs("toy", method="a") if r["seed"] == 5]
+    db.finish_run(run["id"], "failed", error="lost")
+  calls.clear()
+  run_sweep(Toy, c, str(tmp_path / "remote"), stream=io.StringIO(), **remote)
+  assert calls == [4]
+  with ResultsDB(results_path(tmp_path / "remote")) as db:
+    assert db.snapshot() == snapshots[0]
+
+
+def test_a_remote_diverged_reported_run_fails_like_the_local_one(tmp_path, remote):
+  c = config(lrs=(0.5,), nan_lr=0.5)
+  with pytest.raises(DivergenceError, match="seed 5: loss at step 0 is not finite"):
+    run_sweep(Toy, c, str(tmp_path), stream=io.StringIO(), **remote)
+  with ResultsDB(results_path(tmp_path)) as db:
+    assert {r["status"] for r in db.runs("toy")} == {"failed"}
