@@ -344,6 +344,8 @@ def _run_tasks(fams, c, started: dict, db, digest: str, sweep, submit, get_submi
     submit = None
     if failures:  # a tuning run lost: nothing to choose from
       break
+  if submit is not None:  # never used: let it stop what it started (a local Ray instance)
+    list(submit(family_tasks.execute_task, cfg, [], workdir))
   return failures
 
 
