@@ -3,6 +3,12 @@
 A claim compares a measured ``value`` (median over seeds) either with a baseline's
 measured value (optionally allowing a ``margin``) or with a fixed ``threshold`` from
 the config. Nothing here decides a result: it only applies the config's numbers.
+
+Every claim has a ``kind`` (DESIGN.md contract 11): ``reproduction``, a paper's (or the
+literature's) statement that the measurement could contradict, or ``check``: accounting
+fixed by the configuration (parameter counts, bytes), a theorem the implementation must
+satisfy, or a sanity target. Reports and ``sweeps.reproduce`` count the two apart, and
+only reproductions count as reproduced.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 from collections.abc import Sequence
 
 BETTER = ("higher", "lower")
+KINDS = ("reproduction", "check")
 
 
 def median(values: Sequence[float | None], better: str = "higher") -> float | None:
@@ -40,17 +47,20 @@ def mean(values: Sequence[float | None], better: str = "higher") -> float | None
 AGGREGATES = {"median": median, "mean": mean}
 
 
-def claim(*, id: str, statement: str, paper: str, metric: str, better: str, method: str,
-          per_seed: dict[str, list[float | None]], baseline: str | None = None,
+def claim(*, id: str, kind: str, statement: str, paper: str, metric: str, better: str,
+          method: str, per_seed: dict[str, list[float | None]], baseline: str | None = None,
           margin: float = 0.0, threshold: float | None = None, aggregate: str = "median",
           **extra) -> dict:
   """One claim entry.
 
-  Exactly one of ``baseline`` (compare medians, ``margin`` slack in the worse
-  direction) or ``threshold`` (compare the median with a fixed number) is given.
+  ``kind`` is one of :data:`KINDS` (see the module docstring). Exactly one of
+  ``baseline`` (compare medians, ``margin`` slack in the worse direction) or
+  ``threshold`` (compare the median with a fixed number) is given.
   ``aggregate='mean'`` compares means over seeds instead (where an issue states its claim
   as a mean); the entry records which.
   """
+  if kind not in KINDS:
+    raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
   if better not in BETTER:
     raise ValueError(f"better: expected one of {BETTER}, got {better!r}")
   if aggregate not in AGGREGATES:
@@ -60,8 +70,8 @@ def claim(*, id: str, statement: str, paper: str, metric: str, better: str, meth
   agg = AGGREGATES[aggregate]
   value = agg(per_seed[method], better)
   sign = 1.0 if better == "higher" else -1.0
-  out = dict(id=id, statement=statement, paper=paper, metric=metric, better=better,
-             method=method, value=value)
+  out = dict(id=id, kind=kind, statement=statement, paper=paper, metric=metric,
+             better=better, method=method, value=value)
   if aggregate != "median":
     out["aggregate"] = aggregate
   if baseline is not None:
@@ -73,6 +83,21 @@ def claim(*, id: str, statement: str, paper: str, metric: str, better: str, meth
     holds = value is not None and sign * (value - threshold) >= 0
   out.update(per_seed=per_seed, holds=bool(holds), **extra)
   return out
+
+
+def counts(docs: Sequence[dict]) -> str:
+  """How many claims of each kind hold over claims documents.
+
+  >>> doc = {"claims": [{"kind": "reproduction", "holds": True},
+  ...                   {"kind": "reproduction", "holds": False}, {"kind": "check", "holds": True}]}
+  >>> counts([doc])
+  '1 of 2 reproductions hold; 1 of 1 checks hold'
+  """
+  parts = []
+  for kind in KINDS:
+    these = [cl for d in docs for cl in d["claims"] if cl.get("kind") == kind]
+    parts.append(f"{sum(cl['holds'] for cl in these)} of {len(these)} {kind}s hold")
+  return "; ".join(parts)
 
 
 def write_claims(path: str | os.PathLike, *, experiment: str, variant: str, seeds: Sequence[int],

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from sweeps import claims as claims_lib
+
 
 def fmt(v, spec: str | None = None, *, missing: str = "—") -> str:
   """A value for a table: ``missing`` for None, floats to 4 significant digits (or ``spec``).
@@ -70,11 +72,12 @@ def table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 def claims_table(doc: dict) -> str:
   """One row per claim of a claims document (:func:`sweeps.claims.write_claims`)."""
-  return table(["claim", "method", "value", "baseline", "baseline value", "threshold / margin",
-                "holds"],
-               [[cl["id"], cl["method"], cl["value"], cl.get("baseline", "—"),
-                 cl.get("baseline_value"), cl.get("threshold", cl.get("margin")),
-                 "yes" if cl["holds"] else "**no**"] for cl in doc["claims"]])
+  return table(["claim", "kind", "method", "value", "baseline", "baseline value",
+                "threshold / margin", "holds"],
+               [[cl["id"], cl.get("kind", "—"), cl["method"], cl["value"],
+                 cl.get("baseline", "—"), cl.get("baseline_value"),
+                 cl.get("threshold", cl.get("margin")), "yes" if cl["holds"] else "**no**"]
+                for cl in doc["claims"]])
 
 
 def method_table(per_seed: Mapping[str, Sequence], metric: str) -> str:
@@ -202,16 +205,16 @@ def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
   rows = []
   for point, rel, doc in points:
     label = ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "(base config)"
-    rows += [[f"[{label}]({rel}/report.md)", cl["id"], cl["method"], cl["value"],
+    rows += [[f"[{label}]({rel}/report.md)", cl["id"], cl.get("kind", "—"), cl["method"],
+              cl["value"],
               cl.get("baseline_value"), "yes" if cl["holds"] else "**no**"]
              for cl in doc["claims"]]
   experiment = points[0][2]["experiment"] if points else os.path.basename(folder)
-  held = sum(cl["holds"] for _, _, d in points for cl in d["claims"])
-  total = sum(len(d["claims"]) for _, _, d in points)
   os.makedirs(folder, exist_ok=True)
   return write_markdown(folder, [
-      f"# {experiment}: sweep of {len(points)} grid points", f"{held}/{total} claims hold.",
-      table(["point", "claim", "method", "value", "baseline value", "holds"], rows)],
+      f"# {experiment}: sweep of {len(points)} grid points",
+      f"{claims_lib.counts([d for _, _, d in points])}.",
+      table(["point", "claim", "kind", "method", "value", "baseline value", "holds"], rows)],
       name="sweep.md")
 
 
@@ -281,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({e} does not exist)", file=sys.stderr)
     return 2
   for doc in docs:
-    held = sum(c["holds"] for c in doc["claims"])
-    print(f"{doc['experiment']}/{doc['variant']}: {held}/{len(doc['claims'])} claims hold -> "
-          f"{doc['out']}")
+    print(f"{doc['experiment']}/{doc['variant']}: {claims_lib.counts([doc])} -> {doc['out']}")
   return 0
 
 

@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 
+from sweeps import claims as claims_lib
 from sweeps import configs
 from sweeps.report import fmt
 
@@ -33,11 +34,14 @@ _fmt = functools.partial(fmt, missing="null")  # claims.json spells a missing va
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def table(docs: list[dict]) -> str:
+def table(docs: list[dict], kind: str | None = None) -> str:
+  """One row per claim of ``docs`` (only those of ``kind``, if given)."""
   rows = ["| experiment | claim | paper | our value | baseline value | holds |",
           "|---|---|---|---|---|---|"]
   for doc in docs:
     for cl in doc["claims"]:
+      if kind is not None and cl.get("kind") != kind:
+        continue
       base = (f"{cl['baseline']}: {_fmt(cl['baseline_value'])}" if "baseline" in cl
               else f"threshold {_fmt(cl['threshold'])}")
       rows.append(f"| {doc['experiment']} ({doc['variant']}) | {cl['statement']} | {cl['paper']} | "
@@ -143,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
   out = os.path.join(args.workdir, "REPRODUCTION.md")
   lines = [f"# Reproduction ({variant} variants)", "",
            f"Regenerate with `python -m sweeps.reproduce{' --quick' if args.quick else ''}`.", "",
-           table(docs), ""]
+           f"{claims_lib.counts(docs)}. A reproduction is a paper's statement the measurement "
+           "could contradict; a check is accounting, a theorem or a sanity target, never "
+           "counted as reproduced.", "", "## Reproductions", "", table(docs, "reproduction"), "",
+           "## Checks", "", table(docs, "check"), ""]
   if failed:
     lines += [f"Failed to run: {', '.join(failed)}.", ""]
   reference = _reference_docs(args.compare, only or names) if args.compare else []
@@ -151,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"## Against `{args.compare}`", "", compare(docs, reference), ""]
   with open(out, "w") as f:
     f.write("\n".join(lines))
-  held = sum(cl["holds"] for d in docs for cl in d["claims"])
   total = sum(len(d["claims"]) for d in docs)
-  print(f"{held}/{total} claims hold -> {out}")
+  print(f"{claims_lib.counts(docs)} -> {out}")
   if args.compare:
     same = sum(ref is not None and _difference(ref, cl) == "bit-equal"
                for _, cl, ref in _matched(docs, reference))

@@ -233,7 +233,8 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
   for cl in doc["claims"]:
     reference = (f"{cl['baseline']} {_fmt(cl['baseline_value'])} (margin {cl['margin']})"
                  if "baseline" in cl else f"threshold {cl['threshold']}")
-    print(f"claim {cl['id']} {'holds' if cl['holds'] else 'DOES NOT HOLD'}: {cl['method']} "
+    kind = f" ({cl['kind']})" if "kind" in cl else ""
+    print(f"claim {cl['id']}{kind} {'holds' if cl['holds'] else 'DOES NOT HOLD'}: {cl['method']} "
           f"{_fmt(cl['value'])} vs {reference} -> {os.path.join(out, 'claims.json')}", file=stream)
   return doc
 

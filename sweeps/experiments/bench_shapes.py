@@ -158,7 +158,7 @@ def report(c, db, out: str, digest: str) -> dict:
   vals = [{m["name"]: m["value"] for m in db.metrics(run_id=r["id"])} for r in runs]
   per = lambda name: [v.get(name) for v in vals]
   claims = [claims_lib.claim(
-      id="ddim_speedup",
+      id="ddim_speedup", kind="reproduction",
       statement=f"DDIM with {c.ddim_steps} steps samples (and decodes) at least "
                 f"{c.min_ddim_speedup:g}x the shapes/s of ancestral DDPM with "
                 f"{c.diffusion_steps} steps",

@@ -246,7 +246,7 @@ def report(c, db, out: str, digest: str) -> dict:
   per_seed = {m: [100.0 * final.get(m, {}).get(s, math.nan) for s in seeds(c)] for m in METHODS}
   per_seed = {m: [None if math.isnan(v) else v for v in vs] for m, vs in per_seed.items()}
   claim = claims_lib.claim(
-      id="accuracy_vs_centralized",
+      id="accuracy_vs_centralized", kind="reproduction",
       statement=(f"FedAvg over {c.num_clients} non-IID clients (Dirichlet alpha={c.alpha}) ends "
                  f"within {c.accuracy_gap_points} accuracy points of centralized training"),
       paper="FedAvg trains on non-IID client data to nearly the accuracy of centralized "

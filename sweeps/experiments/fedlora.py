@@ -227,21 +227,21 @@ def report(c, db, out: str, digest: str) -> dict:
            "al., arXiv 2106.09685)")
   claims = [
       claims_lib.claim(
-          id="trainable_params_reduction",
+          id="trainable_params_reduction", kind="check",
           statement=f"FedIT trains at least {c.min_reduction:g}x fewer parameters than full "
                     "fine-tuning",
           paper=paper, metric="full_over_lora_trainable_params", better="higher",
           method="fedit", threshold=c.min_reduction,
           per_seed={"fedit": ratio("trainable_params", "full", "fedit")}),
       claims_lib.claim(
-          id="uplink_bytes_reduction",
+          id="uplink_bytes_reduction", kind="check",
           statement=f"FedIT uploads at least {c.min_reduction:g}x fewer bytes per round (mean "
                     "over rounds of participants x update bytes) than full fine-tuning",
           paper=paper, metric="full_over_lora_uplink_bytes_per_round", better="higher",
           method="fedit", threshold=c.min_reduction,
           per_seed={"fedit": ratio("uplink_bytes_per_round", "full", "fedit")}),
       claims_lib.claim(
-          id="downstream_loss_vs_full",
+          id="downstream_loss_vs_full", kind="reproduction",
           statement=f"FedIT's final downstream validation loss is within "
                     f"{100 * (c.max_loss_ratio - 1):.0f}% of full fine-tuning's",
           paper=paper, metric="lora_over_full_downstream_loss", better="lower", method="fedit",

@@ -92,7 +92,7 @@ def report(c, db, out: str, digest: str) -> dict:
   seeds = [c.seed]
   loss = [final["loss"].get(s) for s in seeds]
   claim = claims_lib.claim(
-      id="validation_loss",
+      id="validation_loss", kind="check",
       statement=(f"The '{c.pretrain.variant}' LM pre-trained for {c.pretrain.steps} steps reaches "
                  f"{c.target_val_loss} nats/byte on held-out general-domain text"),
       paper="a small pre-trained LM is the starting point of the federated fine-tuning "

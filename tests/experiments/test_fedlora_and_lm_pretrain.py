@@ -142,6 +142,10 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
   ratio = transformer.num_params(base) / lora_params
   assert claims["trainable_params_reduction"]["value"] == pytest.approx(ratio)
   assert claims["uplink_bytes_reduction"]["value"] == pytest.approx(ratio)  # float32 both
+  # The ratios are fixed by the rank and the targets (accounting): checks, not reproductions.
+  assert {k: cl["kind"] for k, cl in claims.items()} == {
+      "trainable_params_reduction": "check", "uplink_bytes_reduction": "check",
+      "downstream_loss_vs_full": "reproduction"}
   with ResultsDB(results_path(str(tmp_path))) as db:
     final = db.final_values("fedlora", "downstream_loss")
     uplink = db.final_values("fedlora", "uplink_bytes_per_round")

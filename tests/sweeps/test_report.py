@@ -21,13 +21,13 @@ def test_mean_std_skips_missing_and_non_finite_values():
 
 
 def test_claims_and_metric_tables():
-  doc = {"claims": [{"id": "c1", "method": "m", "value": 0.5, "baseline": "b",
-                     "baseline_value": 0.25, "margin": 0.0, "holds": True},
-                    {"id": "c2", "method": "m", "value": None, "threshold": 2.0,
-                     "holds": False}]}
+  doc = {"claims": [{"id": "c1", "kind": "reproduction", "method": "m", "value": 0.5,
+                     "baseline": "b", "baseline_value": 0.25, "margin": 0.0, "holds": True},
+                    {"id": "c2", "kind": "check", "method": "m", "value": None,
+                     "threshold": 2.0, "holds": False}]}
   rows = report.claims_table(doc).splitlines()
-  assert rows[2] == "| c1 | m | 0.5 | b | 0.25 | 0 | yes |"
-  assert rows[3] == "| c2 | m | — | — | — | 2 | **no** |"
+  assert rows[2] == "| c1 | reproduction | m | 0.5 | b | 0.25 | 0 | yes |"
+  assert rows[3] == "| c2 | check | m | — | — | — | 2 | **no** |"
   per_seed = {"loss": {"a": [1.0, 3.0], "b": [2.0, 2.0]}}
   rows = report.metric_table(per_seed, [("loss", "final loss")], ["a", "b"],
                              {"a": "A"}).splitlines()

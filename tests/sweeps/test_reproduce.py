@@ -6,21 +6,27 @@ import json
 
 import pytest
 
-from sweeps import reproduce
+from sweeps import claims, reproduce
 
 
 def doc(experiment="fedavg", **claim):
-  base = dict(id="acc", statement="s", paper="p", method="fedavg", value=94.5, holds=True,
+  base = dict(id="acc", kind="reproduction", statement="s", paper="p", method="fedavg",
+              value=94.5, holds=True,
               baseline="centralized", baseline_value=96.0, per_seed={"fedavg": [94.0, 95.0]})
   return {"experiment": experiment, "variant": "quick", "claims": [{**base, **claim}]}
 
 
-def test_table_rows_name_the_baseline_or_the_threshold():
+def test_table_rows_name_the_baseline_or_the_threshold_and_kinds_count_apart():
   threshold = doc("bench_fl", baseline=None, value=None, holds=False, threshold=1.5)
   del threshold["claims"][0]["baseline"]
   rows = reproduce.table([doc(), threshold]).splitlines()
   assert rows[2] == "| fedavg (quick) | s | p | fedavg: 94.5 | centralized: 96 | yes |"
   assert rows[3] == "| bench_fl (quick) | s | p | fedavg: null | threshold 1.5 | **no** |"
+  check = doc("fedlora", kind="check", id="params")
+  assert len(reproduce.table([doc(), check], "check").splitlines()) == 3  # header + 1 row
+  assert "fedlora" in reproduce.table([doc(), check], "check")
+  assert claims.counts([doc(), threshold, check]) == \
+      "1 of 2 reproductions hold; 1 of 1 checks hold"
 
 
 def test_compare_is_bit_equal_only_when_every_number_is_the_same_float():
@@ -52,8 +58,10 @@ def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, 
   assert launched[0][-2:] == [f"--config={reproduce.configs.FOLDER}/fedavg.py:quick",
                               f"--workdir={now}"]
   out = capsys.readouterr().out
-  assert "1/1 claims hold" in out and f"0/1 claims bit-equal to {before}'s" in out
+  assert "1 of 1 reproductions hold; 0 of 0 checks hold" in out
+  assert f"0/1 claims bit-equal to {before}'s" in out
   text = (now / "REPRODUCTION.md").read_text()
+  assert "## Reproductions" in text and "## Checks" in text
   gap = 0.5 / 95.5
   assert f"| acc | yes -> yes | 94.5 -> 94.5 | 1 of 4 numbers differ, by at most {gap:.1e} |" \
       in text

@@ -38,7 +38,7 @@ def report(c, db, out: str, digest: str) -> dict:
   claims = []
   for base, name in (("air_fedavg", "Air-FedAvg"), ("fedasync", "FedAsync")):
     claims.append(claims_lib.claim(
-        id=f"time_to_target_vs_{base}",
+        id=f"time_to_target_vs_{base}", kind="reproduction",
         statement=(f"Air-FedGA reaches {c.target_accuracy:.0%} test accuracy in less simulated "
                    f"time than {name}"),
         paper=paper, metric="sim_time_to_target", better="lower", method="air_fedga",
@@ -46,7 +46,7 @@ def report(c, db, out: str, digest: str) -> dict:
         per_seed={"air_fedga": t2t["air_fedga"], base: t2t[base]},
         reduction_percent=reduction("air_fedga", base), paper_reduction_percent=[29.9, 71.6]))
   claims.append(claims_lib.claim(
-      id="planned_vs_random_grouping",
+      id="planned_vs_random_grouping", kind="reproduction",
       statement="Air-FedGA's planned grouping reaches the target sooner than random groups of "
                 "the same sizes",
       paper="worker grouping is one of Air-FedGA's optimisation variables (arXiv 2507.05704)",
@@ -56,7 +56,7 @@ def report(c, db, out: str, digest: str) -> dict:
       reduction_percent=reduction("air_fedga", "air_fedga_random")))
   mse = {p: [final[f"mse_{p}"].get("air_fedga", {}).get(s) for s in seeds(c)] for p in POLICIES}
   claims.append(claims_lib.claim(
-      id="optimal_power_mse_vs_zero_forcing",
+      id="optimal_power_mse_vs_zero_forcing", kind="check",
       statement="The MSE-optimal power policy's mean AirComp aggregation MSE on Air-FedGA's "
                 "rounds is below channel inversion's on the same channels",
       paper="power scaling and denoising factors minimise the AirComp MSE (Cao et al., TWC "

@@ -36,7 +36,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict],
   rounds = f"{c.num_clients} clients x {c.local_steps} local steps x batch {c.batch_size}"
   claims = [
       claims_lib.claim(
-          id="round_vs_centralized",
+          id="round_vs_centralized", kind="reproduction",
           statement=(f"A FedAvg round through the client-axis runtime ({rounds}) processes at "
                      f"least {c.min_round_vs_centralized}x the samples per second of centralized "
                      "training of the same model on the same number of samples in sequence"),
@@ -46,7 +46,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict],
           threshold=c.min_round_vs_centralized,
           samples_per_s={m: per_method("samples_per_s")[m] for m in ("runtime", "centralized")}),
       claims_lib.claim(
-          id="round_vs_client_loop",
+          id="round_vs_client_loop", kind="reproduction",
           statement=(f"The vmapped round processes at least {c.min_round_vs_client_loop}x the "
                      "samples per second of the same round as a Python loop over clients "
                      "calling a jitted local-training function"),
@@ -56,7 +56,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict],
           threshold=c.min_round_vs_client_loop,
           samples_per_s={m: per_method("samples_per_s")[m] for m in ("runtime", "client_loop")}),
       claims_lib.claim(
-          id="time_per_client_step_growth",
+          id="time_per_client_step_growth", kind="reproduction",
           statement=(f"The round's time per client-step grows by at most "
                      f"{c.max_time_per_client_step_growth}x from K={min(c.scaling_clients)} to "
                      f"K={max(c.scaling_clients)} clients"),

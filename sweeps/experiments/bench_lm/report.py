@@ -42,7 +42,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict], env: dict) 
   med = claims_lib.median
   claims = [
       claims_lib.claim(
-          id="cache_speedup",
+          id="cache_speedup", kind="reproduction",
           statement=(f"Greedy decoding of {c.new_tokens} tokens after a {c.prompt_len}-token "
                      f"prompt (batch {c.decode_batch}, {c.model} model) with the KV cache is "
                      f"at least {c.min_cache_speedup}x faster than rerunning the causal "
@@ -53,7 +53,7 @@ def write_claims(c, out: str, seeds: list[int], results: list[dict], env: dict) 
           per_seed={"decode_cache": per("cache_speedup")}, threshold=c.min_cache_speedup,
           tokens_per_s=per_method("tokens_per_s", DECODE_METHODS)),
       claims_lib.claim(
-          id="lora_train_speedup",
+          id="lora_train_speedup", kind="reproduction",
           statement=(f"A LoRA (rank {c.lora_rank}) Adam step on {c.batch_size} x {c.seq_len} "
                      f"tokens processes at least {c.min_lora_train_speedup}x the tokens per "
                      "second of a full fine-tuning Adam step"),

@@ -93,7 +93,7 @@ def report(c, db, out: str, digest: str) -> dict:
 
   claims = [
       claims_lib.claim(
-          id="steps_to_streaming_loss_long_tau",
+          id="steps_to_streaming_loss_long_tau", kind="reproduction",
           statement=(f"At the long overlap τ = {long_tau}, CoCoDC reaches Streaming DiLoCo's "
                      f"final evaluation loss in at least {c.min_step_reduction:.0%} fewer steps "
                      "(mean over seeds)"),
@@ -103,7 +103,7 @@ def report(c, db, out: str, digest: str) -> dict:
           steps_cocodc=steps_to[(long_tau, "cocodc")],
           steps_streaming=steps_to[(long_tau, "streaming")], paper_reduction=0.21),
       claims_lib.claim(
-          id="final_loss_vs_streaming_long_tau",
+          id="final_loss_vs_streaming_long_tau", kind="reproduction",
           statement=(f"At the long overlap τ = {long_tau}, CoCoDC's final evaluation loss is "
                      "no higher than Streaming DiLoCo's (mean over seeds)"),
           paper=PAPER, metric="final_eval_loss", better="lower", method="cocodc",
@@ -111,7 +111,7 @@ def report(c, db, out: str, digest: str) -> dict:
           per_seed={"cocodc": per_seed_final(c_long),
                     "streaming": per_seed_final(method_name("streaming", long_tau))}),
       claims_lib.claim(
-          id="time_to_diloco_loss",
+          id="time_to_diloco_loss", kind="reproduction",
           statement=(f"CoCoDC (τ = {long_tau}) reaches blocking DiLoCo's final evaluation loss "
                      "in less simulated wall-clock time than DiLoCo (mean over seeds)"),
           paper=("CoCoDC overlaps communication with computation, so it beats blocking DiLoCo "

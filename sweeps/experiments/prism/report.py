@@ -37,29 +37,29 @@ def report(c, db, out: str, digest: str) -> dict:
            "whole-shape baselines on MMD / COV / 1-NNA")
   mean = functools.partial(claims_lib.claim, paper=paper, aggregate="mean", method="prism")
   claims = [
-      mean(id="nna_vs_global_pca",
+      mean(id="nna_vs_global_pca", kind="reproduction",
            statement=f"PRISM's 1-NNA (Chamfer) is at least {100 * c.min_nna_gap:g} points "
                      "lower than the global-PCA baseline's",
            metric="global_pca_minus_prism_1nna_cd", better="higher",
            threshold=c.min_nna_gap, per_seed={"prism": gap}),
-      mean(id="nna_vs_independent",
+      mean(id="nna_vs_independent", kind="reproduction",
            statement="PRISM's 1-NNA (Chamfer) is lower than independent parts'",
            metric="1nna_cd", better="lower", baseline="independent", per_seed=nna),
-      mean(id="cov_vs_global_pca",
+      mean(id="cov_vs_global_pca", kind="reproduction",
            statement="PRISM's COV (Chamfer) is no lower than the global-PCA baseline's",
            metric="cov_cd", better="higher", baseline="global_pca",
            per_seed=per_seed["cov_cd"]),
-      mean(id="mmd_vs_global_pca",
+      mean(id="mmd_vs_global_pca", kind="reproduction",
            statement="PRISM's MMD (Chamfer) is no higher than the global-PCA baseline's",
            metric="mmd_cd", better="lower", baseline="global_pca",
            per_seed=per_seed["mmd_cd"]),
-      mean(id="pattern_tv",
+      mean(id="pattern_tv", kind="reproduction",
            statement=f"the part-existence patterns of {c.num_samples} generated shapes are "
                      f"within {c.max_pattern_tv:g} total variation of the training set's",
            metric="pattern_tv", better="lower", threshold=c.max_pattern_tv,
            per_seed={"prism": per_seed["pattern_tv"]["prism"]},
            heldout_real=claims_lib.mean(per_seed["heldout_pattern_tv"]["prism"])),
-      mean(id="rule_violations",
+      mean(id="rule_violations", kind="reproduction",
            statement=f"at most {100 * c.max_violations:g}% of generated shapes break the "
                      f"{c.category} rules",
            metric="violations", better="lower", threshold=c.max_violations,
