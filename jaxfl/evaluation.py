@@ -1,4 +1,4 @@
-"""Evaluation of a classifier on a held-out set."""
+"""Evaluation: a classifier on a held-out set, and time to a target that holds."""
 
 from __future__ import annotations
 
@@ -48,3 +48,42 @@ def make_evaluate(apply_fn: Callable, x, y, *, batch_size: int = 2048) -> Callab
     return _evaluate(params, xb, yb, mb)
 
   return evaluate
+
+
+def time_to_held_target(times, values, target, *, window: int = 3,
+                        higher: bool = True) -> jax.Array:
+  """The first time from which a curve meets ``target`` and keeps meeting it.
+
+  ``values[i]`` is the metric at ``times[i]``, on an evaluation grid common to the methods
+  compared (e.g. :func:`jaxfl.algorithms.grouped_async.accuracy_at` on fixed times). The
+  answer is ``times[i]`` for the least ``i`` with ``values[i], ..., values[i + window]``
+  all at or beyond ``target`` (``>=`` if ``higher``, else ``<=``); ``inf`` if there is
+  none. A curve sampled often crosses a threshold early by chance, once; requiring it to
+  hold for ``window`` more grid points makes the figure a property of the method rather
+  than of its sampling rate (the evaluation protocol of DESIGN.md, contract 11). The last
+  ``window`` points cannot start a hold: the window must be seen whole. ``window=0`` is
+  the first passage. Pure; batches over leading axes of ``values`` (``times`` shared).
+
+  >>> t = jnp.arange(8.0)
+  >>> acc = jnp.array([.1, .9, .2, .8, .85, .9, .95, .9])  # crosses at t=1, falls back
+  >>> float(time_to_held_target(t, acc, 0.8)), float(time_to_held_target(t, acc, 0.8, window=0))
+  (3.0, 1.0)
+  >>> float(time_to_held_target(t, acc, 0.99))
+  inf
+  """
+  if not isinstance(window, int) or window < 0:
+    raise ValueError(f"window: expected a non-negative integer, got {window!r}")
+  times, values = jnp.asarray(times), jnp.asarray(values)
+  n = values.shape[-1]
+  if times.shape != (n,):
+    raise ValueError(f"times: expected shape ({n},) to match values' last axis, "
+                     f"got {times.shape}")
+  if window >= n:
+    return jnp.full(values.shape[:-1], jnp.inf)
+  ok = values >= target if higher else values <= target
+  # misses[..., j] = number of grid points before j that miss the target.
+  misses = jnp.concatenate([jnp.zeros((*values.shape[:-1], 1), jnp.int32),
+                            jnp.cumsum(~ok, axis=-1, dtype=jnp.int32)], axis=-1)
+  held = misses[..., window + 1:] == misses[..., :n - window]  # [..., n - window]
+  first = jnp.argmax(held, axis=-1)
+  return jnp.where(jnp.any(held, axis=-1), times[first], jnp.inf)
