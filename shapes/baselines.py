@@ -12,8 +12,8 @@
   co-occurrence and correlations (back width against seat width, arms only with a back)
   are lost.
 
-Both follow the digest's design (``prism_and_gce_pose.md`` §1.7, a proposal; PRISM's own
-baselines are other published generators).
+Both are this project's choice of baseline (assumed; PRISM's own baselines, arXiv
+2504.04454, are other published generators).
 
 Examples:
   >>> from shapes import data

@@ -7,9 +7,9 @@ construction (PRISM, arXiv 2504.04454, builds its part SSMs on corresponded part
 which it obtains with a learned correspondence model; here none is needed). A part set
 with several instances (four legs, two arms) splits its points evenly among them.
 
-Categories and part labels (after the digest's procedural design, ``../shared/papers/
-prism_and_gce_pose.md`` §3.1, a reconstruction: PRISM's own data is PartNet-segmented
-ShapeNet), with the correlations and rules a joint model has to learn:
+Categories and part labels (a procedural stand-in, this project's design: PRISM's own data,
+arXiv 2504.04454, is PartNet-segmented ShapeNet), with the correlations and rules a joint
+model has to learn:
 
 * **chair**: ``seat``; ``back`` (p = 0.9, width tied to the seat's, tilted back);
   ``legs4`` (p = 0.75) or else ``pedestal``; ``arms`` (p = 0.35, only with a back, length

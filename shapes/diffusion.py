@@ -3,9 +3,9 @@
 PRISM (arXiv 2504.04454) generates a shape's token set ``Z [m, q + K]``
 (:mod:`shapes.tokens`) with a Gaussian diffusion model; the label channels make it a
 categorical diffusion in the GMCD sense (continuous noise over Gaussian-mixture label
-embeddings). The denoiser architecture, schedule and step counts are not in any source
-the digest could read (``prism_and_gce_pose.md`` §1.2-1.3, reconstructed); this module
-follows the digest's proposal:
+embeddings). The denoiser architecture, schedule and step counts are not in any text of
+arXiv 2504.04454 available here, so this module is a **reconstruction** from standard
+diffusion practice:
 
 * forward process :math:`z_t = \\sqrt{\\bar\\alpha_t} z_0 + \\sqrt{1 - \\bar\\alpha_t}\\,
   \\epsilon` with the cosine schedule (Nichol & Dhariwal 2021, arXiv 2102.09672),
@@ -22,8 +22,8 @@ follows the digest's proposal:
 * the default denoiser is a transformer over the ``m`` slots **without positional
   embeddings**, so it is permutation-equivariant: part identity comes from the label
   channels (the slots are shuffled in training). With ``num_slots`` it adds learned slot
-  embeddings, and ``kind='mlp'`` is an MLP over the flattened slots: both for the
-  digest's cheaper *ordered* variant (slot ``j`` holds label ``j``);
+  embeddings, and ``kind='mlp'`` is an MLP over the flattened slots: both for a cheaper
+  *ordered* variant (slot ``j`` holds label ``j``; assumed, not PRISM's);
 * ancestral DDPM sampling through the posterior :math:`q(z_{t-1} | z_t, \\hat z_0)` with
   :math:`\\hat z_0` clipped to ``[-clip, clip]`` (GMCD clamps to ``[-5, 5]``), or
   deterministic DDIM (Song et al. 2021, arXiv 2010.02502) on a subsequence of steps;
@@ -130,7 +130,7 @@ class Denoiser(nnx.Module):
       raise ConfigError("heads", f"a divisor of an even width={width}", heads)
     self.width = width
     self.read_in = nnx.Linear(dim, width, rngs=rngs)
-    # Ordered slots (the digest's cheaper variant): slot j is label j, told apart by a
+    # Ordered slots (the cheaper variant; assumed, not PRISM's): slot j is label j, told apart by a
     # learned embedding. Without it the model is permutation-equivariant.
     self.slot_embed = (nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_slots, width)))
                        if num_slots else None)

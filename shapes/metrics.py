@@ -21,8 +21,8 @@ generation literature, and presumably PRISM's, arXiv 2504.04454):
 
 Clouds of different shapes have different numbers of points (absent parts), so
 :func:`resample` draws a fixed number from each, and :func:`normalize` puts each cloud in
-``[-1, 1]^3`` (bounding-box centre, largest half-extent) before comparing, the digest's
-stated convention (``prism_and_gce_pose.md`` §3.1).
+``[-1, 1]^3`` (bounding-box centre, largest half-extent) before comparing: the usual
+convention of point-cloud generation metrics, assumed for arXiv 2504.04454.
 
 Examples:
   >>> import numpy as np

@@ -1,8 +1,8 @@
 """PRISM's part tokens: a Gaussian-mixture label embedding beside the part's SSM coefficients.
 
-A shape of category with ``m`` part labels becomes ``m`` slots (arXiv 2504.04454, §3 of
-the digest ``prism_and_gce_pose.md``: the representation is verified from a review of
-the paper, the GMM constants are this reproduction's choice). Slot ``z = [v ; c]``:
+A shape of category with ``m`` part labels becomes ``m`` slots (arXiv 2504.04454: the
+representation follows a review of the paper; the GMM constants are this reproduction's
+choice, assumed). Slot ``z = [v ; c]``:
 
 * ``c \\in \\mathbb R^K``, ``K = m + 1``: the slot's label ``k`` (0 = *empty*, ``j + 1`` =
   part label ``j``) embedded as a sample of a fixed isotropic Gaussian mixture component,
@@ -16,7 +16,7 @@ Slots are shuffled per shape (the label channel, not the slot position, carries 
 identity), so a permutation-equivariant denoiser sees a set. Decoding takes each slot's
 most likely component (for equal isotropic components, the nearest mean), drops empty
 slots, keeps the most likely slot when two claim one label, and decodes geometry with that
-label's SSM. The digest's cheaper variant keeps slots in label order (``shuffle=False``;
+label's SSM. A cheaper variant (assumed, not PRISM's) keeps slots in label order (``shuffle=False``;
 ``decode(ordered=True)`` then only asks each slot "own label or empty").
 
 With :math:`\\alpha = 1` the means are :math:`\\sqrt 2` apart, so a label sample is

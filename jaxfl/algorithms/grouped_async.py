@@ -4,8 +4,8 @@ Air-FedGA (Ma et al., arXiv 2507.05704): workers form groups; a group's members 
 from the global model the group last received, upload at once and are aggregated over
 the air (AirComp, :mod:`jaxfl.transforms.aircomp`), so a group is synchronous; each
 group's arrival updates the global model asynchronously, mixed in with a
-staleness-aware weight. The update rule below is a **reconstruction** (the paper's
-text was not available; ``shared/papers/air_fedga_and_cocodc.md`` §1.3, FedAsync-style):
+staleness-aware weight. The update rule below is a **reconstruction** (arXiv 2507.05704's
+text was not available; assumed FedAsync-style, after Xie et al., arXiv 1903.03934):
 
 .. math::
   w^{t+1} = (1 - \\beta_g) w^t + \\beta_g \\hat w_g,\\qquad

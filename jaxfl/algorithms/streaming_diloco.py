@@ -11,7 +11,7 @@ outer optimizer updates the global fragment and each worker merges it,
   \\theta^G_p \\leftarrow \\mathrm{Outer}(\\theta^G_p, \\Delta_p), \\qquad
   \\theta^L_{m,p} \\leftarrow \\alpha\\, \\theta^L_{m,p} + (1 - \\alpha)\\, \\theta^G_p .
 
-CoCoDC (arXiv 2504.17672, after the authors' code; digest §2.3) replaces the mixing by a
+CoCoDC (arXiv 2504.17672, after the authors' released code) replaces the mixing by a
 delay-compensated replay of the local progress made during the ``τ`` overlapped steps
 (:func:`jaxfl.transforms.delay_comp.cocodc_merge`) and picks the fragment to send every
 ``h`` steps by staleness and drift (:func:`jaxfl.planners.fragments.select_fragment`),

@@ -5,8 +5,8 @@ Streaming DiLoCo (Douillard et al., arXiv 2501.18512) cuts the transformer's lay
 ``p·H/P`` so that the syncs are spread over the interval (lower peak bandwidth). A
 fragment's outer all-reduce overlaps ``tau`` further inner steps before it is merged.
 CoCoDC (Zhu et al., arXiv 2504.17672) keeps the fragments but picks *which* to send every
-``h = H // N`` steps (``shared/papers/air_fedga_and_cocodc.md`` §2.3, from the authors'
-code): a fragment not sent for ``H`` steps is forced; else one never sent; else the one
+``h = H // N`` steps (the rule of the authors' code released with arXiv 2504.17672): a
+fragment not sent for ``H`` steps is forced; else one never sent; else the one
 with the largest drift per parameter per step,
 
 .. math::

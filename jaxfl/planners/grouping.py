@@ -4,8 +4,8 @@ Air-FedGA (Ma et al., arXiv 2507.05704) splits workers into groups: members of a
 upload at once over the air (AirComp) and the group is synchronous; groups update the
 global model asynchronously. Its abstract names the trade-offs the grouping must
 balance -- the paper's full text was not available here, so **this module is a
-reconstruction** (following ``shared/papers/air_fedga_and_cocodc.md`` §1.4) of an
-algorithm with that structure, not the paper's own:
+reconstruction** (assumed for arXiv 2507.05704 from its abstract) of an algorithm with
+that structure, not the paper's own:
 
 * **idle time**: a group's round ends at its slowest member, so members of similar
   speed waste little, :math:`I = \\sum_g \\sum_{k \\in g} (\\max_{j \\in g} T_j - T_k)`;

@@ -46,7 +46,9 @@ Cao et al.'s threshold policy. Baselines: zero-forcing (every member inverts its
 channel, :math:`\mathrm{MSE} = \sigma^2 / \min_k (Q_k/w_k^2)`: the weakest channel sets
 the noise), full power with the best :math:`\eta`, and truncated inversion (deep-faded
 members stay silent; Zhu, Wang, Huang, broadband analog aggregation). Used by
-Air-FedGA (arXiv 2507.05704) for its group uploads.
+Air-FedGA (arXiv 2507.05704) for its group uploads: the threshold policy is **assumed**
+for Air-FedGA (Cao et al., TWC 2020), whose text was not available; so is the
+real-valued channel (one model entry per channel use).
 
 Degenerate inputs stay finite. A member with :math:`Q_k = 0` (a channel in a null, or no
 power) cannot contribute: it gets :math:`p_k = 0` under every policy and its share

@@ -74,7 +74,8 @@ def overlap_steps(fragment_bytes: float, bandwidth: float, latency: float, step_
   """``tau = ceil(comm_time / step_time)``: inner steps one fragment all-reduce overlaps.
 
   ``comm_time`` moves :func:`allreduce_bytes` of the fragment plus one ``latency``
-  (the digest's comm-time simulation, with a latency term added).
+  (the comm-time model of CoCoDC's released code, arXiv 2504.17672, with a latency term
+  added: an assumption).
   """
   if not (isinstance(step_time, (int, float, np.number)) and step_time > 0):
     raise ConfigError("step_time", "a positive number", step_time)

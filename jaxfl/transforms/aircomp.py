@@ -11,7 +11,8 @@ server receives their sum, faded and noisy, and rescales it. Per model entry
 
 where :math:`u_k` is client ``k``'s update, :math:`w_k` its weight normalised to sum 1
 over the members (clients with weight > 0), and :math:`c = 1 / \max_k \mathrm{rms}(u_k)`
-a common scale (COTAF style, Sery et al.) that gives every transmitted signal
+a common scale (COTAF style, Sery et al., arXiv 2009.12787; assumed for Air-FedGA, arXiv
+2507.05704, whose text was not available) that gives every transmitted signal
 :math:`c\, u_k` at most unit power per entry, as the power budget :math:`p_k \le P_k`
 assumes. The error of the estimate is
 

@@ -6,7 +6,13 @@ the state of the art), on the simulated clock, medians over seeds:
 * Air-FedGA reaches ``target_accuracy`` in less simulated time than Air-FedAvg, and
   than FedAsync (the reductions in % are reported beside the paper's range);
 * the planned grouping reaches it sooner than a random grouping of the same sizes;
-* the MSE-optimal power policy's mean aggregation MSE is below channel inversion's.
+* the MSE-optimal power policy's mean aggregation MSE is below channel inversion's (a
+  check: it holds by construction).
+
+The baselines (Air-FedAvg, FedAsync, digital FedAvg), the server's mixing rule, the
+grouping planner and the power policy are **assumed** for arXiv 2507.05704, whose text
+was not available (see their modules: :mod:`jaxfl.algorithms.grouped_async`,
+:mod:`jaxfl.planners.grouping`, :mod:`jaxfl.planners.power`).
 
 20 workers in four compute tiers (1, 2, 4 and 8 s per local round), Rayleigh fading at
 10 dB mean SNR, label-skewed digits (Dirichlet alpha = 0.5). Asynchronous methods take

@@ -15,7 +15,7 @@ headline, which reports these metrics on PartNet):
   real sample's TV is reported beside it: the sampling-noise floor);
 * at most ``max_violations`` of them break the category's structural rules.
 
-Quick uses the digest's cheaper variant, ``slots='ordered'`` (slot ``j`` holds label
+Quick uses a cheaper variant (assumed, not PRISM's), ``slots='ordered'`` (slot ``j`` holds label
 ``j``, only "exists / empty" is categorical) with an MLP denoiser over the flattened slots
 (the issue's prototype); full uses shuffled slots and the permutation-equivariant set
 transformer, as PRISM's label channel implies. Both use v-prediction (``shapes/diffusion.py``

@@ -32,6 +32,6 @@ def test_one_nna_of_two_draws_of_the_same_generator_is_near_chance():
   rb = metrics.normalize(metrics.resample(b.points, b.exists, 128, seed=1))
   d_aa, d_bb, d_ba = (np.asarray(metrics.pairwise_chamfer(x, y))
                       for x, y in ((ra, ra), (rb, rb), (rb, ra)))
-  assert 0.35 <= metrics.one_nna(d_aa, d_ba.T, d_bb) <= 0.65  # the digest's check, N = 100
+  assert 0.35 <= metrics.one_nna(d_aa, d_ba.T, d_bb) <= 0.65  # two draws of one generator, N = 100
   assert metrics.coverage(d_aa) == 1.0 and metrics.mmd(d_aa) == 0.0
   assert metrics.one_nna(d_aa, np.asarray(metrics.pairwise_chamfer(ra, rb + 0.5)), d_bb) == 1.0
