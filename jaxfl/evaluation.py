@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -15,21 +16,25 @@ class EvalMetrics(NamedTuple):
   loss: jax.Array
 
 
-def make_evaluate(apply_fn: Callable, x, y, *, batch_size: int = 2048) -> Callable:
+def make_evaluate(apply_fn: Callable, x, y, *, mask=None, batch_size: int = 2048) -> Callable:
   """A jitted ``evaluate(params) -> EvalMetrics`` over ``(x, y)``.
 
   The set is split into equal batches (the remainder padded and masked) and scanned,
-  so memory stays bounded for large test sets.
+  so memory stays bounded for large test sets. ``mask`` (``[N]``, 1 for a real sample,
+  0 for padding) averages over the real samples only, so a validation and a test split
+  padded to one length (:func:`eval_sets`) run through one compiled program; ``x``,
+  ``y`` and ``mask`` may be traced.
   """
   x, y = jnp.asarray(x), jnp.asarray(y)
   n = x.shape[0]
+  mask = jnp.ones([n], jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
   batch_size = min(batch_size, n)
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
   xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
   xb = xb.reshape(num_batches, batch_size, *x.shape[1:])
   yb = jnp.pad(y, (0, pad)).reshape(num_batches, batch_size)
-  mb = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
+  mb = jnp.pad(mask, (0, pad)).reshape(num_batches, batch_size)
 
   @jax.jit
   def _evaluate(params, xb, yb, mb) -> EvalMetrics:
@@ -41,13 +46,43 @@ def make_evaluate(apply_fn: Callable, x, y, *, batch_size: int = 2048) -> Callab
       return (totals[0] + correct, totals[1] + loss), None
 
     (correct, loss), _ = jax.lax.scan(body, (0.0, 0.0), (xb, yb, mb))
-    return EvalMetrics(correct / n, loss / n)
+    count = jnp.sum(mb)
+    return EvalMetrics(correct / count, loss / count)
 
   def evaluate(params) -> EvalMetrics:
     # The set is an argument, not a closure: closed-over arrays compile in as constants.
     return _evaluate(params, xb, yb, mb)
 
   return evaluate
+
+
+class EvalSet(NamedTuple):
+  """An evaluation split padded to a common length: ``mask`` is 1 on its real samples."""
+
+  x: np.ndarray
+  y: np.ndarray
+  mask: np.ndarray
+
+
+def eval_sets(ds) -> dict[str, EvalSet]:
+  """A dataset's ``"validation"`` and ``"test"`` splits (:class:`jaxfl.data.Dataset`,
+  loaded with a validation fraction) padded to one length, for :func:`make_evaluate`'s
+  ``mask``: tuning runs evaluate on the first, reported runs on the second, with one
+  compiled program.
+
+  Raises:
+    ValueError: the dataset has no validation split.
+  """
+  if ds.x_val is None:
+    raise ValueError(f"{ds.name} has no validation split: load it with validation > 0")
+  n = max(len(ds.y_val), len(ds.y_test))
+
+  def padded(x, y):
+    extra = n - len(y)
+    return EvalSet(np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1)), np.pad(y, (0, extra)),
+                   (np.arange(n) < len(y)).astype(np.float32))
+
+  return {"validation": padded(ds.x_val, ds.y_val), "test": padded(ds.x_test, ds.y_test)}
 
 
 def time_to_held_target(times, values, target, *, window: int = 3,

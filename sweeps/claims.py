@@ -50,14 +50,15 @@ AGGREGATES = {"median": median, "mean": mean}
 def claim(*, id: str, kind: str, statement: str, paper: str, metric: str, better: str,
           method: str, per_seed: dict[str, list[float | None]], baseline: str | None = None,
           margin: float = 0.0, threshold: float | None = None, aggregate: str = "median",
-          **extra) -> dict:
+          strict: bool = False, **extra) -> dict:
   """One claim entry.
 
   ``kind`` is one of :data:`KINDS` (see the module docstring). Exactly one of
   ``baseline`` (compare medians, ``margin`` slack in the worse direction) or
   ``threshold`` (compare the median with a fixed number) is given.
   ``aggregate='mean'`` compares means over seeds instead (where an issue states its claim
-  as a mean); the entry records which.
+  as a mean); the entry records which. ``strict`` makes a tie fail (a claim of "less
+  time", on a grid where two methods often land on the same point); the entry records it.
   """
   if kind not in KINDS:
     raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
@@ -77,10 +78,13 @@ def claim(*, id: str, kind: str, statement: str, paper: str, metric: str, better
   if baseline is not None:
     base = agg(per_seed[baseline], better)
     out.update(baseline=baseline, baseline_value=base, margin=margin)
-    holds = value is not None and base is not None and sign * (value - base) >= -margin
+    diff = None if value is None or base is None else sign * (value - base) + margin
+    holds = diff is not None and (diff > 0 if strict else diff >= 0)
   else:
     out.update(threshold=threshold)
     holds = value is not None and sign * (value - threshold) >= 0
+  if strict:
+    out["strict"] = True
   out.update(per_seed=per_seed, holds=bool(holds), **extra)
   return out
 

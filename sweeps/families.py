@@ -35,6 +35,8 @@ from sweeps.claims import median as claims_median
 
 TUNING_OFFSET = 1000  # tuning seeds are seed + TUNING_OFFSET + i: never a reported seed
 STAGES = ("tune", "report")
+# The data split each stage evaluates on: selection never sees the test split.
+SPLITS = {"tune": "validation", "report": "test"}
 
 
 def seeds(c) -> list[int]:

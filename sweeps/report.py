@@ -6,7 +6,8 @@ its plots from the pieces here:
 
 - text: :func:`fmt`, :func:`mean_std`, :func:`table`, :func:`claims_table`,
   :func:`method_table` (a row per method, a column per seed), :func:`metric_table` (a row
-  per metric, a column per method), :func:`image`, :func:`write_markdown`;
+  per metric, a column per method), :func:`tuning_table` (each method's grid and the
+  point chosen on the tuning seeds), :func:`image`, :func:`write_markdown`;
 - plots: :func:`figure` (a context manager that saves and closes), :func:`seed_band` (a
   curve's mean over seeds with a min-max band, against steps or simulated time) and
   :func:`reference_band` (a baseline's final values as a horizontal band).
@@ -100,6 +101,26 @@ def metric_table(per_seed: Mapping[str, Mapping[str, Sequence]],
   names = names or {}
   return table(["metric (mean ± std over seeds)", *(names.get(m, m) for m in methods)],
                [[label, *(mean_std(per_seed[k][m]) for m in methods)] for k, label in metrics])
+
+
+def tuning_table(db, experiment: str, digest: str, grids: Mapping[str, Sequence[Mapping]],
+                 selection: str, names: Mapping[str, str] | None = None) -> str:
+  """A row per method: its tuning grid (size and values) and the point chosen on the
+  tuning seeds, read back from the reported runs' logged hyperparameters
+  (:func:`sweeps.families.rows`), and how points were ranked (``selection``)."""
+  names = names or {}
+  rows = []
+  for m, grid in grids.items():
+    keys = list(grid[0]) if grid else []
+    chosen = []
+    for k in keys:
+      vals = {v for v in db.final_values(experiment, k, config_hash=digest).get(m, {}).values()}
+      chosen.append(f"{k}={fmt(vals.pop())}" if len(vals) == 1 else f"{k}=—")
+    values = "; ".join(
+        f"{k} ∈ {{{', '.join(dict.fromkeys(fmt(float(p[k])) for p in grid))}}}" for k in keys)
+    rows.append([names.get(m, m), str(len(grid)), values or "—", ", ".join(chosen) or "—"])
+  return (f"Tuning (every method the same budget; chosen by {selection}):\n\n"
+          + table(["method", "grid points", "grid", "chosen"], rows))
 
 
 def image(file: str) -> str:

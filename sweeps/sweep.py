@@ -177,16 +177,21 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
   runner.validate(config)
   ctx = runner.prepare(config)  # may still reject the config: nothing is written before it
   fams = runner.families(config, ctx) if hasattr(runner, "families") else None
-  specs = families_lib.specs(config, fams) if fams is not None else runner.run_specs(config)
-  cfg = config.to_dict()
-  digest = config_hash(cfg)
-  experiment, variant = config.experiment, config.get("variant")
-  out = os.path.join(workdir, out or experiment)
   submit = None
   if backend != "local":
     from sweeps import backends
 
     submit = backends.get(backend, backend_options or {})  # fails before anything is written
+  # An experiment with its own per-run execute runs its run_specs (no tuning grid) unless
+  # its families run here as vmapped calls.
+  if fams is not None and hasattr(runner, "execute") and (
+      submit is not None or not _vmapped(runner, config, fams, vmap_seeds)):
+    fams = None
+  specs = families_lib.specs(config, fams) if fams is not None else runner.run_specs(config)
+  cfg = config.to_dict()
+  digest = config_hash(cfg)
+  experiment, variant = config.experiment, config.get("variant")
+  out = os.path.join(workdir, out or experiment)
   writer = _is_writer()
   with contextlib.ExitStack() as stack:
     db = stack.enter_context(ResultsDB(results_path(workdir))) if writer else None

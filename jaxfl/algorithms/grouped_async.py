@@ -81,7 +81,8 @@ class Method:
       uploads alone; a group's upload ends with its slowest member's), ``tdma``
       (members upload one after another), ``ideal`` (digital TDMA timing, exact
       aggregation: the noiseless reference). Digital uplinks aggregate exactly.
-    synchronous: mix with weight 1 (one group: FedAvg).
+    synchronous: mix with weight 1 (one group: FedAvg), or with the engine's ``beta0``
+      override as a server step size.
     beta0, staleness_exponent: :math:`\\beta_0` and ``a`` of the asynchronous mixing.
     policy: AirComp power control (:data:`jaxfl.planners.power.POLICIES`).
   """
@@ -227,7 +228,8 @@ class GroupedAsync(JitRound):
     jitter: ``(low, high)`` of each round's uniform compute-time factor.
     rounds, events: static bounds of the schedule (:func:`bounds`).
     policies: power policies whose MSE on each AirComp round's channel is also reported.
-    beta0: overrides ``method.beta0`` (may be traced, e.g. vmapped over a grid).
+    beta0: overrides ``method.beta0`` (may be traced, e.g. vmapped over a grid); for a
+      synchronous method, the server step size ``min(1, beta0)`` (default 1: FedAvg).
     axis: how a group's member slots are mapped (vmap on one device by default;
       shard_map needs member slots divisible by the devices).
   """
@@ -331,8 +333,8 @@ class GroupedAsync(JitRound):
       by_policy[name] = aggregation_mse(gains, pc.power, pc.eta, weights, comm.noise_var)
     model = jax.tree.map(lambda s, d: s + d, start, delta)
     tau = state.version - state.start_version[g]
-    if method.synchronous:
-      beta = jnp.float32(1.0)
+    if method.synchronous:  # the server step size: 1 (FedAvg) unless beta0 is given
+      beta = jnp.float32(1.0) if self.beta0 is None else jnp.minimum(1.0, self.beta0)
     else:
       beta0 = method.beta0 if self.beta0 is None else self.beta0
       beta = jnp.minimum(1.0, beta0 * group_size / total * num_groups

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxfl.data import digits as digits_lib
-from jaxfl.errors import ConfigError
+from jaxfl.errors import ConfigError, check_number
 
 ENV_DATA_DIR = "JAXFL_DATA_DIR"
 
@@ -67,6 +67,9 @@ class Dataset(NamedTuple):
     num_classes: number of classes.
     groups_train: int32 ``[N]`` natural client ids (writers, speakers) when the
       data has them, else ``None``.
+    x_val: float32 ``[V, ...]``: training samples held out for tuning and selection
+      (:func:`split_validation`), or ``None`` when nothing is held out.
+    y_val: int32 ``[V]``, or ``None``.
   """
 
   name: str
@@ -76,6 +79,8 @@ class Dataset(NamedTuple):
   y_test: np.ndarray
   num_classes: int
   groups_train: np.ndarray | None
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
 
 
 class _TfdsEntry(NamedTuple):
@@ -140,7 +145,7 @@ def default_data_dir() -> str:
 
 def load_dataset(
     name: str, *, data_dir: str | os.PathLike[str] | None = None,
-    download: bool = False,
+    download: bool = False, validation: float = 0.0, seed: int = 0,
 ) -> Dataset:
   """Load dataset ``name`` as numpy arrays (see the module docstring).
 
@@ -151,6 +156,9 @@ def load_dataset(
     download: for the tfds catalog datasets, prepare them under ``data_dir`` if
       missing (network once, and TensorFlow). Ignored for ``'digits'``, which is
       always built locally.
+    validation: the fraction of each class's training samples held out as the
+      validation split (:func:`split_validation`); ``0``: none.
+    seed: the seed of that split.
 
   Returns:
     The :class:`Dataset`.
@@ -159,7 +167,8 @@ def load_dataset(
     ConfigError: unknown ``name`` (field ``dataset``); catalog data missing with
       ``download=False`` (field ``dataset``); ``download=True`` on missing data
       without TensorFlow (field ``download``); bad ``data_dir``/``download``
-      types; a ``data_dir`` that cannot be created or written (field ``data_dir``).
+      types; a ``data_dir`` that cannot be created or written (field ``data_dir``);
+      ``validation`` outside ``[0, 1)`` (field ``validation``).
   """
   if not isinstance(name, str) or name not in DATASETS:
     raise ConfigError("dataset", f"one of {list(DATASETS)}", name)
@@ -169,11 +178,41 @@ def load_dataset(
     raise ConfigError("data_dir", "a directory path", data_dir)
   if not isinstance(download, bool):
     raise ConfigError("download", "a bool", download)
+  check_number(validation, "validation", low=0)
+  if validation >= 1:
+    raise ConfigError("validation", "a fraction in [0, 1)", validation)
   data_dir = os.path.expanduser(os.fspath(data_dir))
   with data_dir_errors(data_dir):
-    if name == "digits":
-      return _load_digits(data_dir)
-    return _load_tfds(name, data_dir, download)
+    ds = _load_digits(data_dir) if name == "digits" else _load_tfds(name, data_dir, download)
+  return split_validation(ds, validation, seed) if validation else ds
+
+
+def split_validation(ds: Dataset, fraction: float, seed: int) -> Dataset:
+  """Hold out ``round(fraction * n_c)`` training samples of every class ``c`` as the
+  validation split, chosen by a generator seeded with ``seed`` (stratified, so the split
+  has the training set's label mix; deterministic from the seed). The training split keeps
+  the rest in its original order, and ``groups_train`` follows it.
+
+  Hyperparameters are tuned and selected on the validation split; the test split is only
+  reported on (the evaluation protocol of DESIGN.md, contract 11).
+
+  >>> ds = Dataset("toy", np.zeros((10, 2)), np.arange(10) % 2, np.zeros((2, 2)),
+  ...              np.zeros(2, np.int32), 2, None)
+  >>> split = split_validation(ds, 0.4, seed=0)
+  >>> len(split.y_train), sorted(split.y_val.tolist())
+  (6, [0, 0, 1, 1])
+  """
+  if ds.x_val is not None:
+    raise ValueError(f"{ds.name} already has a validation split")
+  rng = np.random.default_rng([int(seed), 0x5A1])
+  held = np.zeros(len(ds.y_train), bool)
+  for label in np.unique(ds.y_train):
+    idx = np.flatnonzero(ds.y_train == label)
+    held[rng.permutation(idx)[:int(round(fraction * len(idx)))]] = True
+  keep = ~held
+  groups = None if ds.groups_train is None else ds.groups_train[keep]
+  return ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep], groups_train=groups,
+                     x_val=ds.x_train[held], y_val=ds.y_train[held])
 
 
 def _load_digits(data_dir: str) -> Dataset:

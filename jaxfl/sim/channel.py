@@ -18,8 +18,18 @@ Upload times compare the ways a group of workers can send an ``n``-entry update
 * digital orthogonal access: each worker sends ``n * q`` bits at its Shannon rate
   :math:`B \log_2(1 + P |h|^2 / \sigma^2)`;
 * over-the-air computation (AirComp): every worker of the group transmits its analog
-  entries at once, one channel use per entry, so the group needs ``n / B`` seconds
-  whatever its size (the server receives the sum; see :mod:`jaxfl.planners.power`).
+  entries at once, ``v`` entries per channel use, so the group needs ``n / (v B)``
+  seconds whatever its size (the server receives the sum; see :mod:`jaxfl.planners.power`).
+
+**Channel-use convention** (fixed before any reported run; the two schemes share the
+complex baseband channel of ``B`` complex uses per second): digital access is charged the
+complex channel's Shannon rate, and AirComp one *real* entry per complex use (``v = 1``,
+:attr:`Comm.values_per_use`): the power policy and MSE of :mod:`jaxfl.planners.power`
+are those of a real-valued superposition, and the quadrature component is left unused.
+This is the conservative choice for AirComp (a scheme sending entries on both the
+in-phase and quadrature components, ``v = 2``, halves its upload time); assumed, as is
+the whole real-valued channel model, for Air-FedGA (arXiv 2507.05704), whose text was
+not available.
 
 Parameter values follow the Air-FedGA reproduction notes (arXiv 2507.05704): ``L_k ~
 U(0.2, 1)``, Rayleigh fading redrawn each round, ``P = 1``, SNR ``P / sigma^2`` = 10 dB.
@@ -54,6 +64,8 @@ class Comm:
     download_time: seconds to broadcast the global model to a group.
     max_upload_time: cap on one digital upload (a deep fade would otherwise stall it).
     fading: ``rayleigh`` or ``rician`` block fading; ``rician_k`` its K-factor.
+    values_per_use: real model entries one AirComp channel use carries (1: the real part
+      only, the module's convention; 2: in-phase and quadrature).
   """
 
   bandwidth_hz: float
@@ -64,6 +76,7 @@ class Comm:
   max_upload_time: float = float("inf")
   fading: str = "rayleigh"
   rician_k: float = 0.0
+  values_per_use: float = 1.0
 
   def __post_init__(self):
     check_number(self.bandwidth_hz, "bandwidth_hz", low=0, strict=True, unit="channel uses/s")
@@ -73,6 +86,8 @@ class Comm:
     check_number(self.download_time, "download_time", low=0, unit="seconds")
     check_number(self.max_upload_time, "max_upload_time", low=0, strict=True, finite=False,
                  unit="seconds")
+    check(self.values_per_use in (1.0, 2.0), "values_per_use",
+          "1 (real entries) or 2 (in-phase and quadrature)", self.values_per_use)
     if self.fading not in FADING:
       raise ConfigError("fading", f"one of {FADING}", self.fading)
     check_number(self.rician_k, "rician_k", low=0)
@@ -154,13 +169,14 @@ def digital_upload_time(num_params, bits_per_param, rate):
   return num_params * bits_per_param / jnp.asarray(rate, dtype=float)
 
 
-def aircomp_upload_time(num_params, bandwidth_hz):
-  r"""Seconds for one AirComp group upload: :math:`T_{air} = n / B`.
+def aircomp_upload_time(num_params, bandwidth_hz, values_per_use: float = 1.0):
+  r"""Seconds for one AirComp group upload: :math:`T_{air} = n / (v B)`.
 
-  One channel use per model entry and :math:`B` channel uses per second; all members
-  transmit at once, so the time does not depend on the group size.
+  ``v`` model entries per channel use (the module's convention: 1) and :math:`B` channel
+  uses per second; all members transmit at once, so the time does not depend on the
+  group size.
   """
-  return num_params / bandwidth_hz
+  return num_params / (values_per_use * bandwidth_hz)
 
 
 def group_upload_time(gain_sq, mask, num_params: int, uplink: str, comm: Comm) -> jax.Array:
@@ -179,7 +195,7 @@ def group_upload_time(gain_sq, mask, num_params: int, uplink: str, comm: Comm) -
   if uplink not in UPLINKS:
     raise ConfigError("uplink", f"one of {list(UPLINKS)}", uplink)
   if uplink == "aircomp":
-    return jnp.float32(aircomp_upload_time(num_params, comm.bandwidth_hz))
+    return jnp.float32(aircomp_upload_time(num_params, comm.bandwidth_hz, comm.values_per_use))
   rate = shannon_rate(gain_sq, comm.max_power, comm.noise_var, comm.bandwidth_hz)
   each = jnp.minimum(num_params * comm.bits_per_param / jnp.maximum(rate, 1e-30),
                      comm.max_upload_time)

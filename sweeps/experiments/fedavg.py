@@ -15,7 +15,7 @@ from jaxfl import data as jdata
 from jaxfl.algorithms import SERVER_OPTIMIZERS, FedAvg, server_optimizer
 from jaxfl.checkpoint import Checkpointer
 from jaxfl.errors import check, check_number
-from jaxfl.evaluation import make_evaluate
+from jaxfl.evaluation import eval_sets, make_evaluate
 from jaxfl.local import ClientData, make_local_train, softmax_cross_entropy
 from jaxfl.loop import DivergenceError, run_rounds
 from jaxfl.models import SIZES, mlp_classifier
@@ -25,7 +25,7 @@ from sweeps import claims as claims_lib
 from sweeps import families as families_lib
 from sweeps import report as report_lib
 from sweeps.configs import common
-from sweeps.families import seeds
+from sweeps.families import SPLITS, seeds, tuning_seeds
 from sweeps.sweep import RunSpec
 
 PARTITIONS = ("dirichlet", "shards", "iid")
@@ -47,6 +47,11 @@ def validate(c) -> None:
     check_number(c[field], field, low=0, strict=True)
   for field in ("client_lr", "server_lr", "profile_sigma", "accuracy_gap_points"):
     check_number(c[field], field, low=0)
+  check_number(c.validation, "validation", low=0, strict=True)
+  check(c.validation < 1, "validation", "a fraction in (0, 1)", c.validation)
+  grid = tuple(c.client_lr_grid)
+  check(len(grid) >= 1 and all(isinstance(v, float) and 0 < v < math.inf for v in grid),
+        "client_lr_grid", "a tuple of positive learning rates", grid)
   check(c.model in SIZES, "model", f"one of {list(SIZES)}", c.model)
   check(c.server_optimizer in SERVER_OPTIMIZERS, "server_optimizer",
         f"one of {list(SERVER_OPTIMIZERS)}", c.server_optimizer)
@@ -78,11 +83,12 @@ class Context(NamedTuple):
 
 def prepare(c) -> Context:
   """Load the data and partition it for every seed; raises ConfigError on bad input."""
-  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download)
+  ds = jdata.load_dataset(c.dataset, data_dir=c.data_dir or None, download=c.download,
+                          validation=c.validation, seed=c.seed)
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
   profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None
-  parts = {s: partition(c, ds.y_train, s) for s in seeds(c)}
+  parts = {s: partition(c, ds.y_train, s) for s in seeds(c) + tuning_seeds(c)}
   return Context(ds, parts, profiles_table)
 
 
@@ -108,8 +114,9 @@ def _profiles(c, ctx: Context, key) -> DeviceProfiles:
       availability_range=(c.availability_low, c.availability_high))
 
 
-def _fedavg(c, loss_fn, profiles: DeviceProfiles) -> FedAvg:
-  return FedAvg(loss_fn, optax.sgd(c.client_lr), server_optimizer(c.server_optimizer, c.server_lr),
+def _fedavg(c, loss_fn, profiles: DeviceProfiles, client_lr=None) -> FedAvg:
+  lr = c.client_lr if client_lr is None else client_lr
+  return FedAvg(loss_fn, optax.sgd(lr), server_optimizer(c.server_optimizer, c.server_lr),
                 batch_size=c.batch_size, clients_per_round=c.clients_per_round, profiles=profiles,
                 local_steps=None, local_epochs=c.local_epochs, max_local_steps=c.max_local_steps,
                 axis=make_client_axis(c.num_devices))
@@ -129,10 +136,11 @@ def _central_steps(c, ds) -> int:
   return int(math.ceil(c.central_epochs * len(ds.y_train) / c.batch_size))
 
 
-def _central_train(c, ds, loss_fn, params0, key):
+def _central_train(c, ds, loss_fn, params0, key, lr=None):
   """One "client" holding all the training data, with the same optimizer and batch size."""
   n, steps = len(ds.y_train), _central_steps(c, ds)
-  train = jax.jit(make_local_train(loss_fn, optax.sgd(c.client_lr), batch_size=c.batch_size,
+  lr = c.client_lr if lr is None else lr
+  train = jax.jit(make_local_train(loss_fn, optax.sgd(lr), batch_size=c.batch_size,
                                    max_steps=steps, mask_steps=False))
   pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
   return train(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))[0]
@@ -144,7 +152,9 @@ def eval_rounds(c) -> list[int]:
 
 
 def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress) -> None:
-  """One run: FedAvg for ``num_rounds`` rounds, or the centralized baseline."""
+  """One run on the host loop (checkpoints, resume; the path for ``num_devices > 1``):
+  FedAvg for ``num_rounds`` rounds, or the centralized baseline, at ``client_lr`` (this
+  path is not tuned: tuning is the vmapped families' grid)."""
   key = jax.random.PRNGKey(spec.seed)
   ds = ctx.ds
   apply_fn, params0 = _model(c, ds, key)
@@ -155,7 +165,8 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
     accuracy, loss = (float(v) for v in evaluate(params))
     if not math.isfinite(loss):
       raise DivergenceError(f"centralized training ended with evaluation loss {loss}")
-    log_metrics(_central_steps(c, ds), None, {"accuracy": accuracy, "loss": loss})
+    log_metrics(_central_steps(c, ds), None,
+                {"accuracy": accuracy, "loss": loss, "client_lr": c.client_lr})
     progress.update(1, acc=accuracy)
     progress.log(f"centralized: {c.central_epochs} epochs ({_central_steps(c, ds)} steps), "
                  f"test acc {accuracy:.4f}")
@@ -167,6 +178,8 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
 
   def record(r):
     values = {k: r[k] for k in ("accuracy", "loss", "train_loss", "participants")}
+    if r["round"] == c.num_rounds:  # the run's hyperparameter, as the families log it
+      values["client_lr"] = c.client_lr
     log_metrics(r["round"], r["sim_time"], values)
     progress.update(r["round"], sim_time=r["sim_time"], acc=r["accuracy"])
 
@@ -189,26 +202,33 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
 
   FedAvg's rounds are a ``lax.scan`` (an inner scan of ``eval_every`` rounds, then an
   evaluation) computing :func:`execute`'s rows: the same keys, data, profiles and
-  evaluation rounds. Neither is tuned (one-point grids).
+  evaluation rounds. Both methods get the same tuning budget: the client learning rate
+  over ``client_lr_grid``, chosen by the final validation accuracy on the tuning seeds;
+  reported runs evaluate on the test split. FedAvg's server step is its definition's
+  (plain averaging, ``server_lr``), not tuned.
   """
   ds = ctx.ds
+  sets = eval_sets(ds)
+  grid = [{"client_lr": float(v)} for v in c.client_lr_grid]
+  select = families_lib.lowest("-accuracy", "loss")
 
-  def central(key, inputs, hparams):
-    del inputs, hparams
+  def central(key, evalset, hparams):
     apply_fn, params0 = _model(c, ds, key)
-    params = _central_train(c, ds, softmax_cross_entropy(apply_fn), params0, key)
-    accuracy, loss = make_evaluate(apply_fn, ds.x_test, ds.y_test)(params)
+    params = _central_train(c, ds, softmax_cross_entropy(apply_fn), params0, key,
+                            hparams["client_lr"])
+    accuracy, loss = make_evaluate(apply_fn, evalset.x, evalset.y, mask=evalset.mask)(params)
     return jnp.full([1], jnp.nan), {"accuracy": accuracy[None], "loss": loss[None]}
 
   n_max = max(len(p) for parts in ctx.parts.values() for p in parts)
   steps = eval_rounds(c)
   lengths = np.diff([0, *steps])  # rounds before each evaluation
 
-  def fedavg(key, clients: ClientData, hparams):
-    del hparams
+  def fedavg(key, inputs, hparams):
+    clients, evalset = inputs
     apply_fn, params0 = _model(c, ds, key)
-    evaluate = make_evaluate(apply_fn, ds.x_test, ds.y_test)
-    alg = _fedavg(c, softmax_cross_entropy(apply_fn), _profiles(c, ctx, key))
+    evaluate = make_evaluate(apply_fn, evalset.x, evalset.y, mask=evalset.mask)
+    alg = _fedavg(c, softmax_cross_entropy(apply_fn), _profiles(c, ctx, key),
+                  hparams["client_lr"])
 
     def train_then_evaluate(state, num_rounds: int):
       state, m = jax.lax.scan(lambda st, _: alg.round(st, clients), state, None,
@@ -233,10 +253,14 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
                       "participants": participants}
 
   return [
-      families_lib.Family(name="fedavg", methods=("fedavg",), simulate=fedavg, steps=steps,
-                          inputs=lambda m, seed, stage: _clients(ds, ctx.parts[seed], n_max)),
+      families_lib.Family(
+          name="fedavg", methods=("fedavg",), simulate=fedavg, steps=steps, grid=grid,
+          select=select,
+          inputs=lambda m, seed, stage: (_clients(ds, ctx.parts[seed], n_max),
+                                         sets[SPLITS[stage]])),
       families_lib.Family(name="centralized", methods=("centralized",), simulate=central,
-                          steps=[_central_steps(c, ds)]),
+                          steps=[_central_steps(c, ds)], grid=grid, select=select,
+                          inputs=lambda m, seed, stage: sets[SPLITS[stage]]),
   ]
 
 
@@ -268,13 +292,19 @@ def report(c, db, out: str, digest: str) -> dict:
     axes[1].set(xlabel="simulated time (s)")
     axes[0].legend(fontsize=8)  # one legend: both panels draw the same lines
   sim_final = [t[-1] for _, t, _ in series.values() if t]
+  grid = [{"client_lr": v} for v in c.client_lr_grid]
   report_lib.write_markdown(out, [
       f"# fedavg ({c.variant})", report_lib.claims_table(doc),
       report_lib.method_table(per_seed, "test accuracy (%)"),
+      report_lib.tuning_table(db, c.experiment, digest, {m: grid for m in METHODS},
+                              f"final validation accuracy, mean over {c.num_tuning_seeds} "
+                              "tuning seeds"),
       "FedAvg simulated time to the last round (s): " + report_lib.mean_std(sim_final),
       report_lib.image("accuracy.png"),
       f"Data {c.dataset}, {c.num_clients} clients ({c.partition}, α={c.alpha}), "
       f"{c.clients_per_round} per round, {c.local_epochs} local epochs, batch "
-      f"{c.batch_size}, client lr {c.client_lr}, server {c.server_optimizer} "
-      f"(lr {c.server_lr}), {c.num_rounds} rounds; centralized {c.central_epochs} epochs."])
+      f"{c.batch_size}, server {c.server_optimizer} "
+      f"(lr {c.server_lr}), {c.num_rounds} rounds; centralized {c.central_epochs} epochs. "
+      f"{c.validation:.0%} of the training set held out for selection; accuracy on the "
+      "test split."])
   return doc

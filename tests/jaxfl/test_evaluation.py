@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfl.evaluation import time_to_held_target
+from jaxfl.data import Dataset
+from jaxfl.evaluation import eval_sets, make_evaluate, time_to_held_target
 
 T = jnp.arange(0.0, 80.0, 10.0)  # a common evaluation grid: 8 points
 
@@ -56,3 +57,30 @@ def test_bad_input_names_the_argument():
     time_to_held_target(T, jnp.zeros(8), 0.5, window=-1)
   with pytest.raises(ValueError, match=r"times: expected shape \(8,\)"):
     time_to_held_target(T[:5], jnp.zeros(8), 0.5)
+
+
+def test_a_masked_evaluation_counts_only_the_real_samples():
+  apply_fn = lambda params, x: x @ params  # logits = features: the argmax is the label
+  x = jnp.eye(3)[jnp.array([0, 1, 2, 0, 1])]
+  y = jnp.array([0, 1, 1, 0, 2])  # 3 of 5 right
+  whole = make_evaluate(apply_fn, x, y)(jnp.eye(3))
+  assert float(whole.accuracy) == pytest.approx(0.6)
+  # Padding (mask 0) with wrong labels changes nothing; masking two real samples does.
+  xp, yp = jnp.concatenate([x, x[:2]]), jnp.concatenate([y, jnp.array([2, 2])])
+  padded = make_evaluate(apply_fn, xp, yp, mask=jnp.array([1, 1, 1, 1, 1, 0, 0]))(jnp.eye(3))
+  assert float(padded.accuracy) == pytest.approx(0.6)
+  assert float(padded.loss) == pytest.approx(float(whole.loss), rel=1e-6)
+  part = make_evaluate(apply_fn, x, y, mask=jnp.array([1, 1, 0, 1, 0]))(jnp.eye(3))
+  assert float(part.accuracy) == 1.0
+
+
+def test_eval_sets_pad_validation_and_test_to_one_length():
+  ds = Dataset("toy", np.zeros((4, 2)), np.zeros(4, np.int32), np.ones((3, 2)),
+               np.ones(3, np.int32), 2, None, x_val=np.full((5, 2), 2.0),
+               y_val=np.zeros(5, np.int32))
+  sets = eval_sets(ds)
+  assert sets["validation"].x.shape == sets["test"].x.shape == (5, 2)
+  np.testing.assert_array_equal(sets["test"].mask, [1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(sets["validation"].mask, [1] * 5)
+  with pytest.raises(ValueError, match="no validation split"):
+    eval_sets(ds._replace(x_val=None, y_val=None))

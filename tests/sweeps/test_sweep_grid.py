@@ -21,10 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def tiny(**overrides):
-  """2 seeds x (fedavg, centralized); 7 rounds evaluated at 3, 6 and 7 (a shorter last stretch)."""
+  """2 seeds x (fedavg, centralized); 7 rounds evaluated at 3, 6 and 7 (a shorter last stretch);
+  a one-point grid at ``client_lr``, so the vmapped families and the host loop run alike."""
   c = get_config("quick")
   c.update({**dict(num_seeds=2, num_rounds=7, eval_every=3, central_epochs=1, num_clients=8,
-                  clients_per_round=4), **overrides})
+                  clients_per_round=4, client_lr_grid=(0.05,)), **overrides})
   return c
 
 
@@ -156,7 +157,7 @@ def get_sweep():
 """
 TINY_FLAGS = ["--config.num_seeds=1", "--config.num_rounds=4", "--config.eval_every=2",
               "--config.central_epochs=1", "--config.num_clients=8",
-              "--config.clients_per_round=4"]
+              "--config.clients_per_round=4", "--config.client_lr_grid=(0.05,)"]
 
 
 def write_config(tmp_path, grid):
@@ -232,9 +233,16 @@ def test_family_steps_match_the_evaluated_rounds():
   ctx = fedavg.prepare(c)
   fed, central = fedavg.families(c, ctx)
   assert fed.steps == tuple(fedavg.eval_rounds(c)) == (3, 6, 7)
-  inputs = [fed.inputs("fedavg", s, "report") for s in (0, 1)]
-  assert inputs[0].x.shape == inputs[1].x.shape  # padded to one n_max: stackable
-  assert not np.array_equal(inputs[0].count, inputs[1].count)  # each seed its own partition
-  assert central.inputs is None and fed.grid == ({},)  # nothing tuned
+  (c0, test0), (c1, test1) = [fed.inputs("fedavg", s, "report") for s in (0, 1)]
+  assert c0.x.shape == c1.x.shape  # padded to one n_max: stackable
+  assert not np.array_equal(c0.count, c1.count)  # each seed its own partition
+  # Tuning runs evaluate on the validation split, reported runs on the test split, padded
+  # to one length (one program); both methods get the same grid.
+  val = fed.inputs("fedavg", 1000, "tune")[1]
+  assert test0.mask.sum() == len(ctx.ds.y_test) and val.mask.sum() == len(ctx.ds.y_val)
+  assert val.x.shape == test0.x.shape and central.inputs("centralized", 0, "tune") is val
+  assert fed.grid == central.grid == ({"client_lr": 0.05},)
+  assert fedavg.families(get_config("quick"), ctx)[1].grid == tuple(
+      {"client_lr": v} for v in (0.025, 0.05, 0.1))
   # Sharded over devices, the seeds run one by one (no vmap of shard_map).
   assert fedavg.vmappable(c) and not fedavg.vmappable(tiny(num_devices=2))

@@ -111,6 +111,20 @@ def test_one_group_async_with_full_mixing_is_the_synchronous_method(setup):
 
 
 @pytest.mark.slow
+def test_a_synchronous_methods_beta0_is_its_server_step_size(setup):
+  one = [list(range(N))]
+  sync = ga.Method("aircomp", synchronous=True)
+  full, _ = simulate(setup, one, sync, beta0=1.0)
+  default, _ = simulate(setup, one, sync)
+  np.testing.assert_array_equal(full.accuracy, default.accuracy)  # beta0 = 1: FedAvg
+  # A half step is asynchronous mixing at beta0 = 0.5 with one fresh group (beta = 0.5).
+  half, _ = simulate(setup, one, sync, beta0=0.5)
+  mixed, _ = simulate(setup, one, ga.Method("aircomp", synchronous=False), beta0=0.5)
+  np.testing.assert_array_equal(half.accuracy, mixed.accuracy)
+  assert not np.array_equal(half.accuracy, full.accuracy)
+
+
+@pytest.mark.slow
 def test_noiseless_aircomp_with_channel_inversion_is_exact_aggregation(setup):
   one = [list(range(N))]
   quiet = Comm(bandwidth_hz=1e4, bits_per_param=8.0, noise_var=1e-12, download_time=0.05)

@@ -277,3 +277,27 @@ def test_an_unwritable_data_dir_names_the_field(tmp_path):
   blocker.write_text("not a folder")
   with pytest.raises(ConfigError, match="data_dir: expected a directory that can be created"):
     catalog.load_dataset("digits", data_dir=str(blocker / "tfds"))
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded(digits_dir):
+  ds = catalog.load_dataset("digits", data_dir=digits_dir, validation=0.2, seed=3)
+  full = catalog.load_dataset("digits", data_dir=digits_dir)
+  counts = np.bincount(full.y_train, minlength=10)
+  # round(0.2 * n_c) of every class held out; the rest stays in order; test untouched.
+  np.testing.assert_array_equal(np.bincount(ds.y_val, minlength=10),
+                                np.round(0.2 * counts).astype(int))
+  assert len(ds.y_train) + len(ds.y_val) == len(full.y_train) == 1438
+  np.testing.assert_array_equal(ds.x_test, full.x_test)
+  # Every training row is in exactly one of the two splits.
+  rows = lambda x: {r.tobytes() for r in x.reshape(len(x), -1)}
+  assert rows(ds.x_train) | rows(ds.x_val) == rows(full.x_train)
+  assert not rows(ds.x_train) & rows(ds.x_val)
+  again = catalog.load_dataset("digits", data_dir=digits_dir, validation=0.2, seed=3)
+  other = catalog.load_dataset("digits", data_dir=digits_dir, validation=0.2, seed=4)
+  np.testing.assert_array_equal(again.x_val, ds.x_val)
+  assert rows(other.x_val) != rows(ds.x_val)
+  with pytest.raises(ConfigError) as e:
+    catalog.load_dataset("digits", data_dir=digits_dir, validation=1.0)
+  assert e.value.field == "validation"
+  with pytest.raises(ValueError, match="already has"):
+    catalog.split_validation(ds, 0.1, 0)
