@@ -1,13 +1,15 @@
 """Reproduce every experiment's headline claim and tabulate them.
 
   python -m sweeps.reproduce [--quick] [--only fedavg,bench_fl] [--workdir runs]
-                            [--compare runs_before]
+                            [--seed N] [--compare runs_before]
 
 Runs each experiment config in ``sweeps/configs/`` (its ``quick`` variant with
 ``--quick``, else ``full``) through the launcher, one process each (so each gets a fresh
 JAX runtime), then writes ``<workdir>/REPRODUCTION.md``: one row per claim with the paper's
 statement, our value, the baseline's value and whether it holds. Finished runs are
-skipped on a relaunch, as with the launcher.
+skipped on a relaunch, as with the launcher. ``--seed N`` launches every experiment with
+``--config.seed=N`` (its reported seeds ``N, N + 1, ...`` and tuning seeds ``N + 1000,
+...``): the claims at a seed range nobody chose anything on.
 
 ``--compare`` names the workdir of an earlier reproduction (another commit's, say) and adds
 a table of each claim beside the same claim there: ``bit-equal`` when every number it was
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--quick", action="store_true", help="quick variants (minutes on a CPU)")
   parser.add_argument("--only", default="", help="comma-separated experiment names")
   parser.add_argument("--workdir", default="runs")
+  parser.add_argument("--seed", type=int, default=None,
+                      help="every experiment's base seed (default: each config's own, 0)")
   parser.add_argument("--compare", default="",
                       help="an earlier reproduction's workdir to compare every claim with")
   args = parser.parse_args(argv)
@@ -136,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== {name}:{variant}", flush=True)
     code = subprocess.call([sys.executable, "-m", "sweeps.launch",
                             f"--config={os.path.join(configs.FOLDER, name)}.py:{variant}",
-                            f"--workdir={args.workdir}"], cwd=ROOT)
+                            f"--workdir={args.workdir}",
+                            *([] if args.seed is None else [f"--config.seed={args.seed}"])],
+                           cwd=ROOT)
     path = os.path.join(args.workdir, name, "claims.json")
     if code != 0 or not os.path.exists(path):
       failed.append(name)
@@ -145,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
       docs.append(json.load(f))
   os.makedirs(args.workdir, exist_ok=True)
   out = os.path.join(args.workdir, "REPRODUCTION.md")
-  lines = [f"# Reproduction ({variant} variants)", "",
-           f"Regenerate with `python -m sweeps.reproduce{' --quick' if args.quick else ''}`.", "",
+  flags = (" --quick" if args.quick else "") + ("" if args.seed is None else f" --seed {args.seed}")
+  seeds = "" if args.seed is None else f", base seed {args.seed}"
+  lines = [f"# Reproduction ({variant} variants{seeds})", "",
+           f"Regenerate with `python -m sweeps.reproduce{flags}`.", "",
            f"{claims_lib.counts(docs)}. A reproduction is a paper's statement the measurement "
            "could contradict; a check is accounting, a theorem or a sanity target, never "
            "counted as reproduced.", "", "## Reproductions", "", table(docs, "reproduction"), "",

@@ -67,6 +67,19 @@ def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, 
       in text
 
 
+def test_seed_reaches_every_launch_and_the_title(tmp_path, monkeypatch):
+  (tmp_path / "fedavg").mkdir()
+  (tmp_path / "fedavg" / "claims.json").write_text(json.dumps(doc()))
+  launched = []
+  monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, cwd: launched.append(cmd) or 0)
+  assert reproduce.main(["--quick", "--only", "fedavg", "--seed", "100",
+                         "--workdir", str(tmp_path)]) == 0
+  assert launched[0][-1] == "--config.seed=100"
+  text = (tmp_path / "REPRODUCTION.md").read_text()
+  assert text.startswith("# Reproduction (quick variants, base seed 100)")
+  assert "`python -m sweeps.reproduce --quick --seed 100`" in text
+
+
 @pytest.mark.parametrize("args,field", [(["--only", "nope"], "--only"),
                                         (["--compare", "/no/such/dir"], "--compare")])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, field):
