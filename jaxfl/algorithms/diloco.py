@@ -7,12 +7,15 @@ One outer step (Douillard et al. 2023, arXiv 2311.08105, Algorithm 1):
   \\Delta^{(t)} = \\frac1M \\sum_m (\\theta^{(t-1)} - \\theta_m), \\qquad
   \\theta^{(t)} = \\mathrm{Outer}(\\theta^{(t-1)}, \\Delta^{(t)}),
 
-with AdamW as the inner optimizer (its state stays on each worker from one outer step to
-the next) and Nesterov SGD as the outer one (``optax.sgd(lr, momentum=0.9,
-nesterov=True)``, which takes :math:`\\Delta` as its gradient). Synchronisation is
-blocking: every worker waits for the all-reduce, priced on the simulated clock by a WAN
-model (:class:`jaxfl.sim.WAN`), ``bytes / bandwidth + latency`` for an all-reduce of
-:math:`2 (M-1)/M` times the model's bytes (the ring all-reduce volume).
+with AdamW as the inner optimizer and Nesterov SGD as the outer one (``optax.sgd(lr,
+momentum=0.9, nesterov=True)``, which takes :math:`\\Delta` as its gradient; arXiv
+2311.08105's choices, its outer learning rate 0.7). The inner optimizer's state stays on
+each worker from one outer step to the next (only parameters are communicated):
+**assumed** (arXiv 2311.08105's text was not checked on this point). Synchronisation is
+blocking: every worker waits for the all-reduce, priced on the simulated clock by a WAN model
+(:class:`jaxfl.sim.WAN`), ``bytes / bandwidth + latency`` for an all-reduce of
+:math:`2 (M-1)/M` times the model's bytes (the ring all-reduce volume); the clock is
+**assumed** (this project's simulated clock, :mod:`jaxfl.sim.network`).
 
 Workers are the client axis (:class:`jaxfl.runtime.ClientAxis`): the H inner steps are a
 ``lax.scan`` inside the per-worker function and the mean pseudo-gradient is a collective.

@@ -9,10 +9,14 @@ averages ``A`` and ``B`` separately:
   \\qquad (p_k = n_k / \\textstyle\\sum_j n_j),
 
 which FedAvg's weighted mean of the trainable tree computes (with a server learning rate
-of 1). :class:`FederatedPEFT` runs :class:`~jaxfl.algorithms.FedAvg` on the *trainable*
+of 1). FedIT's method text was not read here: the rule is that of its public code (a
+data-size-weighted average of every adapter tensor), and the server step 1, plain
+averaging, is assumed from FedAvg (McMahan et al., arXiv 1602.05629).
+:class:`FederatedPEFT` runs :class:`~jaxfl.algorithms.FedAvg` on the *trainable*
 part of the parameters chosen by a path rule (:mod:`jaxfl.models.lora`): ``is_lora_path`` is
 FedIT, ``everything`` federated full fine-tuning, a depth or block rule FedQuad-, HierFedLoRA-
-or FedBE-style training. The frozen part and the device profiles enter each round through
+or FedBE-style training (reconstructions from their abstracts: arXiv 2506.01001,
+2503.21213, 2506.05977). The frozen part and the device profiles enter each round through
 its inputs (:class:`PEFTInputs`, arguments rather than compile-time constants), so one
 compiled round serves every seed, and FedAvg's uplink bytes and simulated clock count the
 trainable tree only. Only the trainable leaves are

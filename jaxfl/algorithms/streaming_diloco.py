@@ -11,20 +11,30 @@ outer optimizer updates the global fragment and each worker merges it,
   \\theta^G_p \\leftarrow \\mathrm{Outer}(\\theta^G_p, \\Delta_p), \\qquad
   \\theta^L_{m,p} \\leftarrow \\alpha\\, \\theta^L_{m,p} + (1 - \\alpha)\\, \\theta^G_p .
 
-CoCoDC (arXiv 2504.17672, after the authors' released code) replaces the mixing by a
-delay-compensated replay of the local progress made during the ``τ`` overlapped steps
+The fragments, their staggered schedule, the overlap ``τ`` and the :math:`\\alpha`-mixing
+(:math:`\\alpha \\in \\{0, 0.5\\}` in its figures, 0.5 the default) follow arXiv
+2501.18512's figures; what they leave open (the outer gradient taken against the
+fragment's last global value, not the live local one; when the merge happens within a
+step) is a **reconstruction** of that paper, consistent with the CoCoDC authors' Streaming
+DiLoCo baseline code.
+
+CoCoDC (arXiv 2504.17672) replaces the mixing by a delay-compensated replay of the local
+progress made during the ``τ`` overlapped steps
 (:func:`jaxfl.transforms.delay_comp.cocodc_merge`) and picks the fragment to send every
 ``h`` steps by staleness and drift (:func:`jaxfl.planners.fragments.select_fragment`),
-never one in flight.
+never one in flight. Both rules are a **reconstruction** of arXiv 2504.17672 from the
+authors' released code (the paper's equations were not read); the in-flight guard is
+**assumed** here (the code relies on ``h >= τ``), and so is ``h = H // P`` as the
+default ``send_every`` (the code takes ``N = H / h`` as an argument).
 
 A round of this algorithm is one inner step (the protocol of :mod:`jaxfl.algorithms.base`):
 every worker takes one inner step (the client axis), then a fragment whose
 all-reduce arrives is received, then a fragment may be sent. The outer optimizer has one
 state over the whole model, updated only on the received fragment's leaves
 (:func:`jaxfl.transforms.skip_inactive` with fragment labels), which is one outer
-optimizer per fragment as in the papers. The simulated clock advances ``step_time`` per
-step plus, at a receive, the part of the fragment's all-reduce that ``τ`` steps did not
-hide.
+optimizer per fragment as in the CoCoDC authors' code. The simulated clock is **assumed**
+(this project's, :mod:`jaxfl.sim.network`): it advances ``step_time`` per step plus, at a
+receive, the part of the fragment's all-reduce that ``τ`` steps did not hide.
 
 Examples:
   >>> import jax, jax.numpy as jnp, optax
@@ -128,8 +138,9 @@ class StreamingDiLoCo(JitRound):
     outer_bits: ``None`` (float32 outer gradients) or 8, 4, 2: each worker's outer
       gradient is sent quantized per row (symmetric absmax with stochastic rounding,
       :func:`jaxfl.models.quant.quantize_rows`; the mean is accumulated in float32), and the
-      all-reduce carries ``bits/32`` of the bytes. A simulation of Streaming DiLoCo's
-      low-precision outer gradients (it uses FP4 E3M0 floats; these are integers).
+      all-reduce carries ``bits/32`` of the bytes. An **assumed** stand-in for Streaming
+      DiLoCo's low-precision outer gradients (arXiv 2501.18512 uses FP4 E3M0 floats;
+      these are integers).
     step_time: simulated seconds per inner step.
     wan: the link pricing each fragment's all-reduce.
     axis: how workers are mapped.

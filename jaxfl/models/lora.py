@@ -15,7 +15,7 @@ rule on paths that says which leaves train:
 * LoRA depth ``d`` (FedQuad arXiv 2506.01001, HierFedLoRA arXiv 2503.21213): adapters of
   blocks ``L - d .. L - 1`` only;
 * block expansion (FedBE arXiv 2506.05977, LLaMA Pro arXiv 2401.02415): every leaf of the
-  new blocks;
+  new blocks (a reconstruction from FedBE's abstract and LLaMA Pro's);
 * full fine-tuning: everything.
 
 :func:`path_labels` turns a rule into an optax label tree (``'train'``/``'freeze'``) for
@@ -64,7 +64,8 @@ class LoRALinear(nnx.Module):
   """Dense layer ``y = x W + b`` with an optional rank-``r`` adapter ``(alpha/r) (x A) B``.
 
   ``W`` is ``[in, out]`` (LeCun-normal), ``A`` ``[in, r]`` Kaiming-uniform with bound
-  ``1/sqrt(in)`` (PyTorch's ``kaiming_uniform_(a=sqrt(5))``, PEFT's default), ``B`` zero.
+  ``1/sqrt(in)`` (PyTorch's ``kaiming_uniform_(a=sqrt(5))``, assumed to be HF PEFT's
+  default, whose docs call it Kaiming-uniform), ``B`` zero (LoRA, arXiv 2106.09685).
   The adapter factors are :class:`flax.nnx.LoRAParam` variables named ``lora_a`` and
   ``lora_b``.
   """

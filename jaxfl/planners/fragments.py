@@ -5,19 +5,22 @@ Streaming DiLoCo (Douillard et al., arXiv 2501.18512) cuts the transformer's lay
 ``p·H/P`` so that the syncs are spread over the interval (lower peak bandwidth). A
 fragment's outer all-reduce overlaps ``tau`` further inner steps before it is merged.
 CoCoDC (Zhu et al., arXiv 2504.17672) keeps the fragments but picks *which* to send every
-``h = H // N`` steps (the rule of the authors' code released with arXiv 2504.17672): a
-fragment not sent for ``H`` steps is forced; else one never sent; else the one
-with the largest drift per parameter per step,
+``h = H // N`` steps (a **reconstruction** of arXiv 2504.17672 from the authors' released
+code, ``select_next_shard``; the paper's text was not read): a fragment not sent for ``H``
+steps is forced; else one never sent; else the one with the largest drift per parameter
+per step,
 
 .. math::
   R_p = \\frac{\\sum_m \\lVert \\theta_p^G - \\theta_{m,p}^L \\rVert_1}{I_p \\, n_p},
   \\qquad I_p = t - t_p^{sent},
 
-never a fragment whose previous all-reduce is still in flight (a guard the code lacks).
+never a fragment whose previous all-reduce is still in flight (a guard the code lacks:
+**assumed** here).
 
 Units and fragments: the sharding units of a :mod:`jaxfl.models.transformer` params tree
 are ``[embed (+pos_embed), block_0, ..., block_{L-1}, ln_f (+head)]`` (the code's
-``[embed, block_1..L, norm, lm_head]`` with the last two merged, as in §2.6). ``sequential``
+``[embed, block_1..L, norm, lm_head]`` with the last two merged: **assumed** here, so that
+a small model's final norm does not make a fragment of its own). ``sequential``
 fragments are contiguous near-equal chunks of units; ``strided`` ones take unit ``u`` into
 fragment ``u % P``.
 
@@ -85,10 +88,10 @@ def fragment_units(num_units: int, num_fragments: int,
                    pattern: str = "sequential") -> list[tuple[int, ...]]:
   """Split units ``0..num_units-1`` into ``num_fragments`` non-empty fragments.
 
-  Streaming DiLoCo (arXiv 2501.18512) §2.2: ``sequential`` cuts contiguous chunks whose
-  sizes differ by at most one (the first ``num_units % P`` get the extra unit);
-  ``strided`` puts unit ``u`` into fragment ``u % P`` (the paper finds it better for
-  compute utilisation: each fragment then spans the depth of the network).
+  Streaming DiLoCo's two patterns (arXiv 2501.18512): ``sequential`` cuts contiguous
+  chunks whose sizes differ by at most one (the first ``num_units % P`` get the extra
+  unit: **assumed**); ``strided`` puts unit ``u`` into fragment ``u % P`` (the paper finds
+  it better for compute utilisation: each fragment then spans the depth of the network).
 
   Returns:
     ``P`` tuples of unit indices, ascending; every unit in exactly one.
@@ -143,7 +146,8 @@ def fragment_drift(global_params: Any, local_params: Any, labels: Any,
                    num_fragments: int) -> jax.Array:
   """``[P]`` float32: :math:`\\sum_m \\lVert \\theta_p^G - \\theta_{m,p}^L \\rVert_1`.
 
-  CoCoDC's drift (§2.3, the numerator of :math:`R_p`): ``local_params`` has a leading
+  CoCoDC's drift (the numerator of :math:`R_p`; a reconstruction of arXiv 2504.17672 from
+  the authors' code, which also scales it by 1e8): ``local_params`` has a leading
   worker axis ``[M, ...]`` on every leaf, ``global_params`` none; pure ``jnp``.
   """
   g_leaves = jax.tree.leaves(global_params)
@@ -164,7 +168,7 @@ def streaming_send_step(fragment: int, H: int, num_fragments: int, offset: int =
   """Phase in ``[0, H)`` at which Streaming DiLoCo syncs ``fragment``.
 
   Fragment ``p`` syncs at the steps ``t`` with ``t % H == (offset + p·H//P) % H``
-  (arXiv 2501.18512 §2.2: offsets ``p·H/P`` spread the syncs over the interval). Needs
+  (arXiv 2501.18512: offsets ``p·H/P`` spread the syncs over the interval). Needs
   ``P <= H`` so that no two fragments share a phase.
   """
   _check_schedule(H, num_fragments)
@@ -184,7 +188,8 @@ def streaming_fragment_at(step, H: int, num_fragments: int, offset: int = 0) -> 
 def select_fragment(step, sent_at, in_flight, drift, sizes, H) -> jax.Array:
   """CoCoDC's adaptive choice of the fragment to send at ``step`` (pure ``jnp``).
 
-  The rule (arXiv 2504.17672; authors' ``select_next_shard``, §2.3), over fragments
+  The rule (a reconstruction of arXiv 2504.17672 from the authors' ``select_next_shard``;
+  the in-flight exclusion is assumed here), over fragments
   **not in flight**, with :math:`I_p = t - t_p^{sent}`:
 
   1. staleness guard: if some have :math:`I_p \\ge H`, the stalest (largest ``I_p``);
@@ -194,8 +199,8 @@ def select_fragment(step, sent_at, in_flight, drift, sizes, H) -> jax.Array:
   Ties go to the lowest index. Never-sent fragments carry ``sent_at = NEVER_SENT = -1``
   (the code uses 0, but step 0 is a real send step here), so their ``I_p = t + 1``: as if
   sent just before step 0, which makes them stale from ``t = H - 1`` on, like the code's.
-  ``I_p`` is floored at 1 in ``R_p`` (a fragment sent and received within this step
-  would otherwise divide by zero).
+  ``I_p`` is floored at 1 in ``R_p`` (**assumed**: a fragment sent and received within
+  this step would otherwise divide by zero).
 
   Args:
     step: current step ``t``.
@@ -237,7 +242,7 @@ def transmissions_per_interval(H: int, step_time: float, fragment_bytes: float,
   .. math:: N = \\max\\big(1, \\min(P, \\lfloor H t_{step} / (b/B + \\ell) \\rfloor)\\big)
 
   **A reconstruction:** the authors' code takes ``N`` as a CLI argument; the paper
-  (arXiv 2504.17672) only says the schedule adapts to network capacity (§2.3). At least
+  (arXiv 2504.17672, its abstract) only says the schedule adapts to network capacity. At least
   one transfer per interval (the staleness guard sends one every ``H`` steps anyway).
   ``fragment_bytes`` is what one transfer puts on the link (use
   :func:`jaxfl.sim.network.allreduce_bytes` for an all-reduce). A ``1e-9`` slack keeps e.g.

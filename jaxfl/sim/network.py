@@ -4,8 +4,10 @@ A transfer of ``b`` bytes over a link of ``B`` bytes/s with latency ``l`` takes
 ``b / B + l`` seconds; a ring all-reduce among ``M`` workers moves ``2 (M - 1) / M`` times
 the payload through each worker's link. DiLoCo's blocking sync is one all-reduce of the
 whole model; Streaming DiLoCo's and CoCoDC's are one per fragment, overlapped with ``tau``
-inner steps (Streaming DiLoCo, arXiv 2501.18512; CoCoDC's comm-time simulation, arXiv
-2504.17672).
+inner steps (Streaming DiLoCo, arXiv 2501.18512). The volume over bandwidth is the
+comm-time simulation of the CoCoDC authors' released code (arXiv 2504.17672); the
+per-transfer latency and the stall ``max(0, C - tau * t_step)`` when ``tau`` steps do not
+hide a transfer are **assumed** (this project's simulated clock).
 
 Examples:
   >>> WAN(bandwidth=5e6, latency=0.1).allreduce_time(10e6, num_workers=8)

@@ -25,8 +25,14 @@ The correction is elementwise and :math:`O(d)`, like the gradient itself.
 * :func:`dc_asgd`: the DC-ASGD correction of a stale gradient (constant :math:`\lambda`,
   DC-ASGD-c, or the adaptive DC-ASGD-a).
 * :func:`cocodc_correction` / :func:`cocodc_merge`: CoCoDC's per-tensor adaptive form
-  for outer (fragment) updates that arrive :math:`\tau` steps late (arXiv 2504.17672;
-  the rule is the authors' code, "formula (17)").
+  for outer (fragment) updates that arrive :math:`\tau` steps late: Taylor delay
+  compensation of the local progress, a **reconstruction** of arXiv 2504.17672 from the
+  authors' released code (its comments cite the paper's "formula (17)"; the paper's
+  typeset equations were not read).
+
+The DC-ASGD forms and constants (:math:`\lambda = 0.04`; DC-ASGD-a's
+:math:`\lambda_0 = 2`, :math:`m = 0.95`) are arXiv 1609.08326's as its public
+implementations (MXNet's among them) use them.
 """
 
 from __future__ import annotations
@@ -94,8 +100,9 @@ def dc_asgd(lam: float = 0.04, *, adaptive: bool = False, lam0: float = 2.0,
     \lambda_t = \frac{\lambda_0}{\sqrt{\mathrm{MS}_t + \epsilon}}, \qquad \mathrm{MS}_0 = 0.
 
   Zheng et al., "Asynchronous Stochastic Gradient Descent with Delay Compensation",
-  ICML 2017 (arXiv 1609.08326). With ``lam = 0`` (or ``lam0 = 0``) the update is the
-  stale gradient itself, bit for bit (no arithmetic is done on it).
+  ICML 2017 (arXiv 1609.08326); the defaults are its public implementations'. With
+  ``lam = 0`` (or ``lam0 = 0``) the update is the stale gradient itself, bit for bit (no
+  arithmetic is done on it).
 
   Args:
     lam: constant :math:`\lambda \ge 0` (DC-ASGD-c); ignored if ``adaptive``.
@@ -221,10 +228,12 @@ def cocodc_correction(lam0: float = 0.2, eps: float = 1e-8
   (:func:`cocodc_merge`). Norms are Frobenius norms over the whole leaf. :math:`\epsilon`
   is absolute, so when :math:`\lVert C_i \rVert \lesssim \epsilon` (tiny progress or
   discrepancy) the correction fades out smoothly; the authors' code scales :math:`C` by
-  2500 first, which only moves that threshold.
+  2500 first, which only moves that threshold; :math:`\epsilon = 10^{-8}` is **assumed**.
 
-  CoCoDC (arXiv 2504.17672), rule from the authors' code ("formula (17)"; the paper
-  suggests :math:`\lambda_0 = 0.2`). With ``lam0 = 0`` the output is :math:`g_1` exactly.
+  A **reconstruction** of CoCoDC (arXiv 2504.17672) from the authors' released code (its
+  comment names it "formula (17)" and says the paper suggests :math:`\lambda_0 = 0.2`, the
+  default here; the authors' run script uses 0.5); the per-leaf norms follow the code's
+  per-tensor loop. With ``lam0 = 0`` the output is :math:`g_1` exactly.
 
   Args:
     lam0: :math:`\lambda_0 \ge 0`, the correction's norm relative to :math:`g_1`'s.

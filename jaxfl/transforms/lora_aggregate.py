@@ -132,9 +132,11 @@ def fedit_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     A_g = \sum_k p_k A_k, \qquad B_g = \sum_k p_k B_k, \qquad p_k = \frac{w_k}{\sum_j w_j}
 
   (Zhang et al., "Towards Building the Federated GPT", arXiv 2305.05644: FedAvg applied
-  to the adapters). Inexact: :math:`s A_g B_g` misses the mean update
-  :math:`\sum_k p_k s A_k B_k` by the cross term :math:`s \sum_k p_k (A_k - A_g)(B_k - B_g)`
-  (module docstring). Every other leaf gets the weighted mean too.
+  to the adapters; its method text was not read here, the rule is that of its public
+  code, which averages every adapter tensor weighted by local data size). Inexact:
+  :math:`s A_g B_g` misses the mean update :math:`\sum_k p_k s A_k B_k` by the cross term
+  :math:`s \sum_k p_k (A_k - A_g)(B_k - B_g)` (module docstring). Every other leaf gets
+  the weighted mean too.
 
   Args:
     axis_name: the client axis name(s): ``ClientAxis.axis_name``.
@@ -241,9 +243,11 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
   Low-Rank Adaptations", NeurIPS 2024, arXiv 2409.05976). The clients then merge
   :math:`s A_g B_g` into :math:`W_0` (:func:`jaxfl.models.lora.merge_lora`) and
   re-initialise their
-  adapters (random :math:`A`, zero :math:`B`) for the next round.
+  adapters (random :math:`A`, zero :math:`B`) for the next round (assumed: the merge and
+  re-initialisation are not from FLoRA's text, which was not read here).
 
-  Heterogeneous ranks: the model is built at :math:`r_{max}` and a client of rank
+  Heterogeneous ranks (this project's construction, assumed): the model is built at
+  :math:`r_{max}` and a client of rank
   :math:`r_k` passes ``rank=r_k``; its factors are zero-padded
   (:func:`jaxfl.models.lora.mask_rank`) beyond
   it, and zero columns of :math:`A` / rows of :math:`B` add nothing, so stacking stays
@@ -331,7 +335,8 @@ def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtr
   Tasks and Client Resources", NeurIPS 2024, arXiv 2402.11505). By Eckart-Young
   :math:`s A_g B_g` is the best rank-:math:`r` approximation of :math:`\Delta W_g` in
   Frobenius and spectral norm; it is exact when ``rank`` is at least the rank of
-  :math:`\Delta W_g`. The balanced split (:math:`\Sigma^{1/2}` on each side) gives both
+  :math:`\Delta W_g`. The balanced split (:math:`\Sigma^{1/2}` on each side; this
+  project's choice of factorisation, assumed for arXiv 2402.11505) gives both
   factors the same norm, so neither dominates the next round's gradients; :math:`s`
   cancels (:math:`\Sigma` is that of :math:`\sum_k p_k A_k B_k`). Each component's sign is
   fixed (largest entry of :math:`U_{:, j}` positive), so every runtime returns the same

@@ -1,9 +1,16 @@
 """Federated LoRA (FedIT) vs federated full fine-tuning (see sweeps/configs/fedlora.py).
 
 Both methods are :class:`jaxfl.algorithms.fedpeft.FederatedPEFT` (FedAvg over the
-trainable part of the model) on the same clients, differing only in what trains: FedIT the
-LoRA factors (``A``, ``B`` averaged separately; Zhang et al., arXiv 2305.05644), full
-fine-tuning every parameter.
+trainable part of the model, server step 1) on the same clients, differing only in what
+trains: FedIT the LoRA factors (``A``, ``B`` averaged separately; Zhang et al., arXiv
+2305.05644), full fine-tuning every parameter.
+
+Data splits (:func:`heldout_windows`): the clients train on the corpus's ``train`` files;
+the held-out files of every domain are cut into non-overlapping windows and dealt, by a
+generator seeded with the config's base ``seed``, into a **validation** and a disjoint
+**test** set of equal size. Tuning runs (stage ``"tune"``) are evaluated on validation
+windows, reported runs (``"report"``) on test windows (:data:`sweeps.families.SPLITS`),
+so the learning rate each method keeps was chosen on data no claim is computed on.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sweeps import families as families_lib
 from sweeps import report as report_lib
 from sweeps.configs import common
 from sweeps.experiments import lm_pretrain
-from sweeps.families import seeds
+from sweeps.families import SPLITS, seeds, tuning_seeds
 
 METHODS = ("fedit", "full")
 NAMES = {"fedit": "FedIT (LoRA)", "full": "full fine-tuning"}
@@ -55,21 +62,29 @@ def validate(c) -> None:
                          lora_targets=tuple(c.lora_targets))
   except ConfigError as e:
     raise ConfigError("lora_targets", e.expected, e.got) from None
-  for field in ("lora_alpha", "lora_lr", "full_lr", "compute_median", "uplink_median",
-                "downlink_median", "min_reduction", "max_loss_ratio"):
+  for field in ("lora_alpha", "compute_median", "uplink_median", "downlink_median",
+                "min_reduction", "max_loss_ratio"):
     check_number(c[field], field, low=0, strict=True)
+  for field in ("lora_lr_grid", "full_lr_grid"):
+    check(len(c[field]) > 0, field, "a non-empty tuple of learning rates", c[field])
+    for v in c[field]:
+      check_number(v, field, low=0, strict=True)
+  check(len(c.full_lr_grid) == len(c.lora_lr_grid), "full_lr_grid",
+        f"{len(c.lora_lr_grid)} values (the same tuning budget as lora_lr_grid)",
+        c.full_lr_grid)
   check_number(c.profile_sigma, "profile_sigma", low=0)
 
 
 class Context:
-  """The corpus, the clients' windows, the evaluation windows and (loaded on first use)
-  the pre-trained base model."""
+  """The corpus, the clients' windows, the validation and test windows and (loaded on
+  first use) the pre-trained base model."""
 
-  def __init__(self, corpus, clients: ClientData, downstream, general, domains):
+  def __init__(self, corpus, clients: ClientData, windows, domains):
     self.corpus = corpus
     self.clients = clients  # [num_clients, windows_per_client, seq_len]
-    self.downstream = downstream  # validation windows of the clients' domains
-    self.general = general  # validation windows of the general domains
+    # {"validation" | "test": (downstream x, y, general x, y)}: the clients' domains' and
+    # the general domains' held-out windows (general: forgetting, never selected on).
+    self.windows = windows
     self.domains = domains  # each client's domain
     self._base = None
 
@@ -79,14 +94,40 @@ class Context:
     return self._base
 
 
+def heldout_windows(corpus, domains, seq_len: int, max_windows: int, seed: int
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``{"validation": (x, y), "test": (x, y)}``, disjoint, deterministic in ``seed``.
+
+  Each domain's held-out stream (the corpus's ``validation`` files, which no client and no
+  pre-training saw) is cut into its non-overlapping windows
+  (:func:`jaxfl.data.corpus.eval_windows`); a generator seeded with ``(seed, domain)``
+  shuffles them and deals the first ``k`` to validation and the next ``k`` to test,
+  ``k = min(max_windows, n // 2)`` of the domain's ``n``, so both splits have the same
+  shape and no target byte is in both. Domains are concatenated in the order given.
+  """
+  parts = {"validation": [], "test": []}
+  for d in domains:
+    x, y = corpus_lib.eval_windows(corpus.validation[d], seq_len)
+    k = min(max_windows, len(x) // 2)
+    check(k >= 1, "seq_len", f"short enough for 2 held-out windows of domain {d!r}", seq_len)
+    order = np.random.default_rng([seed, corpus_lib.DOMAINS.index(d)]).permutation(len(x))
+    for name, idx in (("validation", order[:k]), ("test", order[k:2 * k])):
+      idx = np.sort(idx)
+      parts[name].append((x[idx], y[idx]))
+  return {name: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
+          for name, ps in parts.items()}
+
+
 def prepare(c) -> Context:
   corpus = lm_pretrain.load_corpus(c)
   shards = corpus_lib.client_domains(c.num_clients)
   clients = corpus_lib.client_windows(corpus, c.num_clients, c.seq_len, c.windows_per_client)
-  windows = lambda domains: corpus_lib.domain_windows(corpus, domains, c.seq_len, c.eval_windows)
   used = tuple(dict.fromkeys(s.domain for s in shards))
-  return Context(corpus, clients, windows(used), windows(corpus_lib.GENERAL_DOMAINS),
-                 tuple(s.domain for s in shards))
+  down = heldout_windows(corpus, used, c.seq_len, c.eval_windows, c.seed)
+  general = heldout_windows(corpus, corpus_lib.GENERAL_DOMAINS, c.seq_len, c.eval_windows,
+                            c.seed)
+  windows = {k: (*down[k], *general[k]) for k in down}
+  return Context(corpus, clients, windows, tuple(s.domain for s in shards))
 
 
 def eval_rounds(c) -> list[int]:
@@ -113,18 +154,21 @@ def model(c, method: str, base_config, base_params, key) -> tuple[transformer.LM
   return config, lora.combine(adapters, base_params), lora.is_lora_path
 
 
-def client_lr(c, method: str) -> float:
-  return float(c.full_lr if method == "full" else c.lora_lr)
+def lr_grid(c, method: str) -> list[dict[str, float]]:
+  """The method's tuning grid over its client learning rate (the same size for both)."""
+  values = c.full_lr_grid if method == "full" else c.lora_lr_grid
+  return [{"client_lr": float(v)} for v in values]
 
 
 def _rule(method: str) -> lora.PathRule:
   return lora.everything if method == "full" else lora.is_lora_path
 
 
-def federated(c, config: transformer.LMConfig, method: str) -> FederatedPEFT:
-  return FederatedPEFT(config, _rule(method), optax.adam(client_lr(c, method)),
-                       batch_size=c.batch_size, clients_per_round=c.clients_per_round,
-                       local_steps=c.local_steps)
+def federated(c, config: transformer.LMConfig, method: str, lr) -> FederatedPEFT:
+  """FedAvg over the method's trainable tree: fresh Adam at client learning rate ``lr``
+  (a traced scalar under a grid) every round, the server's step FedAvg's 1."""
+  return FederatedPEFT(config, _rule(method), optax.adam(lr), batch_size=c.batch_size,
+                       clients_per_round=c.clients_per_round, local_steps=c.local_steps)
 
 
 def _evaluate(config: transformer.LMConfig, trainable, frozen, windows) -> dict:
@@ -137,27 +181,28 @@ def _evaluate(config: transformer.LMConfig, trainable, frozen, windows) -> dict:
 
 
 def _simulate_fn(c, ctx: Context, method: str):
-  """``simulate(key, base_params, {})``: ``num_rounds`` FedAvg rounds of ``method`` as a
-  scan, evaluated at :func:`eval_rounds`; the summary (trainable parameters, uplink bytes,
-  retention of general accuracy, general-loss increase) at the last of them."""
+  """``simulate(key, (base_params, windows), {"client_lr": lr})``: ``num_rounds`` FedAvg
+  rounds of ``method`` as a scan, evaluated on ``windows`` (a stage's split) at
+  :func:`eval_rounds`; the summary (trainable parameters, uplink bytes, retention of
+  general accuracy, general-loss increase) at the last of them."""
   steps = eval_rounds(c)
   lengths = np.diff(steps)  # rounds before each evaluation after the first
 
-  def simulate(key, base_params, hparams):
-    del hparams
+  def simulate(key, inputs, hparams):
+    base_params, windows = inputs
     base_config, _ = ctx.base(c)
     config, params0, rule = model(c, method, base_config, base_params, key)
     trainable, frozen = lora.split(params0, lora.path_labels(params0, rule))
     profiles = sample_profiles(jax.random.fold_in(key, KEY_PROFILES), c.num_clients,
                                compute_median=c.compute_median, uplink_median=c.uplink_median,
                                downlink_median=c.downlink_median, sigma=c.profile_sigma)
-    fed = federated(c, config, method)
-    inputs = PEFTInputs(jax.tree.map(jnp.asarray, ctx.clients), frozen, profiles)
-    windows = tuple(jnp.asarray(a) for a in (*ctx.downstream, *ctx.general))
+    fed = federated(c, config, method, hparams["client_lr"])
+    round_inputs = PEFTInputs(jax.tree.map(jnp.asarray, ctx.clients), frozen, profiles)
     evaluate = lambda st: _evaluate(config, st.params, frozen, windows)
 
     def train_then_evaluate(state, n: int):
-      state, m = jax.lax.scan(lambda st, _: fed.round(st, inputs), state, None, length=n)
+      state, m = jax.lax.scan(lambda st, _: fed.round(st, round_inputs), state, None,
+                              length=n)
       return state, (state.sim_time, evaluate(state), m.loss[-1],
                      jnp.sum(m.participants.astype(jnp.float32)))
 
@@ -185,9 +230,12 @@ def _simulate_fn(c, ctx: Context, method: str):
 
 
 def families(c, ctx: Context) -> list[families_lib.Family]:
-  """FedIT and full fine-tuning, a family each (their trainable trees differ); a family's
-  seeds are one vmapped call. Nothing is tuned here (each method's learning rate is the
-  config's)."""
+  """FedIT and full fine-tuning, a family each (their trainable trees differ), each tuned
+  over its own client learning rate with the same number of grid points
+  (:func:`lr_grid`): every point on the tuning seeds, evaluated on the validation
+  windows, the lowest mean final downstream validation loss kept; then the reported seeds
+  at the kept point, evaluated on the test windows. A call vmaps ``num_seeds`` runs."""
+  select = families_lib.lowest("downstream_loss")
   out = []
   for method in METHODS:
     def post(run, outputs, method=method):
@@ -201,7 +249,8 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
 
     out.append(families_lib.Family(
         name=method, methods=(method,), simulate=_simulate_fn(c, ctx, method),
-        steps=eval_rounds(c), inputs=lambda m, seed, stage: ctx.base(c)[1], post=post,
+        steps=eval_rounds(c), grid=lr_grid(c, method), select=select, batch=c.num_seeds,
+        inputs=lambda m, seed, stage: (ctx.base(c)[1], ctx.windows[SPLITS[stage]]), post=post,
         optional=("train_loss", "trainable_params", "uplink_bytes_per_round", "retention",
                   "general_loss_increase")))
   return out
@@ -211,7 +260,9 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
 
 
 def report(c, db, out: str, digest: str) -> dict:
-  """claims.json, report.md and curves.png from the database alone."""
+  """claims.json, report.md and curves.png from the database alone: the reported runs'
+  (test windows) values; the tuning table reads each method's kept learning rate back from
+  its reported runs."""
   names = ("downstream_loss", "downstream_accuracy", "general_loss", "general_accuracy",
            "trainable_params", "uplink_bytes_per_round", "retention", "general_loss_increase")
   final = {n: db.final_values(c.experiment, n, config_hash=digest) for n in names}
@@ -242,8 +293,9 @@ def report(c, db, out: str, digest: str) -> dict:
           per_seed={"fedit": ratio("uplink_bytes_per_round", "full", "fedit")}),
       claims_lib.claim(
           id="downstream_loss_vs_full", kind="reproduction",
-          statement=f"FedIT's final downstream validation loss is within "
-                    f"{100 * (c.max_loss_ratio - 1):.0f}% of full fine-tuning's",
+          statement=f"FedIT's final downstream test loss is within "
+                    f"{100 * (c.max_loss_ratio - 1):.0f}% of full fine-tuning's, each at "
+                    "the client learning rate chosen on validation windows and tuning seeds",
           paper=paper, metric="lora_over_full_downstream_loss", better="lower", method="fedit",
           threshold=c.max_loss_ratio,
           per_seed={"fedit": ratio("downstream_loss", "fedit", "full")}),
@@ -253,11 +305,15 @@ def report(c, db, out: str, digest: str) -> dict:
       seeds=seeds(c), claims=claims, reported={n: per_seed[n] for n in names})
   curves = {n: {m: db.series(c.experiment, m, n, config_hash=digest) for m in METHODS}
             for n in ("downstream_loss", "general_loss")}
-  write_report(out, c, doc, per_seed, curves)
+  tuning = report_lib.tuning_table(
+      db, c.experiment, digest, {m: lr_grid(c, m) for m in METHODS},
+      f"final downstream validation loss, mean over {c.num_tuning_seeds} tuning seeds; server "
+      "step 1, FedAvg's, not tuned", NAMES)
+  write_report(out, c, doc, per_seed, curves, tuning)
   return doc
 
 
-def write_report(out, c, doc, per_seed, curves) -> None:
+def write_report(out, c, doc, per_seed, curves, tuning: str) -> None:
   with report_lib.figure(os.path.join(out, "curves.png"), 1, 2, size=(11, 4)) as axes:
     for ax, (name, by_method) in zip(axes, curves.items()):
       for i, (m, by_seed) in enumerate(by_method.items()):
@@ -270,7 +326,8 @@ def write_report(out, c, doc, per_seed, curves) -> None:
   fmt = report_lib.fmt
   report_lib.write_markdown(out, [
       f"# fedlora ({c.variant})", report_lib.claims_table(doc),
-      "Before fine-tuning (the pre-trained model): downstream loss "
+      tuning,
+      "Before fine-tuning (the pre-trained model, test windows): downstream loss "
       f"{fmt(start['downstream_loss'][0] if start['downstream_loss'] else None)}, general "
       f"loss {fmt(start['general_loss'][0] if start['general_loss'] else None)} (nats/byte).",
       report_lib.metric_table(per_seed, [
@@ -283,4 +340,7 @@ def write_report(out, c, doc, per_seed, curves) -> None:
       f"{c.num_clients} clients (one stdlib domain each), {c.clients_per_round} per round, "
       f"{c.num_rounds} rounds x {c.local_steps} local Adam steps of {c.batch_size} windows "
       f"of {c.seq_len} bytes; LoRA rank {c.lora_rank}, alpha {c.lora_alpha} on "
-      f"{', '.join(c.lora_targets)} (lr {c.lora_lr}); full fine-tuning lr {c.full_lr}."])
+      f"{', '.join(c.lora_targets)}. Held-out windows: up to {c.eval_windows} validation "
+      "and as many disjoint test windows per domain, dealt by a generator seeded with "
+      f"seed {c.seed}; tuning runs (seeds {', '.join(map(str, tuning_seeds(c)))}) are "
+      "evaluated on validation windows, the reported runs on test windows."])

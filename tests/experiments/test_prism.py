@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxfl.errors import ConfigError
-from shapes import data
+from shapes import data, metrics
 from sweeps import families
 from sweeps.configs import bench_shapes as bench_config
 from sweeps.configs import prism as prism_config
@@ -100,6 +100,37 @@ def test_pair_correlation_known_answers():
   assert prism.pair_correlation("chair", s.labels, s.points[:2], s.exists[:2]) is None
 
 
+def test_validation_and_test_references_are_distinct_held_out_shapes(tmp_path):
+  c = tiny(str(tmp_path))
+  d = prism.run.seed_data(c, 0)
+  n, k = c.num_samples, c.num_eval  # 24 and 6
+  fresh = data.generate("chair", n + k, seed=0, split="test", points_per_part=24)
+  alone = data.generate("chair", n, seed=0, split="test", points_per_part=24)
+  # The held-out real sample is what num_samples shapes alone would be (generation is in
+  # order), so the validation references are the first 6 of it, the references the fixed
+  # design was chosen against; the test references are the 6 shapes after it.
+  np.testing.assert_array_equal(d.test.points, alone.points)
+  np.testing.assert_array_equal(d.test.points, fresh.points[:n])
+  val, test = d.refs["validation"].clouds, d.refs["test"].clouds
+  assert val.shape == test.shape == (k, c.eval_points, 3)
+  expect = lambda sl: metrics.normalize(metrics.resample(fresh.points[sl], fresh.exists[sl],
+                                                         c.eval_points, 0))
+  np.testing.assert_array_equal(val, expect(slice(0, k)))
+  np.testing.assert_array_equal(test, expect(slice(n, n + k)))
+  # No test reference is a validation one: every cross Chamfer distance is positive.
+  assert np.asarray(metrics.pairwise_chamfer(val, test)).min() > 1e-4
+
+
+def test_no_method_has_a_tuning_grid():
+  """The protocol's equal budget holds trivially: no family tunes anything."""
+  c = prism_config.get_config("quick")
+  fams = prism.families(c, prism.prepare(c))
+  assert [len(f.grid) for f in fams] == [1, 1]
+  assert [families.tuning_runs(f, c) for f in fams] == [[], []]
+  assert {r.stage for f in fams for r in families.reported_runs(f, c)} == {"report"}
+  assert prism.run.REFERENCES["report"][0] == "test"
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   root = tmp_path_factory.mktemp("prism")
@@ -135,6 +166,31 @@ def test_claims_are_recomputed_from_the_logged_values(swept):
       assert 0 <= final["violations"][m][s] <= 1
   with open(os.path.join(root, "a", "prism", "claims.json")) as f:
     assert json.load(f) == doc
+
+
+@pytest.mark.slow
+def test_claims_use_the_test_references_and_validation_is_beside(swept):
+  """A baseline's logged 1-NNA is its samples' against the test references, its val_
+  metrics against the validation ones (host-only, so recomputed here exactly)."""
+  c, doc, root = swept
+  ctx = prism.prepare(c)
+  with ResultsDB(results_path(str(root / "a"))) as db:
+    final = {n: db.final_values("prism", n) for n in ("1nna_cd", "val_1nna_cd", "mmd_cd",
+                                                     "val_mmd_cd")}
+  for s in prism.seeds(c):
+    d = ctx.seed_data(s)
+    test_only = prism.run.run_baseline(c, d, "independent", s, ("test",))
+    val_only = prism.run.run_baseline(c, d, "independent", s, ("validation",))
+    assert final["1nna_cd"]["independent"][s] == test_only["1nna_cd"]
+    assert final["mmd_cd"]["independent"][s] == test_only["mmd_cd"]
+    assert final["val_1nna_cd"]["independent"][s] == val_only["val_1nna_cd"]
+    assert final["val_mmd_cd"]["independent"][s] == val_only["val_mmd_cd"]
+    assert test_only["mmd_cd"] != val_only["val_mmd_cd"]  # other shapes, other distances
+  claims = {cl["id"]: cl for cl in doc["claims"]}
+  assert claims["nna_vs_independent"]["baseline_value"] == pytest.approx(
+      np.mean([final["1nna_cd"]["independent"][s] for s in prism.seeds(c)]), abs=1e-12)
+  md = (root / "a" / "prism" / "report.md").read_text()
+  assert "1-NNA-CD, validation refs" in md and "No method has a tuning grid" in md
 
 
 @pytest.mark.slow

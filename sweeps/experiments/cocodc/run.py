@@ -1,5 +1,6 @@
 """CoCoDC's runs: validation, the corpus and model set-up, and the three method families
-(diloco, streaming, cocodc) whose tuning grids are traced."""
+(diloco, streaming, cocodc), each tuned over the same traced grid of its own step sizes
+(inner x outer learning rate); ``alpha`` and ``lam0`` are fixed config values."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from sweeps.experiments import lm_pretrain
 
 FAMILIES = ("diloco", "streaming", "cocodc")
 NAMES = {"diloco": "DiLoCo (blocking)", "streaming": "Streaming DiLoCo", "cocodc": "CoCoDC"}
-KNOB = {"streaming": "alpha", "cocodc": "lam"}  # the second tuned hyperparameter (run names)
-KNOB_METRIC = {"streaming": "alpha", "cocodc": "lam0"}  # ... and its logged metric
+KNOB = {"streaming": "alpha", "cocodc": "lam0"}  # each streaming family's fixed knob
+HPARAMS = ("inner_lr", "outer_lr")  # every family's tuning grid, in this order
 KEY_MODEL, KEY_RUN = range(2)
 PAPER = ("CoCoDC reduces the training steps to a comparable perplexity by up to 21.0% vs "
          "Streaming DiLoCo (arXiv 2504.17672)")
@@ -60,18 +61,25 @@ def validate(c) -> None:
   check(len(overlaps) >= 1 and len(set(overlaps)) == len(overlaps) and
         all(isinstance(t, int) and 0 < t < c.inner_steps for t in overlaps), "overlaps",
         f"distinct integers in [1, inner_steps={c.inner_steps})", overlaps)
-  for f in ("inner_lr", "step_time", "clip_norm"):
+  for f in ("step_time", "clip_norm"):
     check_number(c[f], f, low=0, strict=True)
   check_number(c.weight_decay, "weight_decay", low=0)
   check_number(c.outer_momentum, "outer_momentum")
   check(0 <= c.outer_momentum < 1, "outer_momentum", "a number in [0, 1)", c.outer_momentum)
-  for f, ok, what in (("outer_lr_grid", lambda v: math.isfinite(v) and v > 0, "positive"),
-                      ("alpha_grid", lambda v: 0 <= v <= 1, "in [0, 1]"),
-                      ("lam0_grid", lambda v: math.isfinite(v) and v >= 0, "non-negative")):
+  for f in ("inner_lr_grid", "outer_lr_grid"):
     grid = tuple(c[f])
     check(len(grid) >= 1 and len(set(grid)) == len(grid) and
-          all(isinstance(v, (int, float)) and ok(v) for v in grid), f,
-          f"distinct {what} numbers", grid)
+          all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in grid), f,
+          "distinct positive numbers", grid)
+  check_number(c.alpha, "alpha")
+  check(0 <= c.alpha <= 1, "alpha", "a mixing weight in [0, 1]", c.alpha)
+  check_number(c.lam0, "lam0", low=0)
+  check_number(c.target_window, "target_window", low=0, integer=True)
+  check_number(c.target_step, "target_step", low=1, integer=True)
+  room = (c.num_steps - c.target_step) // c.eval_every
+  check(c.target_step % c.inner_steps == 0 and room >= c.target_window, "target_step",
+        f"a multiple of inner_steps={c.inner_steps} with at least target_window="
+        f"{c.target_window} evaluations after it before num_steps={c.num_steps}", c.target_step)
   check(0 <= c.min_step_reduction < 1, "min_step_reduction", "a fraction in [0, 1)",
         c.min_step_reduction)
 
@@ -80,12 +88,10 @@ def validate(c) -> None:
 
 
 def grid(c, family: str) -> list[dict[str, float]]:
-  """The points a family is tuned over: ``outer_lr`` (and ``alpha`` or ``lam0``)."""
-  lrs = [float(v) for v in c.outer_lr_grid]
-  if family == "diloco":
-    return [{"outer_lr": lr} for lr in lrs]
-  knobs = c.alpha_grid if family == "streaming" else c.lam0_grid
-  return [{"outer_lr": lr, KNOB_METRIC[family]: float(k)} for lr in lrs for k in knobs]
+  """The points every family is tuned over, the same for each: ``inner_lr x outer_lr``."""
+  del family
+  return [{"inner_lr": float(a), "outer_lr": float(b)}
+          for a in c.inner_lr_grid for b in c.outer_lr_grid]
 
 
 def overlaps(c, family: str) -> list[int]:
@@ -96,9 +102,8 @@ def method_name(family: str, overlap: int) -> str:
   return family if family == "diloco" else f"{family}_tau{overlap}"
 
 
-def point_name(family: str, overlap: int, lr: float, knob: float = 0.0) -> str:
-  """A tuning run's name: ``cocodc_tau12[outer_lr=0.7,lam0=0.5]``."""
-  point = {"outer_lr": lr} if family == "diloco" else {"outer_lr": lr, KNOB_METRIC[family]: knob}
+def point_name(family: str, overlap: int, point) -> str:
+  """A tuning run's name: ``cocodc_tau12[inner_lr=0.002,outer_lr=0.7]``."""
   return families_lib.point_name(method_name(family, overlap), point)
 
 
@@ -120,8 +125,8 @@ class Context:
                num_params: int):
     self.data = data
     self.num_params = num_params
-    self.tune = tune  # validation windows used for tuning
-    self.test = test  # the other validation windows: reported curves
+    self.tune = tune  # even evaluation windows of each domain: the validation split
+    self.test = test  # the odd ones: the test split (reported curves, claims)
     self.domains = domains
     self.params0: dict[int, Any] = {}  # seed -> initial model
 
@@ -137,19 +142,29 @@ def prepare(c) -> Context:
   # Equal counts: workers draw batches uniformly from their own windows.
   data = corpus_lib.client_windows(corpus, c.num_workers, c.seq_len, c.windows_per_worker,
                                    equal=True)
-  vx, vy = corpus_lib.domain_windows(corpus, [s.domain for s in shards], c.seq_len,
-                                     c.eval_windows)
-  return Context(data, (vx[0::2], vy[0::2]), (vx[1::2], vy[1::2]),
-                 tuple(s.domain for s in shards), transformer.num_params(_shapes(c)))
+  tune, test = split_windows(corpus, [s.domain for s in shards], c.seq_len, c.eval_windows)
+  return Context(data, tune, test, tuple(s.domain for s in shards),
+                 transformer.num_params(_shapes(c)))
 
 
-def inner_optimizer(c) -> optax.GradientTransformation:
-  """AdamW (betas 0.9/0.95) with linear warmup and cosine decay to 10%, after clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, c.inner_lr, c.warmup_steps, max(c.num_steps, c.warmup_steps + 1),
-      end_value=0.1 * c.inner_lr)
+def split_windows(corpus, domains, seq_len: int, per_domain: int) -> tuple[tuple, tuple]:
+  """``(validation, test)`` windows, each ``(inputs, targets)``: ``per_domain`` evenly
+  spaced windows of each domain's validation files (held out from training), the even
+  ones of every domain to validation and the odd ones to test (disjoint: no target byte
+  is scored in both)."""
+  parts = [corpus_lib.domain_windows(corpus, [d], seq_len, per_domain) for d in domains]
+  cat = lambda k, start: np.concatenate([p[k][start::2] for p in parts])
+  return (cat(0, 0), cat(1, 0)), (cat(0, 1), cat(1, 1))
+
+
+def inner_optimizer(c, lr) -> optax.GradientTransformation:
+  """AdamW (betas 0.9/0.95) with peak learning rate ``lr`` (may be traced), linear warmup
+  and cosine decay to 10% of it, after clipping."""
+  shape = optax.warmup_cosine_decay_schedule(
+      0.0, 1.0, c.warmup_steps, max(c.num_steps, c.warmup_steps + 1), end_value=0.1)
   return optax.chain(optax.clip_by_global_norm(c.clip_norm),
-                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay))
+                     optax.adamw(lambda count: lr * shape(count), b1=0.9, b2=0.95,
+                                 weight_decay=c.weight_decay))
 
 
 def _shapes(c):
@@ -165,24 +180,26 @@ def _wan(c) -> WAN:
   return common.build(WAN, c.wan, "wan")
 
 
-def _algorithm(c, family: str, outer_lr, knob, overlap, labels=None):
-  """The family's engine; ``outer_lr``, ``knob`` and ``overlap`` may be traced."""
+def _algorithm(c, family: str, hparams, overlap, labels=None):
+  """The family's engine; ``hparams`` (``inner_lr``, ``outer_lr``) and ``overlap`` may be
+  traced."""
   config = model_config(c)
   loss_fn = lambda p, x, y: transformer.lm_loss(config, p, x, y)
-  outer = optax.sgd(outer_lr, momentum=c.outer_momentum, nesterov=True)
+  inner = inner_optimizer(c, hparams["inner_lr"])
+  outer = optax.sgd(hparams["outer_lr"], momentum=c.outer_momentum, nesterov=True)
   common = dict(num_workers=c.num_workers, inner_steps=c.inner_steps,
                 batch_size=c.batch_size, step_time=float(c.step_time), wan=_wan(c))
   if family == "diloco":
-    return DiLoCo(loss_fn, inner_optimizer(c), outer, **common)
-  knobs = dict(alpha=knob) if family == "streaming" else dict(lam0=knob)
-  return StreamingDiLoCo(loss_fn, inner_optimizer(c), outer,
+    return DiLoCo(loss_fn, inner, outer, **common)
+  knobs = dict(alpha=float(c.alpha)) if family == "streaming" else dict(lam0=float(c.lam0))
+  return StreamingDiLoCo(loss_fn, inner, outer,
                          labels=_labels(c) if labels is None else labels,
                          num_fragments=c.num_fragments, overlap=overlap, mode=family,
                          **knobs, **common)
 
 
 def _simulate_fn(c, ctx: Context, family: str):
-  """``simulate(key, (params0, overlap, windows), {outer_lr, alpha|lam0})``: the run's
+  """``simulate(key, (params0, overlap, windows), {inner_lr, outer_lr})``: the run's
   ``(sim_time, {"eval_loss": loss})``, each ``[E + 1]`` (the loss on ``windows`` at the
   start and after each of ``E`` evaluation intervals).
 
@@ -196,8 +213,7 @@ def _simulate_fn(c, ctx: Context, family: str):
 
   def simulate(key, inputs, hparams):
     params0, overlap, windows = inputs
-    knob = hparams.get(KNOB_METRIC.get(family, ""), 0.0)
-    alg = _algorithm(c, family, hparams["outer_lr"], knob, overlap, labels)
+    alg = _algorithm(c, family, hparams, overlap, labels)
     data = jax.tree.map(jnp.asarray, ctx.data)
 
     def evaluate(state):
@@ -227,8 +243,9 @@ def _initial_params(c, ctx: Context, seed: int):
 
 
 def families(c, ctx: Context) -> list[families_lib.Family]:
-  """DiLoCo, Streaming DiLoCo and CoCoDC, each tuned by mean final validation loss (a
-  diverged grid point is never chosen). ``ctx`` is read only when runs are computed."""
+  """DiLoCo, Streaming DiLoCo and CoCoDC, each tuned over :func:`grid` by mean final
+  validation loss on the tuning seeds (a diverged grid point is never chosen). ``ctx`` is
+  read only when runs are computed."""
   out = []
   for family in FAMILIES:
     methods = {method_name(family, t): t for t in overlaps(c, family)}
@@ -254,5 +271,6 @@ def fragment_comm_seconds(c) -> tuple[float, float]:
   """Simulated seconds of the full model's all-reduce and of one fragment's (mean)."""
   shapes = _shapes(c)
   full = _wan(c).allreduce_time(tree_bytes(shapes), c.num_workers)
-  engine = _algorithm(c, "streaming", 1.0, 0.5, int(c.overlaps[0]), _labels(c, shapes))
+  point = grid(c, "streaming")[0]
+  engine = _algorithm(c, "streaming", point, int(c.overlaps[0]), _labels(c, shapes))
   return full, float(np.mean(engine.fragment_comm_time(shapes)))

@@ -28,6 +28,10 @@ PAIRS = {"chair": ("seat", "back"), "table": ("top", "shelf"), "lamp": ("arm", "
 #: Parts regenerated in the editing sequence (the rest are kept).
 EDITED = {"chair": ("back", "arms"), "table": ("legs4", "pedestal", "shelf"),
           "lamp": ("arm", "shade")}
+#: The references each stage scores against: a tuning run (none today: no family has a
+#: grid) only the validation ones; a reported run the test ones (its claims) and the
+#: validation ones (``val_*``, beside them in the report).
+REFERENCES = {"tune": ("validation",), "report": ("test", "validation")}
 
 
 def validate(c) -> None:
@@ -81,28 +85,52 @@ def prepare(c) -> Context:
 # ----------------------------------------------------------------------------- pieces
 
 
-class SeedData(NamedTuple):
-  train: data.PartShapes
-  test: data.PartShapes  # num_samples held-out shapes; the first num_eval are references
-  ssm: ssm_lib.PartSSMs
-  refs: np.ndarray  # [num_eval, eval_points, 3] normalised reference clouds
+class References(NamedTuple):
+  """Held-out reference clouds for the Chamfer metrics of one split."""
+
+  clouds: np.ndarray  # [num_eval, eval_points, 3], each normalised into [-1, 1]^3
   d_rr: np.ndarray  # [num_eval, num_eval] their pairwise Chamfer distances
 
 
+class SeedData(NamedTuple):
+  train: data.PartShapes
+  test: data.PartShapes  # num_samples held-out real shapes (structure statistics, edits)
+  ssm: ssm_lib.PartSSMs
+  refs: dict[str, References]  # "validation": test[:num_eval]; "test": shapes after test
+
+
 def seed_shapes(c, seed: int) -> tuple[data.PartShapes, data.PartShapes, ssm_lib.PartSSMs]:
-  """The seed's training and held-out shapes (cached on disk) and its part SSMs."""
+  """The seed's training shapes, its ``num_samples + num_eval`` held-out shapes (cached on
+  disk; :func:`shapes.data.generate` draws them in order, so the first ``num_samples``
+  are the same whatever their number) and its part SSMs."""
   kw = dict(seed=seed, points_per_part=c.points_per_part, data_dir=c.data_dir or None)
   train = data.load(c.category, "train", c.num_train, **kw)
-  test = data.load(c.category, "test", c.num_samples, **kw)
-  return train, test, ssm_lib.fit(train, c.tokens.num_modes)
+  heldout = data.load(c.category, "test", c.num_samples + c.num_eval, **kw)
+  return train, heldout, ssm_lib.fit(train, c.tokens.num_modes)
+
+
+def _take(shapes: data.PartShapes, index: slice) -> data.PartShapes:
+  # Built by field, not _replace: PartShapes' __len__ counts shapes, not fields.
+  return data.PartShapes(shapes.category, shapes.labels, shapes.points[index],
+                         shapes.exists[index], shapes.attrs[index])
 
 
 def seed_data(c, seed: int) -> SeedData:
-  """:func:`seed_shapes` and the reference clouds with their pairwise distances."""
-  train, test, model = seed_shapes(c, seed)
-  refs = metrics.normalize(metrics.resample(test.points[:c.num_eval], test.exists[:c.num_eval],
-                                            c.eval_points, seed))
-  return SeedData(train, test, model, refs, np.asarray(metrics.pairwise_chamfer(refs, refs)))
+  """:func:`seed_shapes`, split: the held-out real sample (the first ``num_samples``), the
+  validation references (its first ``num_eval``: those the fixed design was chosen
+  against, by hand, before the protocol) and the test references (the ``num_eval``
+  held-out shapes after the sample: never looked at before the claims were computed)."""
+  train, heldout, model = seed_shapes(c, seed)
+  n, k = c.num_samples, c.num_eval
+
+  def references(shapes: data.PartShapes) -> References:
+    clouds = metrics.normalize(metrics.resample(shapes.points, shapes.exists, c.eval_points,
+                                                seed))
+    return References(clouds, np.asarray(metrics.pairwise_chamfer(clouds, clouds)))
+
+  return SeedData(train, _take(heldout, slice(0, n)), model,
+                  {"validation": references(_take(heldout, slice(0, k))),
+                   "test": references(_take(heldout, slice(n, n + k)))})
 
 
 def token_spec(c) -> tokens.TokenSpec:
@@ -140,11 +168,21 @@ def pipeline(c) -> prism_lib.Pipeline:
                             shuffle=c.slots == "set", weights=_weights(c))
 
 
-def geometry(c, d: SeedData, points, exists, seed: int) -> dict[str, float]:
-  """MMD-CD, COV-CD and 1-NNA-CD of the first ``num_eval`` shapes against the references."""
+def geometry(c, d: SeedData, points, exists, seed: int, splits=("test",)
+             ) -> dict[str, float]:
+  """MMD-CD, COV-CD and 1-NNA-CD of the first ``num_eval`` shapes against each split's
+  references (``test``: ``1nna_cd``...; ``validation``: ``val_1nna_cd``...)."""
   gen = metrics.normalize(metrics.resample(points[:c.num_eval], exists[:c.num_eval],
                                            c.eval_points, seed + 1))
-  return metrics.generation_metrics(gen, d.refs, d_rr=d.d_rr)
+  d_ss = np.asarray(metrics.pairwise_chamfer(gen, gen))
+  out = {}
+  for split in splits:
+    refs = d.refs[split]
+    d_sr = np.asarray(metrics.pairwise_chamfer(gen, refs.clouds))
+    prefix = "" if split == "test" else "val_"
+    out.update({f"{prefix}mmd_cd": metrics.mmd(d_sr), f"{prefix}cov_cd": metrics.coverage(d_sr),
+                f"{prefix}1nna_cd": metrics.one_nna(refs.d_rr, d_sr.T, d_ss)})
+  return out
 
 
 def pair_correlation(category: str, labels, points, exists) -> float | None:
@@ -175,9 +213,10 @@ def structure(c, d: SeedData, points, exists) -> dict[str, float]:
 # ----------------------------------------------------------------------------- runs
 
 
-def prism_values(c, d: SeedData, seed: int, losses, z) -> tuple[dict, np.ndarray, np.ndarray]:
-  """One seed's PRISM values from its training losses and sampled tokens, and the
-  decoded coefficients and existence."""
+def prism_values(c, d: SeedData, seed: int, losses, z, splits=REFERENCES["report"]
+                 ) -> tuple[dict, np.ndarray, np.ndarray]:
+  """One seed's PRISM values from its training losses and sampled tokens (the Chamfer
+  metrics against ``splits``' references), and the decoded coefficients and existence."""
   out = pipeline(c).decode(d.ssm, z)
   points, exists = np.asarray(out.points), np.asarray(out.exists)
   losses = np.asarray(losses)
@@ -189,7 +228,7 @@ def prism_values(c, d: SeedData, seed: int, losses, z) -> tuple[dict, np.ndarray
   if heldout_corr is not None:
     values["heldout_pair_correlation"] = heldout_corr
   values.update(structure(c, d, points, exists))
-  values.update(geometry(c, d, points, exists, seed))
+  values.update(geometry(c, d, points, exists, seed, splits))
   return values, np.asarray(out.coeffs), exists
 
 
@@ -222,19 +261,22 @@ def pictures(c, d: SeedData, params, coeffs, exists, seed: int) -> dict:
                             "exists": d.test.exists[i].tolist()}}
 
 
-def run_baseline(c, d: SeedData, method: str, seed: int) -> dict:
+def run_baseline(c, d: SeedData, method: str, seed: int, splits=REFERENCES["report"]
+                 ) -> dict:
   if method == "global_pca":
     points, exists = baselines.sample_global_pca(baselines.fit_global_pca(d.train),
                                                  c.num_samples, seed=seed)
   else:
     points, exists = baselines.sample_independent(d.ssm, d.train.exists.mean(0),
                                                   c.num_samples, seed=seed)
-  return {**structure(c, d, points, exists), **geometry(c, d, points, exists, seed)}
+  return {**structure(c, d, points, exists), **geometry(c, d, points, exists, seed, splits)}
 
 
 def families(c, ctx: Context) -> list[families_lib.Family]:
   """PRISM (train and sample on device, one call for every seed; decode and score on the
-  host) and the two baselines (host only). Nothing is tuned."""
+  host) and the two baselines (host only). No family has a tuning grid (the config says
+  how each fixed value was set), so every run is a reported one, scored against the test
+  references (the claims) and, for the record, the validation references."""
   pipe = pipeline(c)
   m = len(data.CATEGORIES[c.category])
 
@@ -250,13 +292,14 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
   def post_prism(run, outputs):
     params, losses, z = outputs
     d = ctx.seed_data(run.seed)
-    values, coeffs, exists = prism_values(c, d, run.seed, losses, z)
+    values, coeffs, exists = prism_values(c, d, run.seed, losses, z, REFERENCES[run.stage])
     info = pictures(c, d, params, coeffs, exists, run.seed) if run.seed == seeds(c)[0] else None
     return _one_row(values) + (info,)
 
   def post_baseline(run, outputs):
     del outputs
-    return _one_row(run_baseline(c, ctx.seed_data(run.seed), run.method, run.seed))
+    return _one_row(run_baseline(c, ctx.seed_data(run.seed), run.method, run.seed,
+                                 REFERENCES[run.stage]))
 
   return [
       families_lib.Family(name="prism", methods=("prism",), simulate=generate, steps=(1,),
