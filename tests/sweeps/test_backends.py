@@ -65,7 +65,8 @@ def local_rows(tmp_path_factory):
   sweep(workdir)
   rows, runs = metric_rows(workdir)
   assert runs == [("centralized", 0, "done"), ("fedavg", 0, "done")]
-  assert len(rows) == 2 + 2 * 4  # centralized: accuracy, loss; fedavg: 4 metrics at rounds 2, 4
+  # centralized: accuracy, loss, client_lr; fedavg: 4 metrics at rounds 2, 4, client_lr at 4
+  assert len(rows) == 3 + 2 * 4 + 1
   return rows, runs
 
 
@@ -148,8 +149,11 @@ def ray_head():
   pytest.importorskip("ray")
   port = free_port()
   ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+  # On loopback: a machine whose own address is not reachable from itself (a sandbox's)
+  # would otherwise advertise that address to the drivers that connect.
   head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                           "--include-dashboard=false", "--disable-usage-stats"],
+                           "--include-dashboard=false", "--disable-usage-stats",
+                           "--node-ip-address=127.0.0.1"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     deadline = time.monotonic() + 60
@@ -187,8 +191,9 @@ def test_ray_existing_cluster_and_failures_come_back_as_the_workers_exception(tm
   outcomes = dict(submit(execute_run, cfg, [fed, central], str(tmp_path)))
   assert isinstance(outcomes[fed], ConfigError) and outcomes[fed].field == "num_devices"
   assert "raised in Ray task" in outcomes[fed].__notes__[0]
-  [(step, sim_time, values)] = outcomes[central].rows  # one row, after its 90 steps
-  assert step == 90 and sim_time is None and set(values) == {"accuracy", "loss"}
+  # One row, after its 72 steps (1 epoch of the 1,151 training images in batches of 16).
+  [(step, sim_time, values)] = outcomes[central].rows
+  assert step == 72 and sim_time is None and set(values) == {"accuracy", "loss", "client_lr"}
   assert not ray.is_initialized()  # disconnected; the cluster itself keeps running
   assert backends._resolve_address(ray_head, ray_head) == ray_head
 

@@ -62,9 +62,10 @@ def test_sweep_records_every_run_and_metric(uninterrupted):
   assert [(m, s, st) for m, s, st, _ in runs] == [
       ("centralized", 0, "done"), ("centralized", 1, "done"), ("fedavg", 0, "done"),
       ("fedavg", 1, "done")]
-  # FedAvg logs 4 metrics at each of 12 evaluations; centralized 2 metrics once.
+  # FedAvg logs 4 metrics at each of 12 evaluations and its client_lr at the last;
+  # centralized 2 metrics and its client_lr once.
   fed = [r for r in rows if r[0] == "fedavg"]
-  assert len(fed) == 2 * 12 * 4 and len(rows) == len(fed) + 2 * 2
+  assert len(fed) == 2 * (12 * 4 + 1) and len(rows) == len(fed) + 2 * 3
   assert sorted({r[2] for r in fed}) == list(range(2, 25, 2))
   assert all(r[4] > 0 for r in fed)  # simulated time is logged beside every round
   assert "claim accuracy_vs_centralized" in out
@@ -98,10 +99,11 @@ def test_report_rebuilds_from_database_alone(uninterrupted):
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_relaunch_gives_identical_results(uninterrupted, tmp_path):
-  """Kill the sweep with SIGKILL after 5 metric rows, then after 60, then let it finish."""
+  """Kill the sweep with SIGKILL after 5 metric rows, then after 62 (10 rows into the third
+  run, after a checkpoint of it), then let it finish."""
   expected = metric_rows(uninterrupted[0])
   workdir = tmp_path / "killed"
-  for kill_after in (5, 60):
+  for kill_after in (5, 62):
     proc = launch(workdir)
     deadline = time.monotonic() + 300
     while count_metrics(workdir) < kill_after and proc.poll() is None:
