@@ -93,13 +93,16 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_fedavg_quick_end_to_end(tmp_path, user_xla):
-  """The README's main command, seed 0 only (the suite's time budget): the claim holds.
+  """The README's main command, seed 0 and one tuning seed only (the suite's time budget):
+  the claim holds.
 
-  All five seeds run in `python -m sweeps.reproduce --quick` (REPRODUCTION.md).
+  All five seeds and both tuning seeds run in `python -m sweeps.reproduce --quick`
+  (REPRODUCTION.md).
   """
   workdir = tmp_path / "runs"
   proc = subprocess.run([sys.executable, "-m", "sweeps.launch", f"--config={CONFIG}",
-                         "--config.num_seeds=1", f"--workdir={workdir}"], capture_output=True,
+                         "--config.num_seeds=1", "--config.num_tuning_seeds=1",
+                         f"--workdir={workdir}"], capture_output=True,
                         text=True, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "[fedavg seeds 0 (one vmapped call)] done" in proc.stdout
