@@ -109,12 +109,14 @@ def tuning_table(db, experiment: str, digest: str, grids: Mapping[str, Sequence[
   tuning seeds, read back from the reported runs' logged hyperparameters
   (:func:`sweeps.families.rows`), and how points were ranked (``selection``)."""
   names = names or {}
+  keys = list(dict.fromkeys(k for grid in grids.values() for p in grid for k in p))
+  logged = {k: db.final_values(experiment, k, config_hash=digest) for k in keys}  # one query each
   rows = []
   for m, grid in grids.items():
     keys = list(grid[0]) if grid else []
     chosen = []
     for k in keys:
-      vals = {v for v in db.final_values(experiment, k, config_hash=digest).get(m, {}).values()}
+      vals = set(logged[k].get(m, {}).values())
       chosen.append(f"{k}={fmt(vals.pop())}" if len(vals) == 1 else f"{k}=—")
     values = "; ".join(
         f"{k} ∈ {{{', '.join(dict.fromkeys(fmt(float(p[k])) for p in grid))}}}" for k in keys)
