@@ -2,7 +2,8 @@
 
   python -m sweeps.launch --config sweeps/configs/<name>.py[:variant] [--config.key=value ...]
                           [--workdir DIR] [--backend local|ray|slurm] [--sweep]
-                          [--novmap_seeds] [--nocompilation_cache]
+                          [--novmap_seeds] [--nocompilation_cache] [--print_config]
+  python -m sweeps.launch --help [--config FILE[:variant]]   # flags, and the config's fields
 
 Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
 ``--config.key=value`` overrides), validates it, and runs the experiment named by
@@ -22,8 +23,13 @@ Multi-host: when the environment describes a multi-process JAX job (``srun``,
 every process runs this same command; ``jax.distributed.initialize()`` runs first, the
 client axis shards over every process's devices, and process 0 writes the results.
 
+``--print_config`` validates the config (overrides applied) and prints it with its hash
+instead of running. ``--help`` lists the launcher's flags and, given ``--config``, every
+field of that config with its value: each is overridable as ``--config.<field>=<value>``.
+
 Bad input ends with one line naming the field and what was expected, exit code 2,
-nothing written.
+nothing written; a misspelt override names the whole key and the field it was probably
+meant to be (``--config.num_seed=2`` -> "did you mean --config.num_seeds?").
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_bool("compilation_cache", True, "keep compiled XLA programs under "
                     "$JAXFL_CACHE_DIR/xla (default ~/.cache/jaxfl/xla), so a relaunch does "
                     "not recompile", flag_values=fv)
+  flags.DEFINE_bool("print_config", False, "validate the config and print it (overrides "
+                    "applied) with its hash, then exit without running", flag_values=fv)
   flags.DEFINE_bool("vmap_seeds", True, "local backend: run method families as vmapped "
                     "calls; false runs an experiment with a per-run loop run by run, with "
                     "checkpoints", flag_values=fv)
@@ -81,12 +89,47 @@ def _config_path(argv: list[str]) -> str | None:
   return None
 
 
-def _flag_error(e: Exception) -> str:
+def _overrides(argv: list[str]) -> list[str]:
+  """The dotted keys of the ``--config.<key>=value`` (or ``--config.<key> value``) overrides."""
+  return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+
+
+def _unknown_field(e: Exception, argv: list[str]) -> str:
+  """``--config.<key>: expected ...`` for an override of a field the config does not have.
+
+  ml_collections names only the missing component (``'num_seed'``), with its own
+  suggestion (``Did you mean "num_seeds" ...``); the override it came from gives the
+  whole key, and the suggestion is spelt as the flag to type.
+  """
+  text = str(e).replace("\\'", "'")
+  found = re.search(r"'([^'\"\\]+)'", text)
+  name = (found.group(1) if found else text).removeprefix("config.")
+  keys = [k for k in _overrides(argv) if name in k.split(".")]
+  key = keys[0] if len(keys) == 1 else name
+  message = f"--config.{key}: expected a field of the config (see --help --config=FILE)"
+  suggestion = re.search(r'Did you mean "([^"]+)"', text)
+  if suggestion:
+    parts = key.split(".")
+    at = parts.index(name) if name in parts else len(parts) - 1
+    meant = ".".join(parts[:at] + [suggestion.group(1)])
+    message += f"; did you mean --config.{meant}?"
+  return message
+
+
+def _config_file_error(e: Exception, spec: str) -> str | None:
+  """The error ``get_config`` itself raised (e.g. ``variant: expected one of ...``), named
+  as it is, or None when the file could not be loaded at all."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  head, _, rest = (lines[-1] if lines else "").partition(": ")
+  if head.endswith(("Error", "Exception")) and head != "SyntaxError" and ": expected" in rest:
+    return f"{rest} (in --config={spec})"
+  return None
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
   """One line from a flag-parsing error (config_flags embeds tracebacks and bare keys)."""
   if isinstance(e, (KeyError, AttributeError, flags.UnrecognizedFlagError)):
-    found = re.search(r"'([^'\"]+)'", str(e))
-    name = (found.group(1) if found else str(e)).removeprefix("config.")
-    return f"--config.{name}: expected a field of the config (see its get_config)"
+    return _unknown_field(e, argv)
   bad_value = re.match(r"flag (--[\w.]+)=(.*?): (.*)$", str(e))
   if bad_value and "Traceback" not in str(e):
     flag, value, why = bad_value.groups()
@@ -96,6 +139,33 @@ def _flag_error(e: Exception) -> str:
   # "ValueError: variant: expected ..." -> "variant: expected ..."
   head, _, rest = last.partition(": ")
   return rest if head.endswith(("Error", "Exception")) and rest else last
+
+
+def _fields(config, prefix: str = "") -> list[str]:
+  """``--config.<field>=<value>`` for every leaf of ``config`` (blocks field by field)."""
+  out = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      out += _fields(value, f"{prefix}{key}.")
+    else:
+      out.append(f"  --config.{prefix}{key}={value!r}")
+  return out
+
+
+def _help(fv: flags.FlagValues, argv: list[str]) -> str:
+  """The usage lines, every flag, and the fields of the config ``--config`` names."""
+  usage = "\n\n".join(__doc__.split("\n\n")[:2])
+  text = f"{usage}\n\nflags:\n{fv.get_help()}\n"
+  spec = _config_path(argv)
+  if spec is None:
+    return text + "\n(give --config=FILE[:variant] as well to list that config's fields)\n"
+  try:
+    fv([a for a in argv if a not in ("--help", "-h", "--helpfull")])
+    config = fv.config
+  except Exception as e:  # noqa: BLE001 -- the help still lists the flags
+    return text + f"\n(the config's fields are not listed: {_flag_error(e, argv)})\n"
+  return (text + f"\nfields of {spec} (override with --config.<field>=<value>):\n"
+          + "\n".join(_fields(config)) + "\n")
 
 
 def _use_cpu_cores(config) -> None:
@@ -147,12 +217,17 @@ def _grid(path: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   spec = _config_path(argv)
-  if spec is None:
-    return fail("--config: expected a config file, e.g. sweeps/configs/fedavg.py:quick")
-  path = spec.split(":", 1)[0]
-  if not os.path.isfile(path):
+  wants_help = any(a in ("--help", "-h", "--helpfull") for a in argv)
+  if spec is None and not wants_help:
+    return fail("--config: expected a config file, e.g. sweeps/configs/fedavg.py:quick "
+                "(--help lists the flags)")
+  path = (spec or "").split(":", 1)[0]
+  if spec is not None and not os.path.isfile(path):
     return fail(f"--config: expected an experiment config file (one of {configs.names()} under "
                 f"sweeps/configs/), got {path!r}")
+  if wants_help:
+    print(_help(_define_flags(argv), argv))
+    return 0
   fv = _define_flags(argv)
   try:
     fv(argv)
@@ -160,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     return fail(f"config.{e}")
   except Exception as e:  # noqa: BLE001 -- anything wrong with the config file or a flag
+    raised = _config_file_error(e, spec)
+    if raised is not None:  # get_config's own error (e.g. an unknown variant)
+      return fail(raised)
     if isinstance(e, SyntaxError) or "SyntaxError" in str(e) or "get_config" in str(e):
       return fail(f"--config: expected a Python file defining get_config(variant), got {path!r}")
-    return fail(_flag_error(e))
+    return fail(_flag_error(e, argv))
   if fv.backend not in BACKENDS:
     return fail(f"--backend: expected one of {list(BACKENDS)}, got {fv.backend!r}")
   if os.path.exists(fv.workdir) and not os.path.isdir(fv.workdir):
@@ -184,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
       return fail(f"config.experiment: expected the experiment this config file was written "
                   f"for, got {config.experiment!r} (the config has no field "
                   f"{missing.group(1) if missing else e!r})")
+    if fv.print_config:
+      from sweeps.results import config_hash
+
+      print(f"# {spec}, config hash {config_hash(config)}\n{config}", end="")
+      return 0
     options = dict(backend=fv.backend, vmap_seeds=fv.vmap_seeds,
                    backend_options=backends.options_from_flags(fv, fv.backend))
     if fv.sweep:

@@ -116,14 +116,21 @@ def _reference_docs(workdir: str, names: list[str]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sweeps.reproduce",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="quick variants (minutes on a CPU)")
-  parser.add_argument("--only", default="", help="comma-separated experiment names")
-  parser.add_argument("--workdir", default="runs")
+  parser.add_argument("--quick", action="store_true",
+                      help="the quick variants (minutes on a CPU); without it, the full "
+                      "variants (accelerator scale, catalog datasets)")
+  parser.add_argument("--only", default="",
+                      help=f"comma-separated experiment names (default: all of {configs.names()})")
+  parser.add_argument("--workdir", default="runs",
+                      help="where results and REPRODUCTION.md go (relative to this directory)")
   parser.add_argument("--seed", type=int, default=None,
                       help="every experiment's base seed (default: each config's own, 0)")
   parser.add_argument("--compare", default="",
                       help="an earlier reproduction's workdir to compare every claim with")
   args = parser.parse_args(argv)
+  # The launches run from the repository root: paths are the caller's, made absolute.
+  args.workdir = os.path.abspath(args.workdir)
+  args.compare = os.path.abspath(args.compare) if args.compare else ""
   names = configs.names()
   only = [n for n in args.only.split(",") if n]
   unknown = [n for n in only if n not in names]

@@ -45,7 +45,9 @@ def validate(c) -> None:
     check_number(c[field], field, low=1, integer=True)
   for field in ("alpha", "compute_median", "uplink_median", "downlink_median", "local_epochs"):
     check_number(c[field], field, low=0, strict=True)
-  for field in ("client_lr", "server_lr", "profile_sigma", "accuracy_gap_points"):
+  for field in ("client_lr", "server_lr"):  # a step of 0 trains nothing: no claim to test
+    check_number(c[field], field, low=0, strict=True)
+  for field in ("profile_sigma", "accuracy_gap_points"):
     check_number(c[field], field, low=0)
   check_number(c.validation, "validation", low=0, strict=True)
   check(c.validation < 1, "validation", "a fraction in (0, 1)", c.validation)
@@ -87,6 +89,10 @@ def prepare(c) -> Context:
                           validation=c.validation, seed=c.seed)
   check(c.num_clients <= len(ds.y_train), "num_clients",
         f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.num_clients)
+  # A client smaller than a batch repeats its samples in it (jaxfl.local); a batch larger
+  # than the whole training split is a typo, not an experiment.
+  check(c.batch_size <= len(ds.y_train), "batch_size",
+        f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.batch_size)
   profiles_table = load_profiles(c.profiles_file, c.num_clients) if c.profiles_file else None
   parts = {s: partition(c, ds.y_train, s) for s in seeds(c) + tuning_seeds(c)}
   return Context(ds, parts, profiles_table)

@@ -49,6 +49,8 @@ def validate(c) -> None:
                 "eval_windows", "batch_size", "local_steps", "num_rounds", "eval_every",
                 "lora_rank"):
     check_number(c[field], field, low=1, integer=True)
+  check(c.batch_size <= c.windows_per_client, "batch_size",
+        f"at most windows_per_client={c.windows_per_client} (a client's own data)", c.batch_size)
   check(c.clients_per_round <= c.num_clients, "clients_per_round",
         f"between 1 and num_clients={c.num_clients}", c.clients_per_round)
   check(c.seq_len <= spec.config.max_len, "seq_len",

@@ -51,6 +51,14 @@ def at_root(monkeypatch):
     ([f"--config={CONFIG}", "--config.local_epochs=0"], "local_epochs"),
     ([f"--config={CONFIG}", "--config.availability_high=nan"], "availability_high"),
     (["--config=sweeps/configs/bench_shapes.py", "--config.ddim_steps=500"], "ddim_steps"),
+    # Values that would run and make the experiment meaningless.
+    ([f"--config={CONFIG}", "--config.client_lr=0"], "client_lr"),
+    ([f"--config={CONFIG}", "--config.server_lr=0"], "server_lr"),
+    ([f"--config={CONFIG}", "--config.batch_size=5000"], "batch_size"),
+    (["--config=sweeps/configs/air_fedga.py", "--config.batch_size=5000"], "batch_size"),
+    (["--config=sweeps/configs/prism.py", "--config.batch_size=4001"], "batch_size"),
+    (["--config=sweeps/configs/cocodc.py", "--config.batch_size=1025"], "batch_size"),
+    (["--config=sweeps/configs/fedlora.py", "--config.batch_size=1000000"], "batch_size"),
     ([], "--config"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field):
@@ -61,6 +69,66 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, field
   assert len(err.splitlines()) == 1, err
   assert err.startswith("error: ") and field in err and "expected" in err, err
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.num_seed=2"],
+     "--config.num_seed: expected a field of the config (see --help --config=FILE); "
+     "did you mean --config.num_seeds?"),
+    (["--config.nope.x=1"],  # no close field: no suggestion
+     "--config.nope.x: expected a field of the config (see --help --config=FILE)"),
+])
+def test_a_misspelt_override_names_its_key_and_the_likely_field(tmp_path, capsys, args,
+                                                                  message):
+  assert launch.main(["launch", f"--config={CONFIG}", *args, f"--workdir={tmp_path}"]) == 2
+  assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_misspelt_block_field_keeps_the_blocks_path(tmp_path, capsys):
+  args = ["--config=sweeps/configs/prism.py", "--config.denoiser.widht=3"]
+  assert launch.main(["launch", *args, f"--workdir={tmp_path}"]) == 2
+  assert capsys.readouterr().err.endswith("did you mean --config.denoiser.width?\n")
+
+
+def test_an_unknown_variant_is_reported_as_the_variant(tmp_path, capsys):
+  assert launch.main(["launch", "--config=sweeps/configs/fedavg.py:bogus"]) == 2
+  assert capsys.readouterr().err == (
+      "error: variant: expected one of ['quick', 'full'], got 'bogus' "
+      "(in --config=sweeps/configs/fedavg.py:bogus)\n")
+
+
+def test_help_lists_the_flags_and_the_configs_fields(tmp_path, capsys):
+  assert launch.main(["launch", "--help"]) == 0
+  out = capsys.readouterr().out
+  for flag in ("--workdir", "--backend", "--sweep", "--print_config", "--ray.address",
+               "--slurm.partition"):
+    assert flag in out, flag
+  assert "give --config=FILE[:variant] as well" in out
+  assert launch.main(["launch", "--help", "--config=sweeps/configs/prism.py:full"]) == 0
+  out = capsys.readouterr().out
+  assert "fields of sweeps/configs/prism.py:full" in out
+  # Every leaf, block fields by their path, with the variant's values.
+  assert "  --config.num_train=2000\n" in out and "  --config.denoiser.kind='set'\n" in out
+  assert not list(tmp_path.iterdir())
+
+
+def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path, capsys):
+  from sweeps.results import config_hash
+
+  workdir = tmp_path / "runs"
+  args = ["launch", f"--config={CONFIG}", "--config.num_rounds=7", "--print_config",
+          f"--workdir={workdir}"]
+  assert launch.main(args) == 0
+  out = capsys.readouterr().out
+  head, *body = out.splitlines()
+  fv = launch._define_flags(args)
+  fv(args)
+  assert head == f"# {CONFIG}, config hash {config_hash(fv.config)}"
+  assert "num_rounds: 7" in body and "client_lr: 0.05" in body
+  assert not workdir.exists()
+  # Still validated: a bad value is the usual one-line error.
+  assert launch.main([*args, "--config.num_rounds=0"]) == 2
+  assert "config.num_rounds: expected" in capsys.readouterr().err
 
 
 def test_workdir_that_is_a_file(tmp_path, capsys):

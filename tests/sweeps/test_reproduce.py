@@ -3,6 +3,7 @@ and its bad-input errors. (The launches themselves are the launcher's, tested in
 test_launch.py; here the launch step is replaced by claims.json files already in place.)"""
 
 import json
+import os
 
 import pytest
 
@@ -78,6 +79,32 @@ def test_seed_reaches_every_launch_and_the_title(tmp_path, monkeypatch):
   text = (tmp_path / "REPRODUCTION.md").read_text()
   assert text.startswith("# Reproduction (quick variants, base seed 100)")
   assert "`python -m sweeps.reproduce --quick --seed 100`" in text
+
+
+def test_a_relative_workdir_is_the_callers(tmp_path, monkeypatch, capsys):
+  """The launches run in the repository root; --workdir is resolved where the user is."""
+  monkeypatch.chdir(tmp_path)
+  launched = []
+
+  def call(cmd, cwd):  # the launch writes where it was told to
+    launched.append(cmd)
+    workdir = cmd[-1].removeprefix("--workdir=")
+    os.makedirs(os.path.join(workdir, "fedavg"))
+    with open(os.path.join(workdir, "fedavg", "claims.json"), "w") as f:
+      json.dump(doc(), f)
+    return 0
+
+  monkeypatch.setattr(reproduce.subprocess, "call", call)
+  assert reproduce.main(["--quick", "--only", "fedavg", "--workdir", "rel"]) == 0
+  assert launched[0][-1] == f"--workdir={tmp_path / 'rel'}"
+  assert "Failed to run" not in (tmp_path / "rel" / "REPRODUCTION.md").read_text()
+
+
+def test_help_says_which_variants_run_by_default(capsys):
+  with pytest.raises(SystemExit):
+    reproduce.main(["--help"])
+  out = " ".join(capsys.readouterr().out.split())
+  assert "without it, the full variants" in out and "relative to this directory" in out
 
 
 @pytest.mark.parametrize("args,field", [(["--only", "nope"], "--only"),

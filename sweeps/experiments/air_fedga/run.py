@@ -140,6 +140,8 @@ def prepare(c) -> Context:
   check(c.num_workers * c.min_client_size <= len(ds.y_train), "num_workers",
         f"at most {len(ds.y_train) // c.min_client_size} (training samples of {c.dataset} / "
         f"min_client_size)", c.num_workers)
+  check(c.batch_size <= len(ds.y_train), "batch_size",
+        f"at most {len(ds.y_train)} (training samples of {c.dataset})", c.batch_size)
   compute = compute_times(c)
   num_params = _num_params(c, ds)
   raw = {}

@@ -41,6 +41,8 @@ def validate(c) -> None:
             "eval_every"):
     check_number(c[f], f, low=1, integer=True)
   check_number(c.warmup_steps, "warmup_steps", low=0, integer=True)
+  check(c.batch_size <= c.windows_per_worker, "batch_size",
+        f"at most windows_per_worker={c.windows_per_worker} (a worker's own data)", c.batch_size)
   layers = model_config(c).num_layers  # builds the model and wan blocks: their fields
   _wan(c)
   n_domains = len(corpus_lib.CLIENT_DOMAINS)

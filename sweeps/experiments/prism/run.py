@@ -47,6 +47,8 @@ def validate(c) -> None:
         "warmup_steps", f"an integer in [0, train_steps={c.train_steps})", c.warmup_steps)
   check(isinstance(c.num_pictures, int) and 0 <= c.num_pictures <= c.num_samples,
         "num_pictures", f"an integer in [0, num_samples={c.num_samples}]", c.num_pictures)
+  check(c.batch_size <= c.num_train, "batch_size", f"at most num_train={c.num_train}",
+        c.batch_size)
   check(c.num_eval <= c.num_samples, "num_eval", f"at most num_samples={c.num_samples}",
         c.num_eval)
   check(c.slots in ("ordered", "set"), "slots", "'ordered' or 'set'", c.slots)
