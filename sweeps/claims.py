@@ -90,18 +90,42 @@ def claim(*, id: str, kind: str, statement: str, paper: str, metric: str, better
 
 
 def counts(docs: Sequence[dict]) -> str:
-  """How many claims of each kind hold over claims documents.
+  """How many claims of each kind hold over claims documents (incomplete ones apart).
 
   >>> doc = {"claims": [{"kind": "reproduction", "holds": True},
   ...                   {"kind": "reproduction", "holds": False}, {"kind": "check", "holds": True}]}
   >>> counts([doc])
   '1 of 2 reproductions hold; 1 of 1 checks hold'
+  >>> counts([{"claims": [{"kind": "check", "holds": None, "incomplete": ["a seed 1"]}]}])
+  '0 of 0 reproductions hold; 0 of 1 checks hold (1 incomplete)'
   """
   parts = []
   for kind in KINDS:
     these = [cl for d in docs for cl in d["claims"] if cl.get("kind") == kind]
-    parts.append(f"{sum(cl['holds'] for cl in these)} of {len(these)} {kind}s hold")
+    line = f"{sum(cl['holds'] is True for cl in these)} of {len(these)} {kind}s hold"
+    missing = sum(cl["holds"] is None for cl in these)
+    parts.append(line + (f" ({missing} incomplete)" if missing else ""))
   return "; ".join(parts)
+
+
+def verdict(cl: dict, no: str = "**no**") -> str:
+  """A claim's holds column: ``yes``, ``no`` or ``incomplete`` (a reported run missing)."""
+  return "incomplete" if cl["holds"] is None else "yes" if cl["holds"] else no
+
+
+def mark_incomplete(doc: dict, missing: Sequence[str]) -> dict:
+  """``doc`` with every claim ``incomplete`` when a reported run is ``missing``
+  (``"<method> seed <s>"``; DESIGN.md contract 8: a claim missing a seed's value is
+  incomplete, not false): ``holds`` becomes None and ``incomplete`` names the runs.
+  Unchanged when nothing is missing.
+
+  Every claim, not only those naming the missing method: a claim's aggregate may draw on
+  any reported run (a target set by a baseline, a ratio of two methods).
+  """
+  if not missing:
+    return doc
+  claims = [{**cl, "holds": None, "incomplete": list(missing)} for cl in doc["claims"]]
+  return {**doc, "claims": claims}
 
 
 def write_claims(path: str | os.PathLike, *, experiment: str, variant: str, seeds: Sequence[int],

@@ -77,7 +77,7 @@ def claims_table(doc: dict) -> str:
                 "threshold / margin", "holds"],
                [[cl["id"], cl.get("kind", "—"), cl["method"], cl["value"],
                  cl.get("baseline", "—"), cl.get("baseline_value"),
-                 cl.get("threshold", cl.get("margin")), "yes" if cl["holds"] else "**no**"]
+                 cl.get("threshold", cl.get("margin")), claims_lib.verdict(cl)]
                 for cl in doc["claims"]])
 
 
@@ -218,6 +218,31 @@ def reference_band(ax, values: Sequence, *, color=None, label: str | None = None
 # ----------------------------------------------------------------------------- rebuilding
 
 
+def experiment_report(runner, config, db, out: str, digest: str) -> dict:
+  """``runner.report`` (claims.json, report.md, figures from the database), then every
+  claim marked incomplete (:func:`sweeps.claims.mark_incomplete`) if a reported run of the
+  config is not done (a failed or interrupted run, rebuilt by ``sweeps.report``)."""
+  from sweeps.families import seeds
+
+  doc = runner.report(config, db, out, digest)
+  wanted = set(seeds(config)) if "num_seeds" in config else None  # None: every seed
+  missing = sorted(f"{r['method']} seed {r['seed']}" for r in db.runs(config.experiment)
+                   if r["config_hash"] == digest and r["status"] != "done"
+                   and (wanted is None or r["seed"] in wanted))
+  if not missing:
+    return doc
+  doc = claims_lib.mark_incomplete(doc, missing)
+  extra = {k: v for k, v in doc.items() if k not in ("experiment", "variant", "seeds", "claims")}
+  claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=doc["experiment"],
+                          variant=doc["variant"], seeds=doc["seeds"], claims=doc["claims"],
+                          **extra)
+  with open(os.path.join(out, "report.md"), "a") as f:
+    f.write(f"\n**Incomplete**: {len(missing)} reported runs are not done "
+            f"({', '.join(missing)}); every claim above is incomplete, not false. Relaunch "
+            "the same command to finish them.\n")
+  return doc
+
+
 def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
   """``<folder>/sweep.md``: one row per grid point and claim, linking each point's report.
 
@@ -230,7 +255,7 @@ def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
     label = ", ".join(f"{k}={v}" for k, v in sorted(point.items())) or "(base config)"
     rows += [[f"[{label}]({rel}/report.md)", cl["id"], cl.get("kind", "—"), cl["method"],
               cl["value"],
-              cl.get("baseline_value"), "yes" if cl["holds"] else "**no**"]
+              cl.get("baseline_value"), claims_lib.verdict(cl)]
              for cl in doc["claims"]]
   experiment = points[0][2]["experiment"] if points else os.path.basename(folder)
   os.makedirs(folder, exist_ok=True)
@@ -277,7 +302,7 @@ def rebuild(workdir: str) -> list[dict]:
       out = os.path.join(workdir, rel)
       os.makedirs(out, exist_ok=True)
       config = ml_collections.ConfigDict(configs[r["config_hash"]])
-      doc = runner.report(config, db, out, r["config_hash"])
+      doc = experiment_report(runner, config, db, out, r["config_hash"])
       doc["out"] = out
       docs.append(doc)
       if r["sweep"] is not None:

@@ -48,7 +48,7 @@ def table(docs: list[dict], kind: str | None = None) -> str:
               else f"threshold {_fmt(cl['threshold'])}")
       rows.append(f"| {doc['experiment']} ({doc['variant']}) | {cl['statement']} | {cl['paper']} | "
                   f"{cl['method']}: {_fmt(cl['value'])} | {base} | "
-                  f"{'yes' if cl['holds'] else '**no**'} |")
+                  f"{claims_lib.verdict(cl)} |")
   return "\n".join(rows)
 
 
@@ -84,7 +84,7 @@ def compare(docs: list[dict], reference: list[dict]) -> str:
   """
   rows = ["| experiment | claim | holds (reference -> now) | value (reference -> now) | numbers |",
           "|---|---|---|---|---|"]
-  yes = lambda cl: "yes" if cl["holds"] else "no"
+  yes = lambda cl: claims_lib.verdict(cl, no="no")
   for doc, cl, ref in _matched(docs, reference):
     where = f"| {doc['experiment']} ({doc['variant']}) | {cl['id']} |"
     if ref is None:

@@ -234,12 +234,13 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
     if not writer:
       return None
     os.makedirs(out, exist_ok=True)
-    doc = runner.report(config, db, out, digest)
+    doc = report.experiment_report(runner, config, db, out, digest)
   for cl in doc["claims"]:
     reference = (f"{cl['baseline']} {_fmt(cl['baseline_value'])} (margin {cl['margin']})"
                  if "baseline" in cl else f"threshold {cl['threshold']}")
     kind = f" ({cl['kind']})" if "kind" in cl else ""
-    print(f"claim {cl['id']}{kind} {'holds' if cl['holds'] else 'DOES NOT HOLD'}: {cl['method']} "
+    holds = {True: "holds", False: "DOES NOT HOLD", None: "is INCOMPLETE"}[cl["holds"]]
+    print(f"claim {cl['id']}{kind} {holds}: {cl['method']} "
           f"{_fmt(cl['value'])} vs {reference} -> {os.path.join(out, 'claims.json')}", file=stream)
   return doc
 

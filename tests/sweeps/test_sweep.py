@@ -98,6 +98,25 @@ def test_report_rebuilds_from_database_alone(uninterrupted):
 
 
 @pytest.mark.slow
+def test_a_reported_run_not_done_makes_every_claim_incomplete(uninterrupted, tmp_path):
+  """DESIGN.md contract 8: a claim missing a seed's value is incomplete, not false."""
+  import json
+  import shutil
+
+  workdir = tmp_path / "copy"
+  shutil.copytree(uninterrupted[0], workdir)
+  with sqlite3.connect(results_path(workdir)) as con:
+    con.execute("UPDATE runs SET status = 'failed' WHERE method = 'centralized' AND seed = 1")
+  (doc,) = report.rebuild(str(workdir))
+  (claim,) = doc["claims"]
+  assert claim["holds"] is None and claim["incomplete"] == ["centralized seed 1"]
+  assert json.loads((workdir / "fedavg" / "claims.json").read_text())["claims"] == [claim]
+  assert "**Incomplete**: 1 reported runs are not done (centralized seed 1)" in (
+      workdir / "fedavg" / "report.md").read_text()
+  assert "| incomplete |" in report.claims_table(doc)
+
+
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_relaunch_gives_identical_results(uninterrupted, tmp_path):
   """Kill the sweep with SIGKILL after 5 metric rows, then after 62 (10 rows into the third
   run, after a checkpoint of it), then let it finish."""
