@@ -28,6 +28,8 @@ Two modes, chosen by ``interactive`` (default: whether the stream is a terminal)
   Throttling rule: ``update(k)`` prints a line when ``k`` is a multiple of ``every``
   (default 1: every update) or ``k`` is the run's last round. A line shows only the
   metrics passed to that ``update`` call, so no stale value is printed as current.
+  From a run's second update on, the ``wall`` field adds the rate since the first update
+  and the time left at that rate (``wall 4.2 s, 2.5 rounds/s, eta 16 s``).
 
 :meth:`RunProgress.log` (also the instance itself, which is callable) fits the
 existing ``log=print`` callbacks, e.g. ``run_rounds(..., log=run)``.
@@ -142,7 +144,8 @@ class Progress:
       already = f" ({self.done} already done)" if self.done else ""
       self._line(f"{desc}: runs {self.done}/{self.total_runs}{already}")
 
-  def run(self, name: str, total_rounds: int, *, initial: int = 0, runs: int = 1) -> RunProgress:
+  def run(self, name: str, total_rounds: int, *, initial: int = 0, runs: int = 1,
+          unit: str = "round") -> RunProgress:
     """Open the progress of one run; close it (or leave its ``with`` block) when it ends.
 
     Args:
@@ -151,6 +154,7 @@ class Progress:
       initial: rounds already done, e.g. restored from a checkpoint.
       runs: how many of the sweep's runs this one stands for (several seeds computed
         in one vmapped call).
+      unit: what a run counts (``"round"``; a family call counts its logged ``"row"``s).
 
     Raises:
       ValueError: naming the field, for a non-positive ``total_rounds`` or an
@@ -164,7 +168,7 @@ class Progress:
       if self.done + runs > self.total_runs:
         raise ValueError(f"runs: expected at most the {self.total_runs - self.done} runs left, "
                          f"got {runs!r}")
-      run = RunProgress(self, name, total_rounds, initial=initial)
+      run = RunProgress(self, name, total_rounds, initial=initial, unit=unit)
       run.runs = runs
       self._open.append(run)
       return run
@@ -214,7 +218,7 @@ class Progress:
     self.failed += run.runs if failed else 0
     self._open.remove(run)
     outcome = "failed" if failed else "done"
-    what = f"[{run.name}] {outcome} at round {run.round}/{run.total_rounds}"
+    what = f"[{run.name}] {outcome} at {run.unit} {run.round}/{run.total_rounds}"
     failures = f" ({self.failed} failed)" if self.failed else ""
     if self._bar is not None:
       # The run's bar vanishes (leave=False); this line is what stays on screen.
@@ -235,7 +239,8 @@ class RunProgress:
   ``log=print`` style callback.
   """
 
-  def __init__(self, sweep: Progress, name: str, total_rounds: int, *, initial: int = 0):
+  def __init__(self, sweep: Progress, name: str, total_rounds: int, *, initial: int = 0,
+               unit: str = "round"):
     self.sweep = sweep
     self.name = name
     self.total_rounds = _check_count(total_rounds, "total_rounds", minimum=1)
@@ -245,14 +250,16 @@ class RunProgress:
                        f"got {initial!r}")
     self.closed = False
     self.runs = 1  # of the sweep's runs (Progress.run sets it)
+    self.unit = unit
     self._start = sweep.clock()
     self._sim_time: float | None = None
     self._shown: dict[str, float] = {}  # last value of every metric (the bar's postfix)
+    self._first: tuple[float, int] | None = None  # (wall, round) of the first progress
     self._bar: tqdm | None = None
     if sweep.interactive:
       # leave=False: with several bars on screen, a finished one left behind would sit
       # between live bars; the sweep writes a summary line instead.
-      self._bar = tqdm(total=self.total_rounds, initial=self.round, desc=name, unit="round",
+      self._bar = tqdm(total=self.total_rounds, initial=self.round, desc=name, unit=unit,
                        file=sweep.stream, dynamic_ncols=True, leave=False,
                        mininterval=sweep.min_interval_s)
 
@@ -290,9 +297,23 @@ class RunProgress:
           self._bar.refresh()
       elif round % self.sweep.every == 0 or round == self.total_rounds:
         shown = format_metrics(metrics, sim_time)
-        self.sweep._line(f"{self.sweep.desc} [{self.name}] round {round}/{self.total_rounds}"
-                         + (f" | {shown}" if shown else "")
-                         + f" | wall {self.sweep.clock() - self._start:.1f} s")
+        self.sweep._line(f"{self.sweep.desc} [{self.name}] {self.unit} {round}/{self.total_rounds}"
+                         + (f" | {shown}" if shown else "") + self._timing(round))
+
+  def _timing(self, round: int) -> str:
+    """``| wall 2.1 s``, and once two updates apart: ``, 3.1 rounds/s, eta 12 s`` (the rate
+    since the first update, so a compile before it does not count)."""
+    now = self.sweep.clock()
+    text = f" | wall {now - self._start:.1f} s"
+    if self._first is None:
+      if round > 0:
+        self._first = (now, round)
+      return text
+    t0, r0 = self._first
+    if round > r0 and now > t0 and round < self.total_rounds:
+      rate = (round - r0) / (now - t0)
+      text += f", {rate:.3g} {self.unit}s/s, eta {(self.total_rounds - round) / rate:.0f} s"
+    return text
 
   def log(self, message: str) -> None:
     """Write one line without breaking the bars (``tqdm.write`` when interactive)."""

@@ -54,11 +54,13 @@ import contextlib
 import functools
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxfl import progress as jaxfl_progress
 from sweeps import families as families_lib
 from sweeps import report
 from sweeps.progress import Progress
@@ -369,12 +371,15 @@ def _run_stage(fam, c, program, runs, todo: dict, db, sweep, info) -> list:
     what = (f"tuning seeds {seeds} x {len(fam.grid)} points" if chunk[0].stage == "tune"
             else f"seeds {seeds}")
     name = f"{fam.name} {what} (one vmapped call)"
+    rows = len(fam.steps)  # progress counts the call's logged rows, as jaxfl.progress ticks
     try:
-      with sweep.run(name, 1, runs=len(mine)) as prog:
+      with sweep.run(name, rows, runs=len(mine), unit="row") as prog:
         if not program.compiled:
           prog.log(f"{fam.name}: compiling its program (once for both stages)")
-        outputs = program(chunk, families_lib.batch_size(fam, c))
-        prog.update(1)
+        with jaxfl_progress.reporting(_rows_sink(prog, rows)):
+          outputs = program(chunk, families_lib.batch_size(fam, c))
+        if prog.round < rows:  # a simulate without ticks
+          prog.update(rows)
     except BaseException as e:
       for _, r in mine:
         db.finish_run(todo[(r.name, r.seed)], "failed", error=f"{type(e).__name__}: {e}")
@@ -394,6 +399,26 @@ def _run_stage(fam, c, program, runs, todo: dict, db, sweep, info) -> list:
         db.set_info(run_id, run_info)
       db.finish_run(run_id, "done")
   return failures
+
+
+#: Seconds between two progress lines of one family call (its last row always shows).
+ROW_LINES_EVERY_S = 2.0
+
+
+def _rows_sink(prog, rows: int):
+  """A :func:`jaxfl.progress.reporting` sink: ``done`` of ``total`` ticks as rows of the
+  run's progress line, at most one line every :data:`ROW_LINES_EVERY_S` (the first tick
+  shows: it starts the rate). It never raises: it runs inside XLA's callback."""
+  last = [None]
+
+  def sink(done: int, total: int) -> None:
+    with contextlib.suppress(Exception):  # a progress line must never fail the computation
+      now, row = time.monotonic(), min(rows, max(0, round(done * rows / total)))
+      if last[0] is None or now - last[0] >= ROW_LINES_EVERY_S or row == rows:
+        last[0] = now
+        prog.update(row)
+
+  return sink
 
 
 def _record(db, run_id: int, spec: RunSpec, outcome, sweep) -> list:

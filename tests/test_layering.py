@@ -10,7 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Higher layers may import lower ones (and their own); never the other way.
 LAYERS = {
-    "jaxfl": 0, "jaxfl.errors": 0,
+    "jaxfl": 0, "jaxfl.errors": 0, "jaxfl.progress": 0,
     "jaxfl.sim": 1, "jaxfl.data": 1, "jaxfl.runtime": 1, "jaxfl.local": 1, "jaxfl.loop": 1,
     "jaxfl.checkpoint": 1, "jaxfl.evaluation": 1, "jaxfl.sampling": 1,
     "jaxfl.models": 2,

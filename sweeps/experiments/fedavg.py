@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from jaxfl import data as jdata
+from jaxfl import progress
 from jaxfl.algorithms import SERVER_OPTIMIZERS, FedAvg, server_optimizer
 from jaxfl.checkpoint import Checkpointer
 from jaxfl.errors import check, check_number
@@ -236,10 +237,11 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
     alg = _fedavg(c, softmax_cross_entropy(apply_fn), _profiles(c, ctx, key),
                   hparams["client_lr"])
 
-    def train_then_evaluate(state, num_rounds: int):
+    def train_then_evaluate(state, num_rounds: int, i):
       state, m = jax.lax.scan(lambda st, _: alg.round(st, clients), state, None,
                               length=num_rounds)
       accuracy, loss = evaluate(state.params)
+      progress.tick(i + 1, len(steps), after=loss)  # i: the evaluation's index, not batched
       return state, (state.sim_time, accuracy, loss, m.loss[-1],
                      m.participants[-1].astype(jnp.float32))
 
@@ -247,11 +249,11 @@ def families(c, ctx: Context) -> list[families_lib.Family]:
     rows = []
     full = int(np.sum(lengths == c.eval_every))  # the leading evaluations every eval_every
     if full:
-      state, out = jax.lax.scan(lambda st, _: train_then_evaluate(st, c.eval_every), state,
-                                None, length=full)
+      state, out = jax.lax.scan(lambda st, i: train_then_evaluate(st, c.eval_every, i), state,
+                                jnp.arange(full))
       rows.append(out)
     for n in lengths[full:]:  # a last, shorter stretch when eval_every does not divide
-      state, out = train_then_evaluate(state, int(n))
+      state, out = train_then_evaluate(state, int(n), len(steps) - 1)
       rows.append(jax.tree.map(lambda v: v[None], out))
     sim_time, accuracy, loss, train_loss, participants = (
         jnp.concatenate(parts) for parts in zip(*rows))

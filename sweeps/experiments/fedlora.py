@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfl import progress
 from jaxfl.algorithms.fedpeft import FederatedPEFT, PEFTInputs
 from jaxfl.data import corpus as corpus_lib
 from jaxfl.errors import ConfigError, check, check_number
@@ -211,8 +212,10 @@ def _simulate_fn(c, ctx: Context, method: str):
     state = fed.init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
     rows = [(state.sim_time[None], jax.tree.map(lambda v: v[None], evaluate(state)),
              jnp.full([1], jnp.nan), jnp.zeros([1]))]
-    for n in lengths:  # evaluation intervals (all eval_every but perhaps the last)
+    for i, n in enumerate(lengths):  # evaluation intervals (all eval_every but perhaps the last)
       state, out = train_then_evaluate(state, int(n))
+      # Rows: the pre-trained model's, then one per interval.
+      progress.tick(i + 2, len(lengths) + 1, after=out[0])
       rows.append(jax.tree.map(lambda v: v[None], out))
     sim_time = jnp.concatenate([r[0] for r in rows])
     values = {k: jnp.concatenate([r[1][k] for r in rows]) for k in rows[0][1]}

@@ -7,6 +7,7 @@ checkable by hand.
 
 import io
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -130,6 +131,33 @@ def test_sweep_tunes_then_reports_the_known_answers(tmp_path, calls):
   assert steps == [0, 1, 2] and times == [0.0, 10.0, 20.0]
   assert loss == pytest.approx([0.06, 1.06, 2.06], abs=1e-6)  # (0.3 - 0.3)^2 + 6/100 + t
   assert len(runs) == 16 and all(r["status"] == "done" for r in runs)
+
+
+def test_a_call_reports_its_rows_from_inside_the_program(tmp_path, monkeypatch):
+  """A simulate that ticks (jaxfl.progress) shows its rows as the call computes them: a
+  line per tick (here none is throttled), in order, before the call's summary line."""
+  from jaxfl import progress
+  from sweeps import sweep
+
+  monkeypatch.setattr(sweep, "ROW_LINES_EVERY_S", 0.0)
+  c = config(lrs=(0.3,), num_seeds=1)
+
+  def simulate(key, inputs, hparams):
+    del key
+    def row(_, t):  # three rows, a tick after each (a scan orders them)
+      loss = (hparams["lr"] - inputs[0]) ** 2 + t
+      progress.tick(t.astype(jnp.int32) + 1, 3, after=loss)
+      return None, loss
+
+    return 10.0 * jnp.arange(3.0), {"loss": jax.lax.scan(row, None, jnp.arange(3.0))[1]}
+
+  monkeypatch.setattr(Toy, "families", staticmethod(lambda c, ctx: [family(c, simulate=simulate)]))
+  out = io.StringIO()
+  run_sweep(Toy, c, str(tmp_path), stream=out)
+  lines = [ln for ln in out.getvalue().splitlines() if "[toy seeds 5" in ln]
+  assert [ln.split("] ")[1].split(" |")[0] for ln in lines] == [
+      "row 1/3", "row 2/3", "row 3/3", "done at row 3/3"]
+  assert "rows/s, eta" in lines[1]
 
 
 def test_relaunch_recomputes_only_the_chunks_not_recorded(tmp_path, calls):

@@ -66,9 +66,23 @@ def test_plain_output_is_deterministic_apart_from_wall_fields():
         with progress.run(f"seed {seed}", 3) as run:
           for k in range(1, 4):
             run.update(k, sim_time=1.5 * k, acc=0.1 * k)
-    return re.sub(r"wall [\d.]+ s", "wall T", stream.getvalue())
+    return re.sub(r"wall [\d.]+ s(, [\d.]+ rounds/s, eta \d+ s)?", "wall T", stream.getvalue())
 
   assert sweep(0.25) == sweep(7.0)
+
+
+def test_rate_and_eta_count_from_the_first_update():
+  """One second per clock reading (FakeClock): the first update at round 10 (after a
+  compile, say) starts the rate; at round 30, 20 rounds in 1 s: 20 rounds/s, 70 rounds
+  (3.5 s) left."""
+  progress, stream = plain()
+  run = progress.run("seed 0", 100)
+  for k in (10, 30, 100):
+    run.update(k)
+  out = lines(stream)
+  assert out[1].endswith("round 10/100 | wall 1.0 s")
+  assert out[2].endswith("round 30/100 | wall 2.0 s, 20 rounds/s, eta 4 s")
+  assert out[3].endswith("round 100/100 | wall 3.0 s")  # done: no estimate
 
 
 def test_plain_throttles_to_every_n_rounds_and_the_last_round():

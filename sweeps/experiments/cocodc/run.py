@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfl import progress
 from jaxfl.algorithms.diloco import DiLoCo
 from jaxfl.algorithms.streaming_diloco import StreamingDiLoCo
 from jaxfl.data import corpus as corpus_lib
@@ -223,13 +224,16 @@ def _simulate_fn(c, ctx: Context, family: str):
                jax.tree.map(lambda w: jnp.mean(w, axis=0), state.workers))
       return transformer.lm_loss(config, model, *windows)
 
-    def chunk(state, _):
+    def chunk(state, i):
       state, _ = jax.lax.scan(lambda s, _: (alg.round(s, data)[0], None), state, None,
                               length=every)
-      return state, (state.sim_time, evaluate(state))
+      loss = evaluate(state)
+      # Rows: the initial model's, then one per chunk.
+      progress.tick(i + 2, num_evals + 1, after=loss)
+      return state, (state.sim_time, loss)
 
     state = alg.init(params0, jax.random.fold_in(key, KEY_RUN))
-    _, (times, loss) = jax.lax.scan(chunk, state, None, length=num_evals)
+    _, (times, loss) = jax.lax.scan(chunk, state, jnp.arange(num_evals))
     cat = lambda first, rest: jnp.concatenate([first[None], rest])
     return cat(state.sim_time, times), {"eval_loss": cat(evaluate(state), loss)}
 
