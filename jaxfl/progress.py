@@ -22,9 +22,16 @@ batched): a batched counter calls the sink once per element of the batch; the
 dispatcher drops a report that is not ahead of the last one, so the sink still sees each
 step once. Ticks arrive in order when the steps are ordered (a scan's iterations, or an
 ``after`` value that depends on the previous step); open one :func:`reporting` block per
-call, as a new call's first tick is not ahead of the last call's. Compiled programs holding ticks stay in JAX's persistent compilation cache
-(measured: a second process hits it). The sink runs on XLA's callback thread; keep it
-short and thread-safe (a progress line).
+call, as a new call's first tick is not ahead of the last call's. Compiled programs
+holding ticks stay in JAX's persistent compilation cache (measured: a second process
+hits it). The sink runs on XLA's callback thread; keep it short and thread-safe.
+
+Stopping: after :func:`request_stop` (e.g. from a SIGINT handler), the next tick of any
+running program raises :class:`Stopped` inside the callback, which ends the XLA call
+there (measured on CPU: a 200-step scan stopped at its 4th tick) instead of after its
+last step; the caller sees a runtime error and asks :func:`stop_requested` whether that
+was the reason. Nothing the program computed is returned: a caller keeps only results
+of calls that ended.
 """
 
 from __future__ import annotations
@@ -40,6 +47,25 @@ Sink = Callable[[int, int], None]
 
 _lock = threading.Lock()
 _sinks: list[list] = []  # a stack of [sink, last done reported]
+_stop = threading.Event()
+
+
+class Stopped(Exception):
+  """Raised by a tick after :func:`request_stop`: the program's call ends there."""
+
+
+def request_stop() -> None:
+  """Make the next tick of every running (or later) program raise :class:`Stopped`."""
+  _stop.set()
+
+
+def stop_requested() -> bool:
+  return _stop.is_set()
+
+
+def clear_stop() -> None:
+  """Let programs run to the end again (a new launch in the same process)."""
+  _stop.clear()
 
 
 def tick(done, total: int, after=None) -> None:
@@ -59,6 +85,8 @@ def tick(done, total: int, after=None) -> None:
 
 def _dispatch(done, total, after=None) -> None:
   del after  # only a dependency
+  if _stop.is_set():
+    raise Stopped(f"stop requested at step {int(np.max(done))} of {int(total)}")
   with _lock:
     if not _sinks:
       return

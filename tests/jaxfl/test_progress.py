@@ -53,3 +53,31 @@ def test_without_a_sink_ticks_do_nothing_and_blocks_nest():
 def test_total_must_be_a_positive_int(total):
   with pytest.raises(ValueError, match="total: expected a positive integer"):
     progress.tick(1, total)
+
+
+def test_a_stop_request_ends_a_running_call_at_its_next_tick():
+  """The sink asks to stop at step 2 of 200: the call raises there, never reaching step 3."""
+  seen = []
+
+  def sink(done, total):
+    seen.append(done)
+    if done == 2:
+      progress.request_stop()
+
+  def simulate(x):
+    def step(c, i):
+      c = jnp.tanh(c * 1.01)
+      progress.tick(i + 1, 200, after=c)
+      return c, None
+
+    return jax.lax.scan(step, x, jnp.arange(200))[0]
+
+  try:
+    # Step 2's report asks to stop; the batch's other element's tick at step 2 raises.
+    with progress.reporting(sink), pytest.raises(Exception, match="requested at step 2 of 200"):
+      jax.block_until_ready(jax.jit(jax.vmap(simulate))(jnp.ones((2, 4))))
+    assert progress.stop_requested() and seen == [1, 2]
+  finally:
+    progress.clear_stop()
+  assert not progress.stop_requested()
+  jax.block_until_ready(jax.jit(jax.vmap(simulate))(jnp.ones((2, 4))))  # runs to the end
