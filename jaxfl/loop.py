@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfl import progress
 from jaxfl.checkpoint import Checkpointer
 
 
@@ -61,7 +62,8 @@ def as_dict(values: Any) -> dict[str, Any]:
 
 def scan_rounds(algorithm, state, inputs, *, num_rounds: int,
                 evaluate: Callable[[Any], Any] | None = None, eval_every: int = 1,
-                evaluate_initial: bool = False) -> tuple[Any, Any, dict[str, jax.Array]]:
+                evaluate_initial: bool = False, progress_every: int = 0
+                ) -> tuple[Any, Any, dict[str, jax.Array]]:
   """``num_rounds`` rounds of ``algorithm`` as one ``lax.scan``; pure (jit and vmap it).
 
   Args:
@@ -72,6 +74,8 @@ def scan_rounds(algorithm, state, inputs, *, num_rounds: int,
     evaluate: ``evaluate(state) -> {name: scalar}``, traced inside the scan.
     eval_every: evaluation interval in rounds (static); the last round is always evaluated.
     evaluate_initial: also evaluate ``state`` before the first round.
+    progress_every: with an ``evaluate``, a :func:`jaxfl.progress.tick` every this many
+      evaluations and at the last (static; 0: none). Ticks count the evaluations done.
 
   Returns:
     ``(state, metrics, evals)``: the final state, every round's metrics stacked
@@ -85,22 +89,28 @@ def scan_rounds(algorithm, state, inputs, *, num_rounds: int,
     state, metrics = advance(state, num_rounds)
     return state, metrics, {}
 
-  def stretch(st, n: int):
-    st, metrics = advance(st, n)
-    return st, (metrics, as_dict(evaluate(st)))
-
   lengths = np.diff([0, *eval_rounds(num_rounds, eval_every)])
+  total = len(lengths)
+
+  def stretch(st, n: int, i):
+    st, metrics = advance(st, n)
+    evals = as_dict(evaluate(st))
+    if progress_every:  # i is the evaluation's index: unbatched under vmap, so one report
+      last = jnp.logical_or((i + 1) % progress_every == 0, i + 1 == total)
+      jax.lax.cond(last, lambda: progress.tick(i + 1, total, after=evals), lambda: None)
+    return st, (metrics, evals)
+
   full = int(np.sum(lengths == eval_every))  # the leading stretches of eval_every rounds
   parts = []
   if evaluate_initial:
     parts.append((None, jax.tree.map(lambda v: jnp.asarray(v)[None], as_dict(evaluate(state)))))
   if full:
-    state, (metrics, evals) = jax.lax.scan(lambda st, _: stretch(st, eval_every), state, None,
-                                           length=full)
+    state, (metrics, evals) = jax.lax.scan(lambda st, i: stretch(st, eval_every, i), state,
+                                           jnp.arange(full))
     metrics = jax.tree.map(lambda v: v.reshape(full * eval_every, *v.shape[2:]), metrics)
     parts.append((metrics, evals))
   for n in lengths[full:]:  # a last, shorter stretch when eval_every does not divide
-    state, (metrics, evals) = stretch(state, int(n))
+    state, (metrics, evals) = stretch(state, int(n), total - 1)
     parts.append((metrics, jax.tree.map(lambda v: v[None], evals)))
   metrics = [m for m, _ in parts if m is not None]
   metrics = (metrics[0] if len(metrics) == 1 else

@@ -350,15 +350,18 @@ class GroupedAsync(JitRound):
                              jnp.where(valid, time, state.sim_time), sched, state.key)
     return new_state, EventMetrics(time, valid, g, tau, mse, by_policy)
 
-  def simulate(self, params, key: jax.Array, clients: ClientData, evaluate) -> Trace:
+  def simulate(self, params, key: jax.Array, clients: ClientData, evaluate, *,
+               progress_every: int = 0) -> Trace:
     """Every event of a run as one scan (:func:`jaxfl.loop.scan_rounds`), the global model
     evaluated after each: a pure function (jit/vmap it).
 
-    ``evaluate(params) -> (accuracy, loss)`` on the test set.
+    ``evaluate(params) -> (accuracy, loss)`` on the test set; ``progress_every``: a
+    :func:`jaxfl.progress.tick` every this many events (0: none).
     """
     metric = lambda st: dict(zip(("accuracy", "loss"), evaluate(st.params), strict=True))
     _, m, ev = scan_rounds(self, self.init(params, key), clients, num_rounds=self.events,
-                           evaluate=metric, eval_every=1, evaluate_initial=True)
+                           evaluate=metric, eval_every=1, evaluate_initial=True,
+                           progress_every=progress_every)
     return Trace(m.time, m.valid, m.group, m.staleness, ev["accuracy"][1:], ev["loss"][1:],
                  m.mse, m.mse_by_policy, ev["accuracy"][0])
 

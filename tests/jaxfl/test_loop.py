@@ -53,6 +53,24 @@ def test_scan_rounds_without_evaluation_and_under_vmap():
   np.testing.assert_array_equal(metrics["x"], [[1, 2, 3], [9, 8, 7]])
 
 
+def test_scan_rounds_ticks_every_n_evaluations_and_the_last_under_vmap():
+  """10 rounds evaluated every 2 (5 evaluations), a tick every 2 evaluations and at the
+  last: 2, 4, 5 of 5, once each for a batch of 3; the values are those without ticks."""
+  from jaxfl import progress
+
+  alg = Counter()
+  run = lambda every: jax.jit(jax.vmap(lambda x0: scan_rounds(
+      alg, alg.init(x0, None), 1.0, num_rounds=10, evaluate=lambda st: {"x": st["x"]},
+      eval_every=2, progress_every=every)))
+  x0 = jnp.arange(3.0)
+  seen = []
+  with progress.reporting(lambda done, total: seen.append((done, total))):
+    ticked = jax.block_until_ready(run(2)(x0))
+  assert seen == [(2, 5), (4, 5), (5, 5)]
+  for a, b in zip(jax.tree.leaves(ticked), jax.tree.leaves(run(0)(x0)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_run_rounds_records_and_stops_on_a_non_finite_loss():
   alg = Counter()
   lines = []

@@ -204,7 +204,9 @@ def _simulate_fn(c, ctx: Context, method: str):
         comm=comm, members=members, compute_time=compute, path_gain=path_gain, t_max=c.t_max,
         jitter=(c.jitter_low, c.jitter_high), rounds=rounds_, events=events,
         policies=policies, beta0=beta0)
-    trace = engine.simulate(params0, jax.random.fold_in(key, KEY_RUN), clients, evaluate)
+    # A tick per 1/50 of the events: the call's progress line, not one callback per event.
+    trace = engine.simulate(params0, jax.random.fold_in(key, KEY_RUN), clients, evaluate,
+                            progress_every=max(1, events // 50))
     acc = ga.accuracy_at(trace, times)
     valid = trace.valid
     n_valid = jnp.maximum(jnp.sum(valid), 1)
