@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxfl.errors import ConfigError
-from jaxfl.runtime import AxisName, client_weighted_sum
+from jaxfl.runtime import AxisName, client_sum, client_weighted_sum
 
 
 class WeightedMeanState(NamedTuple):
@@ -38,8 +38,11 @@ def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
   padding) contributes nothing, even a non-finite update (it is masked, not multiplied
   by 0); if every weight is 0 the aggregate is 0, so the server keeps its parameters.
 
-  Reduces the client axis: call it inside the client map with one client's update.
-  The innermost axis name must be a vmap axis (:func:`jaxfl.runtime.client_weighted_sum`).
+  Reduces the client axis: call it inside the client map with one client's update. In
+  your own ``jax.shard_map`` (either ``check_vma``, JAX's default ``True`` included) name
+  every axis the clients are spread over, mesh axes first: ``('devices', 'clients')``
+  with a vmap inside each device, ``'devices'`` with one client per device (the
+  ``check_vma`` rule: :mod:`jaxfl.runtime`).
 
   Args:
     axis_name: the client axis name(s): ``ClientAxis.axis_name`` (required, since under
@@ -58,6 +61,20 @@ def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     >>> jax.vmap(client, axis_name='clients', out_axes=None)(
     ...     jnp.array([1.0, 4.0]), jnp.array([3.0, 1.0]))
     Array(1.75, dtype=float32)
+
+    The same clients in a ``jax.shard_map`` over every device (here each device holds a
+    copy of both, which leaves the mean as it is), vmapped on each device:
+
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> mesh = Mesh(np.array(jax.devices()), ('devices',))
+    >>> agg = weighted_mean(('devices', 'clients'))  # the one `client` now calls
+    >>> sharded = jax.jit(jax.shard_map(
+    ...     jax.vmap(client, axis_name='clients', out_axes=None),
+    ...     mesh=mesh, in_specs=P('devices'), out_specs=P()))  # check_vma=True: the default
+    >>> sharded(jnp.tile(jnp.array([1.0, 4.0]), mesh.size),
+    ...         jnp.tile(jnp.array([3.0, 1.0]), mesh.size))
+    Array(1.75, dtype=float32)
   """
 
   def init_fn(params):
@@ -67,7 +84,7 @@ def weighted_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
   def update_fn(updates, state, params=None, *, weight=1.0, **extra_args):
     del params, extra_args
     weight = jnp.asarray(weight, jnp.float32)
-    total = jax.lax.psum(weight, axis_name)
+    total = client_sum(weight, axis_name)
     # Guard the all-zero round: the mean of nothing is taken to be no update.
     scale = jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 0.0)
     # where, not multiply: 0 * inf is nan, and a dropped client's update may be anything.
@@ -97,6 +114,9 @@ def delta_aggregator(param_aggregator: optax.GradientTransformation
   (:func:`~jaxfl.transforms.stack_merge`) grows the rank and is refused; merge it into the
   kernels instead.
 
+  Works wherever ``param_aggregator`` does: in ``ClientAxis``'s client map or your own
+  ``jax.vmap`` / ``jax.shard_map``, with the axis names ``param_aggregator`` was built with.
+
   Args:
     param_aggregator: a reducing transform called with one client's parameters, its
       state, the server's parameters and extra args (``weight``...).
@@ -107,6 +127,27 @@ def delta_aggregator(param_aggregator: optax.GradientTransformation
 
   Raises:
     ConfigError: no ``params`` (the server's tree), or an aggregate of another shape.
+
+  Examples:
+    FedIT's mean of the clients' parameters as a mean delta, in your own
+    ``jax.shard_map`` (``check_vma=True``, the default; the server's tree enters
+    replicated, ``P()``, and unmapped by the vmap); every device holds a copy of two
+    clients with weights 3:1, so the aggregate is :math:`(3 (1, 0) + (-3, 4)) / 4`:
+
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from jaxfl.transforms import fedit_mean
+    >>> mesh = Mesh(np.array(jax.devices()), ('devices',))
+    >>> agg = delta_aggregator(fedit_mean(('devices', 'clients')))
+    >>> def client(delta, w, server):
+    ...   return agg.update(delta, agg.init(server), server, weight=w)[0]
+    >>> per_device = jax.vmap(client, in_axes=(0, 0, None), axis_name='clients', out_axes=None)
+    >>> sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, out_specs=P(),
+    ...                                 in_specs=(P('devices'), P('devices'), P())))
+    >>> deltas = {'head': jnp.tile(jnp.array([[1.0, 0.0], [-3.0, 4.0]]), (mesh.size, 1))}
+    >>> sharded(deltas, jnp.tile(jnp.array([3.0, 1.0]), mesh.size),
+    ...         {'head': jnp.array([10.0, 20.0])})
+    {'head': Array([0., 1.], dtype=float32)}
   """
 
   def init_fn(params):

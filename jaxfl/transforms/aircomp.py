@@ -41,9 +41,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import ConfigError
 from jaxfl.planners.power import POLICIES, PowerControl, aggregation_mse, power_control
-from jaxfl.runtime import AxisName, client_weighted_sum, split_axis_name
+from jaxfl.runtime import (
+  AxisName,
+  client_gather,
+  client_index,
+  client_weighted_sum,
+  split_axis_name,
+)
+from jaxfl.transforms._hyper import check_hyperparam
 
 
 class AirCompState(NamedTuple):
@@ -72,11 +79,10 @@ class _Plan(NamedTuple):
 def _check_config(noise_var, policy, truncation_threshold):
   if policy not in POLICIES:
     raise ConfigError("policy", f"one of {sorted(POLICIES)}", policy)
-  if isinstance(noise_var, (int, float)):
-    check(noise_var >= 0, "noise_var", "a noise variance >= 0", noise_var)
-  if isinstance(truncation_threshold, (int, float)):
-    check(truncation_threshold >= 0, "truncation_threshold", "None or a gain >= 0",
-          truncation_threshold)
+  check_hyperparam(noise_var, "noise_var", lambda v: v >= 0, "a noise variance >= 0")
+  if truncation_threshold is not None:
+    check_hyperparam(truncation_threshold, "truncation_threshold", lambda v: v >= 0,
+                     "None or a gain >= 0")
 
 
 def _plan(weight, gain_sq, max_power, rms, noise_var, policy, truncation_threshold) -> _Plan:
@@ -147,17 +153,20 @@ def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optima
   group, not participating, padding) sends nothing and does not change the output; if
   every weight is 0 the output is 0 (the server keeps its parameters).
 
-  Reduces the client axis: call it inside the client map with one client's update. As
-  in :func:`jaxfl.runtime.client_weighted_sum`, the innermost name of ``axis_name`` must
-  be the vmap axis; under ``shard_map`` (a tuple ``(mesh axes..., vmap axis)``) the small
-  per-client vectors are all-gathered over the mesh axes too, so the plan covers every
-  client, and the weighted sum is reduced with ``psum``.
+  Reduces the client axis: call it inside the client map with one client's update.
+  Under ``shard_map`` (``ClientAxis``'s, or your own with either ``check_vma``, JAX's
+  default ``True`` included) name every axis the clients are spread over, mesh axes
+  first: ``('devices', 'clients')`` with a vmap inside each device, ``'devices'`` with one
+  client per device. The small per-client vectors are all-gathered over every name, so
+  the plan covers every client, and the weighted sum is reduced over all of them
+  (:func:`jaxfl.runtime.client_weighted_sum`; the ``check_vma`` rule: :mod:`jaxfl.runtime`).
 
   Args:
     axis_name: the client axis name(s): ``ClientAxis.axis_name``.
     noise_var: receiver noise variance :math:`\sigma^2` per entry, relative to unit
-      signal power (e.g. :func:`jaxfl.sim.noise_var_from_snr_db`); a float, or a traced
-      scalar when the transform is built inside ``jit``.
+      signal power (e.g. :func:`jaxfl.sim.noise_var_from_snr_db`); a float (checked
+      here), or a scalar array or tracer (built inside ``jit``, or swept with
+      ``optax.inject_hyperparams``; taken as it is), as is ``truncation_threshold``.
     policy: a key of :data:`jaxfl.planners.power.POLICIES`.
     truncation_threshold: if set, members with :math:`|h_k|^2` below it stay silent and
       their share is lost (with ``"zero_forcing"``: truncated channel inversion).
@@ -169,7 +178,8 @@ def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optima
     (the same on every client: pass it unmapped). The state is :class:`AirCompState`.
 
   Raises:
-    ConfigError: unknown policy, negative ``noise_var`` or threshold, bad axis name.
+    ConfigError: unknown policy, negative ``noise_var`` or threshold, a non-scalar
+      array for either, bad axis name.
 
   Examples:
     Without noise the optimal plan delivers the exact weighted mean,
@@ -199,9 +209,25 @@ def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optima
     ...                     u, w, g)
     >>> round(float(state.mse), 4)
     0.1125
+
+    In your own ``jax.shard_map`` over every device (``check_vma=True``, the default),
+    vmapped on each device; each device holds a copy of both clients here, so the
+    weights stay 3:1 and the estimate is the exact mean again:
+
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> mesh = Mesh(np.array(jax.devices()), ('devices',))
+    >>> agg = aircomp_mean(('devices', 'clients'), noise_var=0.0)
+    >>> def client(u, w, g):
+    ...   return agg.update(u, agg.init(u), weight=w, gain_sq=g, noise_key=jax.random.key(0))
+    >>> sharded = jax.jit(jax.shard_map(jax.vmap(client, axis_name='clients', out_axes=None),
+    ...                                 mesh=mesh, in_specs=P('devices'), out_specs=P()))
+    >>> est, state = sharded(*(jnp.tile(x, mesh.size) for x in (u, w, g)))
+    >>> round(float(est), 4)
+    1.75
   """
   _check_config(noise_var, policy, truncation_threshold)
-  inner, outer = split_axis_name(axis_name)
+  split_axis_name(axis_name)
 
   def init_fn(params):
     del params
@@ -219,12 +245,8 @@ def aircomp_mean(axis_name: AxisName, *, noise_var: float, policy: str = "optima
                            updates)
     local = jnp.stack([jnp.asarray(weight, jnp.float32), jnp.asarray(gain_sq, jnp.float32),
                        jnp.asarray(max_power, jnp.float32), _rms(updates)])
-    everyone = jax.lax.all_gather(local, inner)
-    per_block = everyone.shape[0]
-    index = jax.lax.axis_index(inner)
-    if outer:
-      everyone = jax.lax.all_gather(everyone, outer, tiled=True)
-      index = jax.lax.axis_index(outer) * per_block + index
+    everyone = client_gather(local, axis_name)  # [K, 4], the same on every client
+    index = client_index(axis_name)
     plan = _plan(everyone[:, 0], everyone[:, 1], everyone[:, 2], everyone[:, 3], noise_var,
                  policy, truncation_threshold)
     received = client_weighted_sum(updates, plan.amplitude[index], axis_name)

@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfl.errors import ConfigError, check
+from jaxfl.errors import ConfigError, is_number
+from jaxfl.transforms._hyper import check_hyperparam
 
 
 class DCASGDState(NamedTuple):
@@ -63,10 +64,6 @@ class CoCoDCState(NamedTuple):
   """Count of corrected outer updates (int32 scalar), for logging."""
 
   count: jax.Array
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _compute_dtype(dtype):
@@ -104,6 +101,11 @@ def dc_asgd(lam: float = 0.04, *, adaptive: bool = False, lam0: float = 2.0,
   ``lam = 0`` (or ``lam0 = 0``) the update is the stale gradient itself, bit for bit (no
   arithmetic is done on it).
 
+  The numeric hyperparameters may be scalar JAX arrays or tracers, so
+  ``optax.inject_hyperparams`` can schedule or sweep them; Python numbers are checked
+  here, arrays are taken as they are. ``adaptive`` is static (a bool, which
+  ``inject_hyperparams`` keeps static by itself).
+
   Args:
     lam: constant :math:`\lambda \ge 0` (DC-ASGD-c); ignored if ``adaptive``.
     adaptive: use DC-ASGD-a's :math:`\lambda_t` instead.
@@ -118,14 +120,15 @@ def dc_asgd(lam: float = 0.04, *, adaptive: bool = False, lam0: float = 2.0,
     descent direction: follow with e.g. ``optax.sgd``). The state is :class:`DCASGDState`.
 
   Raises:
-    ConfigError: a negative ``lam``/``lam0``, ``momentum`` outside [0, 1), ``eps <= 0``,
-      or ``params``/``backup`` missing in ``update``.
+    ConfigError: a negative ``lam``/``lam0``, ``momentum`` outside [0, 1), ``eps <= 0``
+      (Python numbers), a hyperparameter that is neither a number nor a scalar array, or
+      ``params``/``backup`` missing in ``update``.
 
   Examples:
     :math:`g = (1, 2)`, :math:`w - w_{bak} = (0.5, -1)`, :math:`\lambda = 0.1`:
     :math:`u = (1 + 0.1 \cdot 1 \cdot 0.5,\; 2 + 0.1 \cdot 4 \cdot (-1)) = (1.05, 1.6)`.
 
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> dc = dc_asgd(0.1)
     >>> w, w_bak = jnp.array([0.5, -1.0]), jnp.zeros(2)
     >>> u, _ = dc.update(jnp.array([1.0, 2.0]), dc.init(w), w, backup=w_bak)
@@ -139,16 +142,24 @@ def dc_asgd(lam: float = 0.04, *, adaptive: bool = False, lam0: float = 2.0,
     >>> step, _ = opt.update(jnp.array([1.0, 2.0]), opt.init(w), w, backup=w_bak)
     >>> [round(float(x), 4) for x in step]
     [-1.05, -1.6]
+
+    With ``optax.inject_hyperparams`` :math:`\lambda` lives in the state (here jitted, so
+    the factory sees it as a tracer) and can be changed between steps:
+
+    >>> opt = optax.inject_hyperparams(dc_asgd)(lam=0.1)
+    >>> step = jax.jit(lambda g, s: opt.update(g, s, w, backup=w_bak))
+    >>> u, state = step(jnp.array([1.0, 2.0]), opt.init(w))
+    >>> [round(float(x), 4) for x in u]
+    [1.05, 1.6]
   """
-  if _is_number(lam):
-    check(lam >= 0, "lam", "a compensation strength >= 0", lam)
-  if _is_number(lam0):
-    check(lam0 >= 0, "lam0", "a compensation strength >= 0", lam0)
-  check(_is_number(momentum) and 0 <= momentum < 1, "momentum", "a float in [0, 1)", momentum)
-  check(_is_number(eps) and eps > 0, "eps", "a float > 0", eps)
-  # A literal zero skips the arithmetic so the update is the plain one exactly.
-  skip = (not adaptive and _is_number(lam) and lam == 0) or (
-      adaptive and _is_number(lam0) and lam0 == 0)
+  check_hyperparam(lam, "lam", lambda v: v >= 0, "a compensation strength >= 0")
+  check_hyperparam(lam0, "lam0", lambda v: v >= 0, "a compensation strength >= 0")
+  check_hyperparam(momentum, "momentum", lambda v: 0 <= v < 1, "a float in [0, 1)")
+  check_hyperparam(eps, "eps", lambda v: v > 0, "a float > 0")
+  # A literal zero skips the arithmetic so the update is the plain one exactly (an
+  # array's value is unknown here: it takes the arithmetic, which adds exactly 0).
+  skip = (not adaptive and is_number(lam) and lam == 0) or (
+      adaptive and is_number(lam0) and lam0 == 0)
 
   def init_fn(params):
     mean_square = None
@@ -197,9 +208,8 @@ def _cocodc_leaf(g1: jax.Array, discrepancy: jax.Array, lam0, eps) -> jax.Array:
 
 
 def _check_cocodc(lam0, eps):
-  if _is_number(lam0):
-    check(lam0 >= 0, "lam0", "a compensation strength >= 0", lam0)
-  check(_is_number(eps) and eps > 0, "eps", "a float > 0", eps)
+  check_hyperparam(lam0, "lam0", lambda v: v >= 0, "a compensation strength >= 0")
+  check_hyperparam(eps, "eps", lambda v: v > 0, "a float > 0")
 
 
 def cocodc_correction(lam0: float = 0.2, eps: float = 1e-8
@@ -239,6 +249,9 @@ def cocodc_correction(lam0: float = 0.2, eps: float = 1e-8
     lam0: :math:`\lambda_0 \ge 0`, the correction's norm relative to :math:`g_1`'s.
     eps: :math:`\epsilon > 0` in :math:`\lambda_i`'s denominator.
 
+  Both may be scalar JAX arrays or tracers (``optax.inject_hyperparams``); Python numbers
+  are checked here, arrays are taken as they are.
+
   Returns:
     A transform whose ``update(updates, state, params=None, *, discrepancy)`` takes
     :math:`g_1` as ``updates`` and :math:`D = \theta^G_{new} - \theta_{staged}` (same
@@ -247,7 +260,8 @@ def cocodc_correction(lam0: float = 0.2, eps: float = 1e-8
     :class:`CoCoDCState`.
 
   Raises:
-    ConfigError: negative ``lam0``, ``eps <= 0``, or ``discrepancy`` missing.
+    ConfigError: negative ``lam0``, ``eps <= 0`` (Python numbers), a hyperparameter that is
+      neither a number nor a scalar array, or ``discrepancy`` missing.
 
   Examples:
     :math:`g_1 = (3, 4)`, :math:`D = (1, 0)`: :math:`C = (9, 0)`, so the correction is
@@ -261,7 +275,7 @@ def cocodc_correction(lam0: float = 0.2, eps: float = 1e-8
     [4.0, 4.0]
   """
   _check_cocodc(lam0, eps)
-  skip = _is_number(lam0) and lam0 == 0
+  skip = is_number(lam0) and lam0 == 0
 
   def init_fn(params):
     del params
@@ -316,7 +330,7 @@ def cocodc_merge(global_new: Any, staged: Any, local_now: Any, lam0: float = 0.2
     [-3.0, -4.0]
   """
   _check_cocodc(lam0, eps)
-  skip = _is_number(lam0) and lam0 == 0
+  skip = is_number(lam0) and lam0 == 0
 
   def leaf(gn, s, ln):
     g1 = s - ln

@@ -24,10 +24,14 @@ in how they deal with that cross term:
 * :func:`flex_svd` (FlexLoRA) forms the exact :math:`\sum_k p_k A_k B_k` and refactorises it
   at a fixed rank by SVD: the best approximation at that rank.
 
-Each is an optax ``GradientTransformationExtraArgs`` called inside the client map
-(:class:`jaxfl.runtime.ClientAxis`) with one client's LoRA tree *after local training*
-(parameters, not deltas) and its scalar ``weight``; it returns the new global tree,
-identical on every client (``out_axes=None``). Leaves that are not LoRA factors (the
+Each is an optax ``GradientTransformationExtraArgs`` called inside the client map with one
+client's LoRA tree *after local training* (parameters, not deltas) and its scalar
+``weight``; it returns the new global tree, identical on every client (``out_axes=None``).
+The client map is :class:`jaxfl.runtime.ClientAxis`'s, or your own ``jax.vmap`` or
+``jax.shard_map`` with either ``check_vma`` (JAX's default ``True`` included): name every
+axis the clients are spread over, mesh axes first (``('devices', 'clients')`` with a vmap
+inside each device, as in the examples; ``'devices'`` with one client per device; the
+``check_vma`` rule: :mod:`jaxfl.runtime`). Leaves that are not LoRA factors (the
 frozen kernel, biases, heads) get the weighted mean. A client with weight 0 contributes
 nothing, not even non-finite values. If every weight is 0 (an empty round) and the
 server's tree (the one the clients started from) is passed as optax's ``params``
@@ -47,79 +51,17 @@ factors by :math:`\sqrt{s/s'}`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfl.errors import ConfigError
-from jaxfl.models.lora import LORA_A, LORA_B, LORA_KEYS, lora_factors, map_lora_layers, rank_mask
-from jaxfl.runtime import AxisName, client_weighted_sum, split_axis_name
+from jaxfl.models.lora import LORA_A, LORA_B, LORA_KEYS, lora_factors, map_lora_layers
+from jaxfl.runtime import AxisName, client_gather, split_axis_name
+from jaxfl.transforms._lora_common import LoraAggregateState, _init, _round, _stacked
+from jaxfl.transforms.lora_svd import flex_svd
+
+__all__ = ["LoraAggregateState", "fedit_mean", "ffa_mean", "flex_svd", "stack_merge"]
 
 _FACTORS = LORA_KEYS
-
-
-class LoraAggregateState(NamedTuple):
-  """Running count of aggregation rounds (int32 scalar), for logging."""
-
-  count: jax.Array
-
-
-def _gather(x: jax.Array, axis_name: AxisName) -> jax.Array:
-  """``[K, ...]``: every client's ``x`` in global client order (device-major under shard_map)."""
-  inner, outer = split_axis_name(axis_name)
-  out = jax.lax.all_gather(x, inner)
-  return jax.lax.all_gather(out, outer, tiled=True) if outer else out
-
-
-class _Round(NamedTuple):
-  share: jax.Array  # this client's p_k
-  empty: jax.Array  # every weight is 0
-  axis_name: AxisName
-
-  def mean(self, x: jax.Array, server: jax.Array | None = None) -> jax.Array:
-    """Weighted mean of a leaf; in an empty round the server's leaf if given."""
-    x = jnp.asarray(x)
-    # Mask, not only weight by 0: a non-member's values may be non-finite (0 * inf = nan).
-    masked = jnp.where(self.share > 0, x, jnp.zeros_like(x))
-    out = client_weighted_sum(masked, self.share, self.axis_name)
-    if server is None:
-      return out
-    return jnp.where(self.empty, jnp.asarray(server, out.dtype), out)
-
-
-def _round(weight, axis_name: AxisName, has_server: bool) -> _Round:
-  weight = jnp.asarray(weight, jnp.float32)
-  weight = jnp.where(weight > 0, weight, 0.0)
-  total = jax.lax.psum(weight, axis_name)
-  empty = total <= 0
-  # Empty round: the server's tree is the answer if we have it (p = 0 masks every client);
-  # otherwise the clients count equally rather than returning zeros, which would kill
-  # the adapter (A = B = 0 has zero gradient) and the base kernel.
-  fallback = 0.0 if has_server else 1.0 / jax.lax.psum(1.0, axis_name)
-  share = jnp.where(empty, fallback, weight / jnp.where(empty, 1.0, total))
-  return _Round(share, empty, axis_name)
-
-
-def _init(params):
-  del params
-  return LoraAggregateState(count=jnp.zeros([], jnp.int32))
-
-
-def _stacked(rnd: _Round, a: jax.Array, b: jax.Array, rank) -> tuple[jax.Array, jax.Array]:
-  r"""FLoRA's stacked factors :math:`[p_1 A_1, \dots, p_K A_K]`, :math:`[B_1; \dots; B_K]`."""
-  if rank is not None:
-    a, b = rank_mask(a, rank, -1), rank_mask(b, rank, -2)
-  member = rnd.share > 0
-  a = jnp.where(member, rnd.share.astype(a.dtype) * a, jnp.zeros_like(a))
-  b = jnp.where(member, b, jnp.zeros_like(b))
-  a_all, b_all = _gather(a, rnd.axis_name), _gather(b, rnd.axis_name)  # [K, ..., in|r, r|out]
-  k, r = a_all.shape[0], a.shape[-1]
-  # Client-major along the rank axis: columns k*r .. k*r + r - 1 of A_g are client k's.
-  a_g = jnp.moveaxis(a_all, 0, -2).reshape(a.shape[:-1] + (k * r,))
-  b_g = jnp.moveaxis(b_all, 0, -3).reshape(b.shape[:-2] + (k * r, b.shape[-1]))
-  return a_g, b_g
 
 
 # --- aggregators ----------------------------------------------------------------------------
@@ -159,6 +101,20 @@ def fedit_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     >>> out = jax.jit(jax.vmap(lambda t: agg.update(t, agg.init(t))[0], axis_name='clients',
     ...                        out_axes=None))(tree)
     >>> lora.lora_delta(out, 1.0).tolist()
+    [[0.25, 0.25], [0.25, 0.25]]
+
+    In your own ``jax.shard_map`` (``check_vma=True``, the default) over every device,
+    vmapped on each, with a copy of both clients on every device (the same shares):
+
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> mesh = Mesh(np.array(jax.devices()), ('devices',))
+    >>> copies = jax.tree.map(lambda x: jnp.concatenate([x] * mesh.size), tree)
+    >>> agg = fedit_mean(('devices', 'clients'))
+    >>> sharded = jax.jit(jax.shard_map(
+    ...     jax.vmap(lambda t: agg.update(t, agg.init(t))[0], axis_name='clients', out_axes=None),
+    ...     mesh=mesh, in_specs=P('devices'), out_specs=P()))
+    >>> jnp.round(lora.lora_delta(sharded(copies), 1.0), 6).tolist()
     [[0.25, 0.25], [0.25, 0.25]]
   """
   split_axis_name(axis_name)
@@ -207,6 +163,21 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     ...                        axis_name='clients', out_axes=None))(tree, jnp.array([3.0, 1.0]))
     >>> out['lora_b'].tolist(), bool((out['lora_a'] == a).all())
     ([[0.75, 1.0]], True)
+
+    In your own ``jax.shard_map`` (``check_vma=True``, the default) over every device,
+    vmapped on each, with a copy of both clients on every device (the same shares):
+
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> mesh = Mesh(np.array(jax.devices()), ('devices',))
+    >>> copies = jax.tree.map(lambda x: jnp.concatenate([x] * mesh.size), tree)
+    >>> agg = ffa_mean(('devices', 'clients'))
+    >>> sharded = jax.jit(jax.shard_map(
+    ...     jax.vmap(lambda t, w: agg.update(t, agg.init(t), weight=w)[0], axis_name='clients',
+    ...              out_axes=None), mesh=mesh, in_specs=P('devices'), out_specs=P()))
+    >>> out = sharded(copies, jnp.tile(jnp.array([3.0, 1.0]), mesh.size))
+    >>> jnp.round(out['lora_b'], 6).tolist(), bool((out['lora_a'] == a).all())
+    ([[0.75, 1.0]], True)
   """
   split_axis_name(axis_name)
 
@@ -220,8 +191,8 @@ def ffa_mean(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
              for k, v in layer.items() if k != LORA_A}
       if server is None:  # the first member's A (bitwise its input): a weight-0 client's
         # factors may be non-finite, so client 0 is not good enough
-        first = jnp.argmax(_gather(rnd.share, axis_name) > 0)
-        out[LORA_A] = _gather(a, axis_name)[first]
+        first = jnp.argmax(client_gather(rnd.share, axis_name) > 0)
+        out[LORA_A] = client_gather(a, axis_name)[first]
       else:
         out[LORA_A] = jnp.asarray(server[LORA_A])
       return {k: out[k] for k in layer}
@@ -280,6 +251,21 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
     ...                        out_axes=None))(tree)
     >>> out['lora_a'].shape, lora.lora_delta(out, 1.0).tolist()
     ((2, 2), [[0.5, 0.0], [0.0, 0.5]])
+
+    In your own ``jax.shard_map`` (``check_vma=True``, the default) over every device,
+    vmapped on each, with a copy of both clients on every device (the same shares):
+
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> mesh = Mesh(np.array(jax.devices()), ('devices',))
+    >>> copies = jax.tree.map(lambda x: jnp.concatenate([x] * mesh.size), tree)
+    >>> agg = stack_merge(('devices', 'clients'))
+    >>> sharded = jax.jit(jax.shard_map(
+    ...     jax.vmap(lambda t: agg.update(t, agg.init(t))[0], axis_name='clients', out_axes=None),
+    ...     mesh=mesh, in_specs=P('devices'), out_specs=P()))
+    >>> out = sharded(copies)  # rank K r: one block per client, 2 per device
+    >>> out['lora_a'].shape == (2, 2 * mesh.size), jnp.round(lora.lora_delta(out, 1.0), 6).tolist()
+    (True, [[0.5, 0.0], [0.0, 0.5]])
   """
   split_axis_name(axis_name)
 
@@ -292,121 +278,6 @@ def stack_merge(axis_name: AxisName) -> optax.GradientTransformationExtraArgs:
       out = {k: rnd.mean(v, None if server is None else server[k])
              for k, v in layer.items() if k not in _FACTORS}
       out[LORA_A], out[LORA_B] = _stacked(rnd, a, b, rank)
-      return {k: out[k] for k in layer}
-
-    return map_lora_layers(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)
-
-  return optax.GradientTransformationExtraArgs(_init, update_fn)
-
-
-def _svd(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  r"""Thin SVD of :math:`M = A B` from the factors (``[..., in, R]``, ``[..., R, out]``).
-
-  When :math:`R < \min(in, out)`, :math:`A = Q_a R_a` and :math:`B^\top = Q_b R_b` give
-  :math:`M = Q_a (R_a R_b^\top) Q_b^\top`: an ``[R, R]`` SVD instead of ``[in, out]``.
-  """
-  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-  n_in, n_rank, n_out = a.shape[-2], a.shape[-1], b.shape[-1]
-  if n_rank < min(n_in, n_out):
-    q_a, r_a = jnp.linalg.qr(a)
-    q_b, r_b = jnp.linalg.qr(jnp.swapaxes(b, -1, -2))
-    u, sigma, vt = jnp.linalg.svd(jnp.matmul(r_a, jnp.swapaxes(r_b, -1, -2)),
-                                  full_matrices=False)
-    u, vt = jnp.matmul(q_a, u), jnp.matmul(vt, jnp.swapaxes(q_b, -1, -2))
-  else:
-    u, sigma, vt = jnp.linalg.svd(jnp.matmul(a, b), full_matrices=False)
-  # Fix each component's sign (largest |entry| of u positive): U and V are otherwise only
-  # defined up to a sign per component, which could differ between runtimes.
-  idx = jnp.argmax(jnp.abs(u), axis=-2, keepdims=True)
-  sign = jnp.sign(jnp.take_along_axis(u, idx, axis=-2))
-  sign = jnp.where(sign == 0, 1.0, sign)
-  return u * sign, sigma, vt * jnp.swapaxes(sign, -1, -2)
-
-
-def flex_svd(axis_name: AxisName, rank: int) -> optax.GradientTransformationExtraArgs:
-  r"""FlexLoRA: the exact mean update, refactorised at rank ``rank`` by SVD.
-
-  .. math::
-    \Delta W_g = \sum_k p_k\, s A_k B_k = s\, U \Sigma V^\top, \qquad
-    A_g = U_r \Sigma_r^{1/2}, \quad B_g = \Sigma_r^{1/2} V_r^\top, \qquad
-    \| s A_g B_g - \Delta W_g \|_F = s \Big(\sum_{j > r} \sigma_j^2\Big)^{1/2}
-
-  (Bai et al., "Federated Fine-tuning of Large Language Models under Heterogeneous
-  Tasks and Client Resources", NeurIPS 2024, arXiv 2402.11505). By Eckart-Young
-  :math:`s A_g B_g` is the best rank-:math:`r` approximation of :math:`\Delta W_g` in
-  Frobenius and spectral norm; it is exact when ``rank`` is at least the rank of
-  :math:`\Delta W_g`. The balanced split (:math:`\Sigma^{1/2}` on each side; this
-  project's choice of factorisation, assumed for arXiv 2402.11505) gives both
-  factors the same norm, so neither dominates the next round's gradients; :math:`s`
-  cancels (:math:`\Sigma` is that of :math:`\sum_k p_k A_k B_k`). Each component's sign is
-  fixed (largest entry of :math:`U_{:, j}` positive), so every runtime returns the same
-  factors.
-
-  :math:`\Delta W_g` is never summed densely over clients: the SVD is taken of the
-  stacked factors' product (:func:`stack_merge`), through QR when the stacked rank
-  :math:`K r` is below :math:`\min(in, out)`. Heterogeneous client ranks: pass ``rank=r_k``
-  to ``update`` as in :func:`stack_merge`; afterwards a client of rank :math:`r_k` keeps
-  the first :math:`r_k` components (:func:`jaxfl.models.lora.mask_rank`), its best
-  approximation. In an
-  empty round with ``params`` given, :math:`\Delta W_g` is ``params``' own adapter
-  (refactorised: unchanged up to rounding if its rank is at most ``rank``) and the other
-  leaves are ``params``'; without ``params`` the clients count equally.
-
-  Args:
-    axis_name: the client axis name(s): ``ClientAxis.axis_name``.
-    rank: the output rank :math:`r`; components beyond :math:`\min(in, out)` are zero.
-
-  Returns:
-    A transform whose ``update(tree, state, params=None, *, weight=1.0, rank=None)``
-    takes one client's LoRA tree, weight and own rank (``None``: the full ``r``; not the
-    output ``rank``) and returns the global tree with ``'lora_a'`` ``[..., in, rank]``
-    and ``'lora_b'`` ``[..., rank, out]``; other leaves get the weighted mean.
-
-  Raises:
-    ConfigError: ``rank`` is not a positive int.
-
-  Examples:
-    With weights 3:1 the mean update is diag(0.75, 0.25); at rank 1 only its top
-    singular component survives:
-
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxfl.models import lora
-    >>> tree = {'lora_a': jnp.array([[[1.0], [0.0]], [[0.0], [1.0]]]),
-    ...         'lora_b': jnp.array([[[1.0, 0.0]], [[0.0, 1.0]]])}
-    >>> agg = flex_svd('clients', rank=1)
-    >>> out = jax.jit(jax.vmap(lambda t, w: agg.update(t, agg.init(t), weight=w)[0],
-    ...                        axis_name='clients', out_axes=None))(tree, jnp.array([3.0, 1.0]))
-    >>> jnp.round(lora.lora_delta(out, 1.0), 6).tolist()
-    [[0.75, 0.0], [0.0, 0.0]]
-  """
-  split_axis_name(axis_name)
-  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-    raise ConfigError("rank", "a positive int (the aggregate's LoRA rank)", rank)
-  out_rank = rank
-
-  def update_fn(tree, state, params=None, *, weight=1.0, rank=None, **extra_args):
-    del extra_args
-    rnd = _round(weight, axis_name, params is not None)
-
-    def lora_fn(path, layer, server):
-      a, b = lora_factors(path, layer)
-      out = {k: rnd.mean(v, None if server is None else server[k])
-             for k, v in layer.items() if k not in _FACTORS}
-      a_g, b_g = _stacked(rnd, a, b, rank)
-      if server is not None:
-        # The server's adapter as one more block, weighted 1 in an empty round and 0 otherwise.
-        a_s, b_s = lora_factors(path, server)
-        a_g = jnp.concatenate([a_g, jnp.where(rnd.empty, a_s, 0).astype(a_g.dtype)], axis=-1)
-        b_g = jnp.concatenate([b_g, jnp.where(rnd.empty, b_s, 0).astype(b_g.dtype)], axis=-2)
-      u, sigma, vt = _svd(a_g, b_g)
-      keep = min(out_rank, sigma.shape[-1])
-      root = jnp.sqrt(sigma[..., :keep])
-      new_a = u[..., :keep] * root[..., None, :]
-      new_b = root[..., :, None] * vt[..., :keep, :]
-      pad = out_rank - keep
-      new_a = jnp.pad(new_a, [(0, 0)] * (new_a.ndim - 1) + [(0, pad)])
-      new_b = jnp.pad(new_b, [(0, 0)] * (new_b.ndim - 2) + [(0, pad), (0, 0)])
-      out[LORA_A], out[LORA_B] = new_a.astype(a.dtype), new_b.astype(b.dtype)
       return {k: out[k] for k in layer}
 
     return map_lora_layers(tree, params, lora_fn, rnd.mean), LoraAggregateState(state.count + 1)

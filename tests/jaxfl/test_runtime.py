@@ -6,12 +6,20 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from jaxfl.algorithms import FedAvg, server_optimizer
 from jaxfl.errors import ConfigError
 from jaxfl.local import ClientData, softmax_cross_entropy
 from jaxfl.models import MLP, functional
-from jaxfl.runtime import ClientAxis, client_mesh, make_client_axis
+from jaxfl.runtime import (
+  ClientAxis,
+  client_gather,
+  client_index,
+  client_mesh,
+  client_sum,
+  make_client_axis,
+)
 from jaxfl.sim import uniform_profiles
 from jaxfl.transforms import weighted_mean
 
@@ -85,3 +93,25 @@ def test_clients_per_round_must_divide_devices():
 def test_client_mesh_rejects_too_many_devices():
   with pytest.raises(ConfigError, match="num_devices"):
     client_mesh(9)
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_client_collectives_in_a_user_shard_map(check_vma):
+  """client_sum / client_gather / client_index over ('devices', 'clients') inside a plain
+  jax.shard_map: JAX 0.10.2 refuses a psum or all_gather over the vmap axis there when
+  check_vma=True, so the helpers must avoid both (the module docstring's rule)."""
+  mesh = client_mesh(8)
+  x = jnp.arange(16.0)
+  names = ("devices", "clients")
+
+  def client(v):
+    return (client_sum(v, names), client_gather(v, names),
+            client_gather(client_index(names), names), client_sum(1.0, names))
+
+  body = jax.vmap(client, axis_name="clients", out_axes=None)
+  out = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("devices"), out_specs=P(),
+                              check_vma=check_vma))(x)
+  total, gathered, index, count = out
+  assert float(total) == 120.0 and float(count) == 16.0
+  np.testing.assert_array_equal(gathered, x)  # global client order, device-major
+  np.testing.assert_array_equal(index, np.arange(16))

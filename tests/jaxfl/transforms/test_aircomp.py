@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxfl.errors import ConfigError
@@ -204,9 +205,30 @@ def test_sharded_pytree_equals_function():
   assert float(state.mse) == pytest.approx(float(mse), rel=1e-6)
 
 
+def test_inject_hyperparams_matches_float_noise_var():
+  """``optax.inject_hyperparams`` (noise variance and threshold as traced state) gives the
+  concrete-float transform's estimate and plan."""
+  updates, weights, gains, max_power = make_group(7, entries=64)
+
+  def received(tx):
+    def client(u, w, g):
+      return tx.update(u, tx.init(u), weight=w, gain_sq=g, noise_key=KEY)
+
+    return jax.jit(jax.vmap(client, axis_name="clients", out_axes=None))(updates, weights, gains)
+
+  hyper = dict(noise_var=0.1, policy="zero_forcing", truncation_threshold=0.1)
+  est, state = received(optax.inject_hyperparams(aircomp_mean)("clients", **hyper))
+  ref, ref_state = received(aircomp_mean("clients", **hyper))
+  np.testing.assert_allclose(est, ref, rtol=1e-6, atol=1e-7)
+  assert float(state.inner_state.mse) == pytest.approx(float(ref_state.mse), rel=1e-6)
+  assert float(state.hyperparams["noise_var"]) == pytest.approx(0.1)
+
+
 def test_bad_arguments():
   with pytest.raises(ConfigError, match="policy"):
     aircomp_mean("clients", noise_var=0.1, policy="water_filling")
+  with pytest.raises(ConfigError, match="noise_var"):
+    aircomp_mean("clients", noise_var=jnp.full([2], 0.1))  # a scalar is expected
   with pytest.raises(ConfigError, match="noise_var"):
     aircomp_mean("clients", noise_var=-1.0)
   with pytest.raises(ConfigError, match="truncation_threshold"):

@@ -212,3 +212,58 @@ def test_low_precision_leaves_keep_their_dtype():
   np.testing.assert_allclose(np.asarray(u, np.float32), [1.05, 1.6], rtol=1e-2)
   merged = cocodc_merge(w, w_bak, g, lam0=0.2)
   assert merged.dtype == jnp.bfloat16
+
+
+# --- hyperparameters as arrays (optax.inject_hyperparams) ------------------------------
+
+def _run_jitted(opt, grads, params, **extra):
+  """Three jitted steps of ``opt`` (hyperparameters in its state arrive as tracers)."""
+  step = jax.jit(lambda g, s: opt.update(g, s, params, **extra))
+  state, outs = opt.init(params), []
+  for g in grads:
+    out, state = step(g, state)
+    outs.append(out)
+  return outs
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_dc_asgd_under_inject_hyperparams_matches_float_hyperparameters(adaptive):
+  hyper = dict(lam=0.3, lam0=1.5, momentum=0.8, eps=1e-6)
+  w, w_bak = _tree(jax.random.key(40)), _tree(jax.random.key(41))
+  grads = [_tree(jax.random.key(42 + i)) for i in range(3)]
+
+  def server(learning_rate, lam, lam0, momentum, eps):  # a user's server optimizer
+    return optax.chain(dc_asgd(lam, adaptive=adaptive, lam0=lam0, momentum=momentum, eps=eps),
+                       optax.sgd(learning_rate))
+
+  expected = _run_jitted(server(0.5, **hyper), grads, w, backup=w_bak)
+  injected = optax.inject_hyperparams(server)(learning_rate=0.5, **hyper)
+  for out, ref in zip(_run_jitted(injected, grads, w, backup=w_bak), expected, strict=True):
+    _assert_tree_close(out, ref, rtol=1e-6, atol=1e-7)
+  # The transform itself, injected directly (``adaptive``, a bool, stays static).
+  direct = optax.inject_hyperparams(dc_asgd)(adaptive=adaptive, **hyper)
+  plain = dc_asgd(adaptive=adaptive, **hyper)
+  for out, ref in zip(_run_jitted(direct, grads, w, backup=w_bak),
+                      _run_jitted(plain, grads, w, backup=w_bak), strict=True):
+    _assert_tree_close(out, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_cocodc_correction_under_inject_hyperparams_matches_float_hyperparameters():
+  g1, d = _tree(jax.random.key(50), 0.3), _tree(jax.random.key(51), 0.5)
+  injected = optax.inject_hyperparams(cocodc_correction)(lam0=0.4, eps=1e-6)
+  out = _run_jitted(injected, [g1], g1, discrepancy=d)[0]
+  ref = _run_jitted(cocodc_correction(0.4, 1e-6), [g1], g1, discrepancy=d)[0]
+  _assert_tree_close(out, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_array_hyperparameters_are_taken_and_bad_ones_named():
+  # Scalar arrays pass unchecked (their values may be tracers); Python numbers are checked.
+  dc_asgd(jnp.float32(0.1), adaptive=True, lam0=jnp.array(2.0), momentum=jnp.array(0.9),
+          eps=jnp.array(1e-7))
+  cocodc_correction(jnp.array(0.2), jnp.array(1e-8))
+  with pytest.raises(ConfigError, match="momentum"):
+    dc_asgd(momentum=jnp.full([2], 0.9))  # a scalar is expected
+  with pytest.raises(ConfigError, match="eps"):
+    cocodc_correction(eps="1e-8")
+  with pytest.raises(ConfigError, match="lam0"):
+    dc_asgd(lam0=True)
