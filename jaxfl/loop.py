@@ -137,6 +137,16 @@ def _last_good(checkpointer) -> str:
   return "no checkpoint kept" if last is None else f"last good checkpoint: round {last}"
 
 
+def _resume_line(restored, start_round: int) -> str:
+  """One line on where a run resumed: the round, and any unreadable checkpoint passed over
+  (each moved aside), or a restart when none was readable."""
+  skipped = "; ".join(f"the checkpoint of round {r} is unreadable ({why}), moved to {moved}"
+                      for r, why, moved in restored.unreadable)
+  if restored.round is None:
+    return f"no readable checkpoint, starting from round {start_round}: {skipped}"
+  return f"resumed at round {restored.round}" + (f": {skipped}" if skipped else "")
+
+
 def _scalar(value) -> float:
   return float(np.mean(np.asarray(value)))
 
@@ -147,8 +157,9 @@ def run_rounds(algorithm, state, inputs, *, num_rounds: int,
                metrics_path: str | os.PathLike | None = None,
                on_record: Callable[[dict], Any] | None = None,
                log: Callable[[str], Any] | None = print,
-               log_prefix: str = "") -> tuple[Any, list[dict]]:
-  """Run rounds until round ``num_rounds``, resuming from a checkpoint if one exists.
+               log_prefix: str = "",
+               log_resume: Callable[[str], Any] | None = None) -> tuple[Any, list[dict]]:
+  """Run rounds until round ``num_rounds``, resuming from the newest readable checkpoint.
 
   Args:
     algorithm: follows the protocol; its ``jit_round`` is used when it has one (compiled
@@ -168,6 +179,10 @@ def run_rounds(algorithm, state, inputs, *, num_rounds: int,
     on_record: called with each evaluation record (e.g. to write it to a database).
     log: progress printer (``None`` for silence).
     log_prefix: text before each progress line (e.g. the seed).
+    log_resume: where the one line on resuming goes (default: ``log``): the round resumed
+      at, and any checkpoint passed over as unreadable (a damaged one is moved aside and the
+      run falls back to the one before), or that none was readable and the run restarts
+      from ``start_round``.
 
   Returns:
     ``(state, history)`` where history holds one dict per evaluated round: ``round``,
@@ -179,16 +194,17 @@ def run_rounds(algorithm, state, inputs, *, num_rounds: int,
       message names the last good checkpoint.
   """
   round_fn = getattr(algorithm, "jit_round", None) or jax.jit(algorithm.round)
+  log_resume = log if log_resume is None else log_resume
   history: list[dict] = []
   done = start_round
-  if checkpointer is not None and checkpointer.latest_round() is not None:
-    done = checkpointer.latest_round()
-    state = checkpointer.restore(state)
+  restored = checkpointer.restore_latest(state) if checkpointer is not None else None
+  if restored is not None and restored.round is not None:
+    done, state = restored.round, restored.state
     if metrics_path is not None and os.path.exists(metrics_path):
       with open(metrics_path) as f:
         history = [r for r in map(json.loads, f) if r["round"] <= done]
-    if log:
-      log(f"{log_prefix}resumed at round {done}")
+  if log_resume and restored is not None and (restored.round is not None or restored.unreadable):
+    log_resume(log_prefix + _resume_line(restored, start_round))
   if metrics_path is not None:
     with open(metrics_path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in history)

@@ -325,11 +325,20 @@ def main(argv: list[str] | None = None) -> int:
                                    description="Rebuild reports and claims from results.sqlite")
   parser.add_argument("--workdir", default="runs")
   args = parser.parse_args(argv)
+  from jaxfl.errors import ConfigError
+  from sweeps.results import unwritable
+
   try:
     docs = rebuild(args.workdir)
   except FileNotFoundError as e:
     print(f"error: --workdir: expected a folder holding results.sqlite, got {args.workdir!r} "
           f"({e} does not exist)", file=sys.stderr)
+    return 2
+  except ConfigError as e:  # results.sqlite not a results database, damaged, or read-only
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (PermissionError, IsADirectoryError, NotADirectoryError) as e:  # writing a report
+    print(f"error: {unwritable(e.filename or args.workdir, e)}", file=sys.stderr)
     return 2
   for doc in docs:
     print(f"{doc['experiment']}/{doc['variant']}: {claims_lib.counts([doc])} -> {doc['out']}")

@@ -62,21 +62,28 @@ from sweeps.results_queries import ResultsQueries
 from sweeps.results_schema import (
     _SCHEMA,
     _UPGRADES,
+    FILENAME,
     FINISHED,
     HASH_CHARS,
     SCHEMA_VERSION,
     STATUSES,
+    UnusableResults,
+    _damaged,
     _float,
     _int,
+    _not_results,
+    _one_line,
+    _refusal,
     _text,
     canonical_json,
     config_hash,
+    unwritable,
 )
 
 __all__ = ["BUSY_TIMEOUT_S", "FILENAME", "FINISHED", "HASH_CHARS", "SCHEMA_VERSION", "STATUSES",
-           "ResultsDB", "canonical_json", "config_hash", "results_path"]
+           "ResultsDB", "UnusableResults", "canonical_json", "config_hash", "results_path",
+           "unwritable"]
 
-FILENAME = "results.sqlite"
 BUSY_TIMEOUT_S = 30.0
 
 
@@ -97,6 +104,12 @@ class ResultsDB(ResultsQueries):
   must not cross a fork. The queries (``runs``, ``metrics``, ``series``, ...) are
   :class:`~sweeps.results_queries.ResultsQueries`' methods.
 
+  Opening checks the file before writing anything to it: SQLite's ``quick_check`` (it reads
+  the whole file once: measured 0.3 s for 155 MB, 2 million metric rows), and that a file
+  without this schema has no tables of its own. A folder that cannot be written, a file that
+  is not a results database and a damaged one raise :class:`UnusableResults`, naming the
+  path and what to do.
+
   Args:
     path: the database file (created with its parent directories if missing); see
       ``results_path(workdir)``.
@@ -109,21 +122,52 @@ class ResultsDB(ResultsQueries):
     self.path = os.fspath(path)
     self.timeout = float(timeout)
     parent = os.path.dirname(os.path.abspath(self.path))
-    os.makedirs(parent, exist_ok=True)
+    try:
+      os.makedirs(parent, exist_ok=True)
+    except OSError as e:  # a read-only folder, a file in the way
+      raise unwritable(self.path, e) from None
+    if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+      # SQLite would open it read-only, and the first write would fail mid-run.
+      raise unwritable(self.path, PermissionError(f"{self.path} is read-only"))
     self._pid = os.getpid()
-    # isolation_level=None: no implicit transactions; every write opens its own
-    # BEGIN IMMEDIATE below, so transactions stay short and explicit.
-    self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+    try:
+      # isolation_level=None: no implicit transactions; every write opens its own
+      # BEGIN IMMEDIATE below, so transactions stay short and explicit.
+      self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+    except sqlite3.Error as e:
+      raise (_refusal(self.path, e) or e) from None
     try:
       self._setup()
+    except sqlite3.Error as e:
+      self._conn.close()
+      refusal = _refusal(self.path, e)
+      if refusal is None:
+        raise
+      raise refusal from None
     except BaseException:
       self._conn.close()
       raise
+
+  def _check_file(self) -> None:
+    """Refuse a damaged file, or a database of another program's: before anything is
+    written to it."""
+    c = self._conn
+    problems = [row[0] for row in c.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+      text = "; ".join(problems).replace("*** in database main ***", "")
+      raise _damaged(self.path, _one_line(text))
+    version = c.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:  # no schema of ours yet: a new (or empty) file, or someone else's
+      tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                        "ORDER BY name LIMIT 4")]
+      if tables:
+        raise _not_results(self.path, f"an SQLite database with other tables: {tables}")
 
   def _setup(self) -> None:
     c = self._conn
     c.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")  # an int literal, not data
     c.execute("PRAGMA foreign_keys = ON")
+    self._check_file()
     # Switching to WAL takes an exclusive lock; under a crowd of first openers it can be
     # refused without the busy handler, so retry until the timeout.
     deadline = time.monotonic() + self.timeout
@@ -136,8 +180,8 @@ class ResultsDB(ResultsQueries):
           raise
         time.sleep(0.01)
     if mode.lower() != "wal" and self.path != ":memory:":
-      raise RuntimeError(f"{self.path}: the filesystem refused WAL mode (got {mode!r}); "
-                         "put the workdir on a local disk")
+      raise UnusableResults(self.path, "a workdir on a local disk (choose another --workdir)",
+                            f"the file system refused SQLite's WAL mode, got {mode!r}")
     c.execute("PRAGMA synchronous = NORMAL")  # durable against a killed process in WAL
     version = c.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:

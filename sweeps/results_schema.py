@@ -1,8 +1,8 @@
 """What the results database stores, and how: its SQL schema, input checks, config hashes.
 
 The schema of :mod:`sweeps.results` and its upgrades, the validation every write applies
-to its inputs (errors name the field), and the canonical JSON and hash that identify a
-run's config.
+to its inputs (errors name the field), the canonical JSON and hash that identify a
+run's config, and the errors for a workdir or file that cannot hold results.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ import hashlib
 import json
 import math
 import operator
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from jaxfl.errors import ConfigError
+
+FILENAME = "results.sqlite"
 SCHEMA_VERSION = 2
 HASH_CHARS = 16  # hex chars of sha256 kept: 64 bits, collision-free for any sweep size.
 STATUSES = ("running", "done", "failed")
@@ -150,3 +154,57 @@ def config_hash(config: Mapping[str, Any]) -> str:
   differently (they are different JSON).
   """
   return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:HASH_CHARS]
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+class UnusableResults(ConfigError):
+  """The workdir cannot hold results as it is: the folder cannot be written, or its
+  ``results.sqlite`` is not a results database, or is damaged.
+
+  A :class:`~jaxfl.errors.ConfigError` on ``--workdir``: the remedy is the user's (another
+  workdir, the file moved away or recovered), so the entry points report it as bad input,
+  one line and exit code 2; the file is left exactly as it was.
+  """
+
+  def __init__(self, path: str, expected: str, why: str):
+    super().__init__("--workdir", expected, path)
+    self.path, self.why = path, why
+    self.args = (f"{self.args[0]} ({why})",)
+
+
+def unwritable(path: str, error: BaseException) -> UnusableResults:
+  """The error for a workdir whose ``path`` (a folder or a file in it) cannot be written."""
+  return UnusableResults(path, "a folder this process can create and write in (choose "
+                         "another --workdir, or give this one write permission)",
+                         _one_line(error))
+
+
+def _one_line(error) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def _not_results(path: str, why: str) -> UnusableResults:
+  return UnusableResults(path, f"{FILENAME} to be a results database (move this file away, "
+                         "or choose another --workdir; nothing was written to it)", why)
+
+
+def _damaged(path: str, why: str) -> UnusableResults:
+  text = why if len(why) <= 160 else why[:157] + "..."
+  return UnusableResults(path, "an intact results database (restore a copy, or save what it "
+                         "holds with `sqlite3 FILE .recover | sqlite3 NEW`, or choose another "
+                         "--workdir; nothing was written to it)", f"SQLite found damage: {text}")
+
+
+def _refusal(path: str, e: sqlite3.Error) -> UnusableResults | None:
+  """What an SQLite error on opening means for the user, or None for one that is not a
+  property of the file or the folder (a lock held too long...)."""
+  name = getattr(e, "sqlite_errorname", "")  # the primary code, e.g. SQLITE_CORRUPT
+  if name.startswith("SQLITE_NOTADB"):
+    return _not_results(path, _one_line(e))
+  if name.startswith("SQLITE_CORRUPT"):
+    return _damaged(path, _one_line(e))
+  if name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")):
+    return unwritable(path, e)
+  return None

@@ -192,11 +192,12 @@ def execute(c, spec: RunSpec, ctx: Context, run_dir: str, log_metrics, progress)
 
   os.makedirs(run_dir, exist_ok=True)
   with Checkpointer(os.path.join(run_dir, "checkpoints"), every=c.checkpoint_every) as ckpt:
-    if ckpt.latest_round() is not None:
-      progress.log(f"resuming from the checkpoint of round {ckpt.latest_round()}")
+    # Progress goes to the bars (record); only the line on resuming (the round, or an
+    # unreadable checkpoint passed over) is written out.
     run_rounds(alg, state, clients, num_rounds=c.num_rounds,
                evaluate=lambda st: evaluate(st.params),
-               eval_every=c.eval_every, checkpointer=ckpt, on_record=record, log=None)
+               eval_every=c.eval_every, checkpointer=ckpt, on_record=record, log=None,
+               log_prefix=f"{spec.method} seed {spec.seed}: ", log_resume=progress.log)
 
 
 def vmappable(c) -> bool:

@@ -1,7 +1,9 @@
 """Checkpoints: exact round trips, bit-identical resume, divergence keeps the last good round."""
 
 import json
+import logging
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -214,3 +216,133 @@ def test_divergence_checkpoint_is_usable(tmp_path, setup):
   # The checkpoint the error names as good must give a finite loss when evaluated.
   loss = float(evaluate(last_good).loss)
   assert math.isfinite(loss), f"{e.value}; evaluated loss of round {latest}: {loss}"
+
+
+# -- damaged checkpoints: resume falls back to the newest readable one (issue 16, faults)
+
+
+class Adder:
+  """state = {"w": f32[400], "round"}: 1.6 kB of values, over orbax's 1 kB inline limit, so
+  they get a value file of their own (the one a garbled byte changes silently)."""
+
+  def round(self, state, inputs):
+    new = {"w": state["w"] + inputs, "round": state["round"] + 1}
+    return new, {"loss": jnp.float32(0.0)}
+
+
+ADDER = Adder()
+ADDER.jit_round = jax.jit(ADDER.round)
+W0 = np.random.default_rng(1).normal(size=400).astype(np.float32)
+STEP = jnp.asarray(np.random.default_rng(2).normal(size=400).astype(np.float32))
+
+
+def adder_state():
+  return jax.device_put({"w": jnp.asarray(W0), "round": jnp.int32(0)}, jax.devices()[0])
+
+
+def _flip(path, at=None):
+  data = bytearray(path.read_bytes())
+  at = len(data) // 2 if at is None else at
+  data[at:at + 16] = bytes(b ^ 0xFF for b in data[at:at + 16])
+  path.write_bytes(bytes(data))
+
+
+def damage(step_dir, how):
+  """Damage one saved round as a crash or a bad copy would."""
+  files = sorted((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  values = files[-1]  # the 1.6 kB value file; metadata and index nodes are smaller
+  if how == "truncated values":
+    values.write_bytes(values.read_bytes()[:values.stat().st_size // 2])
+  elif how == "garbled values":  # orbax itself restores these without a word
+    _flip(values)
+  elif how == "truncated metadata":
+    meta = step_dir / "default" / "_METADATA"
+    meta.write_bytes(meta.read_bytes()[:50])
+  elif how == "garbled index":
+    _flip(step_dir / "default" / "manifest.ocdbt")
+  elif how == "emptied":
+    for p in files:
+      p.write_bytes(b"")
+  else:
+    raise ValueError(how)
+
+
+def adder_rounds(directory, num_rounds, log=None):
+  with Checkpointer(directory, every=2) as ckpt:
+    state, _ = run_rounds(ADDER, adder_state(), STEP, num_rounds=num_rounds, checkpointer=ckpt,
+                          log=log)
+    return state, ckpt.latest_round()
+
+
+@pytest.fixture(scope="module")
+def adder_run(tmp_path_factory):
+  """A run's checkpoints of rounds 2 and 4 (each test damages a copy), and the states of
+  an uninterrupted run after 4 and 6 rounds."""
+  folder = tmp_path_factory.mktemp("adder") / "ckpt"
+  adder_rounds(folder, 4)
+  states = {n: run_rounds(ADDER, adder_state(), STEP, num_rounds=n, log=None)[0] for n in (4, 6)}
+  return folder, states
+
+
+def copy_of(adder_run, tmp_path):
+  shutil.copytree(adder_run[0], tmp_path / "ckpt")
+  return tmp_path / "ckpt"
+
+
+@pytest.mark.parametrize("how", ["truncated values", "garbled values", "truncated metadata",
+                                 "garbled index", "emptied"])
+def test_resume_falls_back_past_a_damaged_latest_checkpoint(tmp_path, caplog, adder_run, how):
+  folder, states = copy_of(adder_run, tmp_path), adder_run[1]
+  damage(folder / "4", how)
+  lines = []
+  caplog.clear()
+  resumed, latest = adder_rounds(folder, 6, log=lines.append)
+  assert len(lines) == 1 and "\n" not in lines[0], lines
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+  moved = folder / "4.unreadable"
+  assert lines[0].startswith("resumed at round 2: the checkpoint of round 4 is unreadable ("), lines
+  assert lines[0].endswith(f"moved to {moved}"), lines
+  assert_bit_identical(resumed, states[6])  # rounds 3-6 recomputed from round 2
+  assert moved.is_dir() and latest == 6
+  with Checkpointer(folder, every=2) as ckpt:  # round 4 saved again, readable
+    assert_bit_identical(ckpt.restore(adder_state(), round_=4), states[4])
+
+
+def test_no_readable_checkpoint_restarts_from_scratch_with_one_line(tmp_path, adder_run):
+  folder, states = copy_of(adder_run, tmp_path), adder_run[1]
+  damage(folder / "4", "garbled values")
+  damage(folder / "2", "truncated values")
+  lines = []
+  restarted, latest = adder_rounds(folder, 4, log=lines.append)
+  assert len(lines) == 1 and lines[0].startswith(
+      "no readable checkpoint, starting from round 0: the checkpoint of round 4 is unreadable ("
+  ), lines
+  assert "the checkpoint of round 2 is unreadable (" in lines[0]
+  assert_bit_identical(restarted, states[4])
+  assert latest == 4
+  assert {p.name for p in folder.iterdir()} >= {"2", "4", "2.unreadable", "4.unreadable"}
+
+
+def test_explicit_round_with_garbled_values_is_refused_not_restored(tmp_path):
+  from jaxfl import checkpoint
+
+  with Checkpointer(tmp_path, every=1) as ckpt:
+    ckpt.save(1, {"w": jnp.asarray(W0)})
+  damage(tmp_path / "1", "garbled values")
+  with Checkpointer(tmp_path, every=1) as ckpt:
+    # Orbax alone restores these bytes as different numbers, without a word.
+    with pytest.raises(RuntimeError, match="round 1 is unreadable .*do not match the checksum"
+                       ) as e:
+      ckpt.restore({"w": jnp.zeros(400)}, round_=1)
+    assert isinstance(e.value, checkpoint.UnreadableCheckpoint)
+    assert (tmp_path / "1").is_dir()  # an explicit round is reported, not moved
+
+
+def test_a_checkpoint_of_another_state_is_not_taken_for_a_damaged_one(tmp_path):
+  """A guard for the fallback: a state whose shapes changed (the code changed) raises as it
+  did and keeps its checkpoint (this one passes on the code before the fallback as well)."""
+  with Checkpointer(tmp_path, every=1) as ckpt:
+    ckpt.save(1, {"w": jnp.zeros(3)})
+  with Checkpointer(tmp_path, every=1) as ckpt, pytest.raises(ValueError):
+    ckpt.restore({"w": jnp.zeros(4)})
+  assert (tmp_path / "1").is_dir() and not (tmp_path / "1.unreadable").exists()

@@ -394,3 +394,106 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         j / 7 for j in range(n) for _ in range(workers))
     for w in range(workers):
       assert sorted(r["step"] for r in db.metrics(name=f"w{w}")) == list(range(n))
+
+
+# -- files that are not results databases, damaged ones, folders that cannot be written:
+# one ConfigError on --workdir naming the path and what to do, the file left as it was.
+
+
+def results_file(folder) -> str:
+  """A real results database of 26 pages (1,500 metric rows), WAL folded into the file."""
+  path = results.results_path(folder)
+  with ResultsDB(path) as d:
+    run_id, _ = d.start_run("fedavg", "quick", "fedavg", {"lr": 0.1}, 0)
+    d.log_metrics_many(run_id, [(s, None, {f"m{i}": s * i / 7 for i in range(5)})
+                                for s in range(300)])
+  return path
+
+
+def garble_page(path, page: int) -> None:
+  """Overwrite 192 bytes of a b-tree page past its header, as a bad sector or copy would."""
+  with open(path, "r+b") as f:
+    f.seek(4096 * (page - 1) + 8)
+    f.write(bytes(range(192)))
+
+
+def snapshot(folder) -> dict:
+  return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _not_a_database(tmp_path, how):
+  folder = tmp_path / how.replace(" ", "_")
+  path = results_file(folder)
+  if how == "text":
+    with open(path, "w") as f:
+      f.write("run,loss\n0,1.5\n")
+  elif how == "random bytes":
+    with open(path, "wb") as f:
+      f.write(os.urandom(3000))
+  elif how == "truncated":
+    os.truncate(path, os.path.getsize(path) // 2)
+  elif how == "another program's database":
+    os.remove(path)
+    con = _raw(path)
+    con.execute("CREATE TABLE notes (body TEXT)")
+    con.commit()
+    con.close()
+  return folder, path
+
+
+@pytest.mark.parametrize("how,why", [
+    ("text", "file is not a database"), ("random bytes", "file is not a database"),
+    ("truncated", "damage: database disk image is malformed"),
+    ("another program's database", "an SQLite database with other tables: ['notes']")])
+def test_a_file_that_is_not_a_results_database_is_refused_untouched(tmp_path, how, why):
+  from jaxfl.errors import ConfigError
+
+  folder, path = _not_a_database(tmp_path, how)
+  before = snapshot(folder)
+  with pytest.raises(ConfigError) as e:
+    ResultsDB(path)
+  assert e.value.field == "--workdir" and e.value.got == path
+  assert str(e.value).startswith("--workdir: expected ") and why in str(e.value)
+  assert "choose another --workdir" in str(e.value) and "\n" not in str(e.value)
+  assert snapshot(folder) == before  # nothing written, no -wal/-shm left beside it
+
+
+def test_a_damaged_page_is_found_when_opening(tmp_path):
+  """SQLite opens such a file and answers queries; only its integrity check sees the page."""
+  from jaxfl.errors import ConfigError
+
+  path = results_file(tmp_path)
+  garble_page(path, 3)
+  before = snapshot(tmp_path)
+  with pytest.raises(ConfigError, match=r"expected an intact results database \(restore a copy"
+                     r".*SQLite found damage: On tree page 3") as e:
+    ResultsDB(path)
+  assert e.value.field == "--workdir" and e.value.got == path
+  assert snapshot(tmp_path) == before
+
+
+def test_a_folder_that_cannot_be_created_is_named(tmp_path):
+  """A workdir under a regular file: refused even to root, which chmod does not stop."""
+  from jaxfl.errors import ConfigError
+
+  (tmp_path / "notes.txt").write_text("a file, not a folder")
+  path = results.results_path(tmp_path / "notes.txt" / "runs")
+  with pytest.raises(ConfigError, match=r"^--workdir: expected a folder this process can create"
+                     r" and write in \(.*\), got '.*notes.txt/runs/results.sqlite' \(.*Not a dir"):
+    ResultsDB(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder; the "
+                    "test above covers a folder that cannot be written for root too")
+def test_a_read_only_folder_is_named(tmp_path):
+  from jaxfl.errors import ConfigError
+
+  folder = tmp_path / "ro"
+  folder.mkdir()
+  folder.chmod(0o555)
+  try:
+    with pytest.raises(ConfigError, match="expected a folder this process can create and write"):
+      ResultsDB(results.results_path(folder))
+    assert list(folder.iterdir()) == []
+  finally:
+    folder.chmod(0o755)

@@ -134,5 +134,5 @@ def test_sigkill_at_several_points_then_relaunch_gives_identical_results(uninter
   proc = launch(workdir)
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, out[-3000:]
-  assert "resuming from the checkpoint" in out
+  assert "resumed at round" in out
   assert metric_rows(workdir) == expected
