@@ -3,16 +3,25 @@
 Checking a Ray address before ``ray.init`` (which keeps retrying on a wrong one), starting
 or joining Ray with this checkout's code shipped to the workers, and submitting the runs.
 See :mod:`sweeps.backends` for the flags and the contract.
+
+A Ray instance started here keeps its files in a folder of its own (:func:`_temp_dir`),
+never in Ray's machine-wide default (``/tmp/ray``): what a sweep leaves there (session
+folders, and ``ray_current_cluster``, the address every later ``ray.init()`` on the
+machine joins) would outlive the sweep and change what other programs' Ray does.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -24,6 +33,12 @@ from sweeps.backend_base import Submit, _call_run, _outcome, _require
 # typo: a closed port is refused at once, so only unreachable hosts wait this long.
 CONNECT_TIMEOUT_S = 3.0
 RAY_GCS_PORT = 6379
+# Ray puts unix sockets at <temp dir>/session_<date>_<time>_<microseconds>_<pid>/sockets/
+# plasma_store, and a socket's path holds at most 107 bytes (103 on macOS): a longer temp
+# dir fails inside ray.init, after it has started processes.
+_SOCKET_SUFFIX = len("/session_2026-12-07_14-06-03_953665_4194304/sockets/plasma_store")
+MAX_TEMP_DIR_LEN = (103 if sys.platform == "darwin" else 107) - _SOCKET_SUFFIX
+TEMP_DIR_PREFIX = "jaxfl-ray-"
 
 
 def _code_dirs() -> list[str]:
@@ -51,20 +66,23 @@ def _address_error(address: str, why: str) -> ConfigError:
       f"{why}", address)
 
 
-def _resolve_address(address: str, origin: str) -> str:
+def _resolve_address(address: str, origin: str, temp_dir: str | None = None) -> str:
   """The address to pass to ``ray.init``, once its ``host:port`` accepts TCP connections.
 
-  ``origin`` is what the user gave (the flag's value, or where it came from), for errors.
+  ``origin`` is what the user gave (the flag's value, or where it came from), for errors;
+  ``temp_dir`` is where ``auto`` looks for the address ``ray start --temp-dir`` recorded
+  (None: Ray's default folder).
   """
   target = address
   if address == "auto":
     try:  # Ray's own lookup: $RAY_ADDRESS, then the cluster `ray start` last recorded
       from ray._private.services import canonicalize_bootstrap_address
 
-      target = canonicalize_bootstrap_address("auto")
+      target = canonicalize_bootstrap_address("auto", temp_dir)
     except Exception as e:  # noqa: BLE001 -- any lookup failure means no cluster found
+      where = f"in {temp_dir}" if temp_dir else "here"
       raise _address_error(origin, f"no running Ray cluster found ($RAY_ADDRESS is unset and "
-                           f"`ray start` recorded none here: {type(e).__name__})") from None
+                           f"`ray start` recorded none {where}: {type(e).__name__})") from None
   try:
     host, port = _split_address(target)
   except ValueError:
@@ -170,15 +188,62 @@ def _worker_env(opts: dict) -> dict[str, str]:
   return env
 
 
-def _ray_init(ray, address: str, origin: str, opts: dict) -> None:
+def _temp_dir_error(path: str) -> ConfigError | None:
+  """Why ``path`` cannot be a Ray instance's temp dir, or None."""
+  if len(path) > MAX_TEMP_DIR_LEN:
+    return ConfigError("--ray.temp_dir", f"a folder path of at most {MAX_TEMP_DIR_LEN} "
+                       f"characters (Ray's unix sockets under it have at most "
+                       f"{MAX_TEMP_DIR_LEN + _SOCKET_SUFFIX}; $RAY_TMPDIR, if set, is where "
+                       f"the default one is made)", path)
+  return None
+
+
+def _temp_dir(opts: dict) -> tuple[str, bool]:
+  """The folder of a Ray instance started here, and whether this made it (and removes it).
+
+  The user's ``--ray.temp_dir`` is used as given and kept (its logs are what one would
+  look at). Otherwise a fresh ``jaxfl-ray-*`` folder under ``$RAY_TMPDIR`` (Ray's own
+  variable for where its files go) or ``/tmp``: not ``tempfile.gettempdir()``, which on
+  macOS is a long path that leaves no room for the socket names (Ray's default is
+  ``/tmp/ray`` for the same reason).
+  """
+  if opts["temp_dir"]:
+    return opts["temp_dir"], False
+  base = os.environ.get("RAY_TMPDIR") or ("/tmp" if os.path.isdir("/tmp")
+                                           else tempfile.gettempdir())
+  path = tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX, dir=base)
+  if error := _temp_dir_error(path):
+    os.rmdir(path)
+    raise error
+  return path, True
+
+
+def _remove_temp_dir(path: str, timeout: float = 10.0) -> None:
+  """Removes a stopped Ray instance's folder.
+
+  ``ray.shutdown`` returns once it has signalled Ray's processes; a worker still exiting
+  may write its last log lines meanwhile, so a removal that races it is retried.
+  """
+  deadline = time.monotonic() + timeout
+  while os.path.lexists(path):
+    try:
+      shutil.rmtree(path)
+    except OSError:
+      if time.monotonic() > deadline:
+        print(f"warning: could not remove Ray's temp dir {path}", file=sys.stderr)
+        return
+      time.sleep(0.1)
+
+
+def _ray_init(ray, address: str, origin: str, opts: dict, temp_dir: str | None) -> None:
   with warnings.catch_warnings(), _without_uv_run_hook():
     # JAX warns on any fork once it has started threads; Ray forks only to exec its own
     # services (subprocess), so no JAX state is used in the child.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    _ray_init_quietly(ray, address, origin, opts)
+    _ray_init_quietly(ray, address, origin, opts, temp_dir)
 
 
-def _ray_init_quietly(ray, address: str, origin: str, opts: dict) -> None:
+def _ray_init_quietly(ray, address: str, origin: str, opts: dict, temp_dir: str | None) -> None:
   runtime_env = {"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"],
                  "env_vars": _worker_env(opts)}
   common = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
@@ -190,10 +255,12 @@ def _ray_init_quietly(ray, address: str, origin: str, opts: dict) -> None:
     notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
     notices.addFilter(_drop_token_notice)
     try:
-      ray.init(address="local", include_dashboard=False, **common)
+      ray.init(address="local", include_dashboard=False, _temp_dir=temp_dir, **common)
     finally:
       notices.removeFilter(_drop_token_notice)
     return
+  # No _temp_dir: a driver joining a cluster keeps its files in the temp dir the node
+  # was started with (`ray start --temp-dir`); another one would split them.
   try:
     ray.init(address=address, **common)
   except Exception as e:  # noqa: BLE001 -- anything here means: not a usable cluster
@@ -226,20 +293,49 @@ def _ray_backend(opts: dict) -> Submit:
   address = origin or os.environ.get("RAY_ADDRESS", "").strip()
   if address and not origin:
     origin = f"{address} (from $RAY_ADDRESS)"
+  if opts["temp_dir"] and address not in ("", "auto"):
+    # The cluster's nodes keep their files where `ray start --temp-dir` put them; a driver
+    # told otherwise would split its session between two folders.
+    raise ConfigError("--ray.temp_dir", f"'' when joining the existing cluster at {origin} "
+                      "(its nodes chose their temp dir when they were started; it applies "
+                      "to a Ray instance started here, or to where --ray.address=auto "
+                      "looks)", opts["temp_dir"])
   owned = not ray.is_initialized()  # a connection this process already holds is used as is
   if not sys.stdout.isatty():
     # Workers' printed lines reach the driver with a "(task pid=...)" prefix, in ANSI
     # colours unless this is set: plain text in logs and CI, like the progress lines.
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+  temp_dir, made = None, False
+
+  def stop() -> None:
+    """Stops what this backend started: its Ray instance or connection, its temp dir."""
+    if owned:
+      ray.shutdown()
+    if made:
+      _remove_temp_dir(temp_dir)
+      atexit.unregister(remove_at_exit)
+
+  def remove_at_exit() -> None:
+    # Registered before ray.init, so it runs after the ray.shutdown Ray registers there:
+    # for a driver that exits without finishing (or starting) its submit generator.
+    _remove_temp_dir(temp_dir)
+
   if owned:
     if address:
-      address = _resolve_address(address, origin)
-    _ray_init(ray, address, origin, opts)
+      address = _resolve_address(address, origin, opts["temp_dir"] or None)
+    else:
+      temp_dir, made = _temp_dir(opts)
+      if made:
+        atexit.register(remove_at_exit)
+    try:
+      _ray_init(ray, address, origin, opts, temp_dir)
+    except BaseException:
+      stop()
+      raise
   try:
     _check_feasible(ray, opts, started_here=owned and not address)
   except BaseException:
-    if owned:
-      ray.shutdown()
+    stop()
     raise
   state = {"used": False}
 
@@ -274,7 +370,6 @@ def _ray_backend(opts: dict) -> Submit:
       for ref in pending:
         with contextlib.suppress(Exception):  # finished meanwhile, or already gone
           ray.cancel(ref)
-      if owned:
-        ray.shutdown()
+      stop()
 
   return submit

@@ -27,6 +27,14 @@ them into the ``options`` dict, whose keys are the flag names without the prefix
   ``--ray.num_gpus=1`` for one GPU per run. Ray sets ``CUDA_VISIBLE_DEVICES`` so a run
   sees only its own GPUs; with 0 it sees none and JAX runs on the CPU; with a fraction
   (0.5: two runs per GPU) JAX's memory preallocation is scaled to the share.
+  ``--ray.temp_dir``: where a Ray instance started here keeps its sessions, sockets and
+  logs. By default a fresh ``jaxfl-ray-*`` folder under ``$RAY_TMPDIR`` or ``/tmp``,
+  removed when the instance stops; a folder given here is kept (for its logs). Never
+  Ray's machine-wide ``/tmp/ray``, whose ``ray_current_cluster`` file every later
+  ``ray.init()`` on the machine would read. At most ``backend_ray.MAX_TEMP_DIR_LEN``
+  characters (Ray's unix socket paths are short). With ``auto`` it is the folder where
+  ``ray start --temp-dir`` recorded the cluster's address; with any other address it must
+  stay empty (a cluster's nodes chose their folder when they started).
 
 ``slurm``
   ``--slurm.cluster``: ``slurm`` (default; needs ``sbatch`` on ``PATH``), or submitit's
@@ -72,7 +80,8 @@ survive the trip; the worker's traceback is attached as a note). A worker that d
 Ray tasks are not retried (``max_retries=0``): a run's rows travel back only when it
 ends, so a retry resumed from the run's checkpoint would return only the rows after
 that checkpoint. When the driver stops consuming results early (an error, Ctrl-C), the
-runs still pending are cancelled, and a Ray instance started here is shut down.
+runs still pending are cancelled, and a Ray instance started here is shut down and its
+temp dir removed.
 
 Multi-host JAX (one run over several hosts): every process of the run executes the same
 launch command, and the launcher calls :func:`maybe_initialize_distributed` -- that is,
@@ -108,6 +117,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from typing import Any
 
 from absl import flags
@@ -116,7 +126,7 @@ from jaxfl.errors import ConfigError
 from sweeps.backend_base import INSTALL, RemoteError, Submit, _submit_here
 from sweeps.backend_base import _call_run as _call_run
 from sweeps.backend_base import _outcome as _outcome
-from sweeps.backend_ray import CONNECT_TIMEOUT_S, RAY_GCS_PORT, _ray_backend
+from sweeps.backend_ray import CONNECT_TIMEOUT_S, RAY_GCS_PORT, _ray_backend, _temp_dir_error
 from sweeps.backend_ray import _resolve_address as _resolve_address
 from sweeps.backend_ray import _speaks_grpc as _speaks_grpc
 from sweeps.backend_ray import _worker_env as _worker_env
@@ -130,7 +140,8 @@ __all__ = ["BACKENDS", "CONNECT_TIMEOUT_S", "INSTALL", "POLL_S", "RAY_DEFAULTS",
 
 BACKENDS = ("local", "ray", "slurm")
 SLURM_CLUSTERS = ("slurm", "local", "debug")
-RAY_DEFAULTS: dict[str, Any] = {"address": "", "num_cpus": 1.0, "num_gpus": 0.0}
+RAY_DEFAULTS: dict[str, Any] = {"address": "", "num_cpus": 1.0, "num_gpus": 0.0,
+                                "temp_dir": ""}
 SLURM_DEFAULTS: dict[str, Any] = {"cluster": "slurm", "folder": "", "partition": "",
                                   "timeout_min": 120, "gpus_per_node": 0,
                                   "cpus_per_task": None, "mem_gb": None}
@@ -152,6 +163,11 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_float("ray.num_gpus", RAY_DEFAULTS["num_gpus"],
                      "GPUs each run's Ray task requests (e.g. 1: one GPU per run; 0: CPU only)",
                      flag_values=fv)
+  flags.DEFINE_string(
+      "ray.temp_dir", RAY_DEFAULTS["temp_dir"],
+      "folder of a Ray instance started here ('' = a fresh jaxfl-ray-* folder under "
+      "$RAY_TMPDIR or /tmp, removed afterwards; never Ray's shared /tmp/ray); with "
+      "--ray.address=auto, where `ray start --temp-dir` recorded the cluster", flag_values=fv)
   flags.DEFINE_string(
       "slurm.cluster", SLURM_DEFAULTS["cluster"],
       f"submitit executor, one of {list(SLURM_CLUSTERS)}: slurm (needs sbatch), local (a "
@@ -257,6 +273,15 @@ def _ray_options(options: dict) -> dict:
     raise ConfigError("--ray.address", "a string (host:port, ray://host:port, auto or '')",
                       opts["address"])
   opts["address"] = opts["address"].strip()
+  if not isinstance(opts["temp_dir"], str):
+    raise ConfigError("--ray.temp_dir", "a string (a folder path, or '')", opts["temp_dir"])
+  if temp_dir := opts["temp_dir"].strip():
+    temp_dir = os.path.abspath(os.path.expanduser(temp_dir))  # Ray wants it absolute
+    if os.path.exists(temp_dir) and not os.path.isdir(temp_dir):
+      raise ConfigError("--ray.temp_dir", "a folder (or a path to create one at)", temp_dir)
+    if error := _temp_dir_error(temp_dir):
+      raise error
+  opts["temp_dir"] = temp_dir
   opts["num_cpus"] = _ray_resource("--ray.num_cpus", opts["num_cpus"], gpus=False)
   opts["num_gpus"] = _ray_resource("--ray.num_gpus", opts["num_gpus"], gpus=True)
   return opts

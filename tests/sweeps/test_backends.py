@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -94,6 +95,34 @@ def descendants(names=("raylet", "gcs_server", "ray::", "plasma", "dashboard")):
   return found
 
 
+def short_temp_dir():
+  """A fresh folder whose path leaves room for Ray's unix sockets (pytest's tmp_path does not)."""
+  return tempfile.mkdtemp(prefix="jaxfl-t-", dir="/tmp" if os.path.isdir("/tmp") else None)
+
+
+@pytest.fixture(autouse=True)
+def ray_default_temp(monkeypatch):
+  """Ray's machine-wide default folder moved to a fresh one, which must stay empty.
+
+  Ray puts its files under ``$RAY_TMPDIR/ray`` (``/tmp/ray`` when unset), and every later
+  ``ray.init()`` on the machine joins the address a ``ray start`` recorded there
+  (``ray_current_cluster``), even after that cluster has stopped. Moving the default to a
+  folder of this test makes the check see only what this test's Ray left (other programs
+  on the machine may use the real ``/tmp/ray`` meanwhile) and keeps the real one clean.
+  The backend's own ``jaxfl-ray-*`` folder is made under it too, and must be gone.
+  Torn down after every other fixture of the test (``ray_head`` included).
+  """
+  path = short_temp_dir()
+  monkeypatch.setenv("RAY_TMPDIR", path)
+  try:
+    yield path
+    left = sorted(os.listdir(path)) + sorted(
+        os.listdir(os.path.join(path, "ray")) if os.path.isdir(os.path.join(path, "ray")) else [])
+    assert not left, f"left behind in Ray's default temp folder {path}: {left}"
+  finally:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def assert_no_ray_processes(timeout=15.0):
   if not os.path.isdir("/proc"):
     return
@@ -113,6 +142,8 @@ def test_ray_sweep_has_the_local_rows_and_stops_its_ray(tmp_path, local_rows):
   t0 = time.monotonic()
   # address "" starts a Ray instance here (it ships the code to its workers, as for a
   # remote cluster), one task per run with one CPU each, then shuts it down.
+  # Its files go to a folder of its own, removed afterwards (ray_default_temp checks that
+  # neither it nor Ray's default folder is left).
   out = sweep(tmp_path, "ray", {"address": "", "num_cpus": 1})
   print(f"ray sweep: {time.monotonic() - t0:.1f} s")
   assert metric_rows(tmp_path) == local_rows  # bit-identical values on CPU
@@ -145,15 +176,22 @@ def free_port():
 
 @pytest.fixture
 def ray_head():
-  """An existing Ray cluster: ``ray start --head --block`` as our child, stopped by pid."""
+  """An existing Ray cluster: ``ray start --head --block`` as our child, stopped by pid.
+
+  In a temp dir of its own, removed afterwards: ``ray start`` records its address in
+  ``<temp dir>/ray_current_cluster`` and nothing removes that file when the cluster stops,
+  so in Ray's default folder it would send every later ``ray.init()`` on the machine to
+  a dead cluster.
+  """
   pytest.importorskip("ray")
   port = free_port()
+  temp_dir = short_temp_dir()
   ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
   # On loopback: a machine whose own address is not reachable from itself (a sandbox's)
   # would otherwise advertise that address to the drivers that connect.
   head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                            "--include-dashboard=false", "--disable-usage-stats",
-                           "--node-ip-address=127.0.0.1"],
+                           "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     deadline = time.monotonic() + 60
@@ -166,7 +204,7 @@ def ray_head():
         pass
       time.sleep(0.2)
     assert head.poll() is None, head.communicate()[0][-3000:]
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{port}", temp_dir
   finally:
     head.terminate()  # `ray start --block` stops its cluster's processes on SIGTERM
     try:
@@ -174,19 +212,21 @@ def ray_head():
     except subprocess.TimeoutExpired:
       head.kill()
       head.communicate()
-  assert_no_ray_processes()
+    assert_no_ray_processes()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_ray_existing_cluster_and_failures_come_back_as_the_workers_exception(tmp_path, ray_head):
   import ray
 
+  address, head_dir = ray_head
   # More devices than a worker has: the FedAvg run fails in the worker with a ConfigError,
   # whose (field, expected, got) signature plain pickling cannot rebuild; centralized
   # ignores num_devices and succeeds.
   cfg = tiny_config(num_devices=64).to_dict()
   fed, central = RunSpec("fedavg", 0), RunSpec("centralized", 0)
-  submit = backends.get("ray", {"address": ray_head, "num_cpus": 1})
+  submit = backends.get("ray", {"address": address, "num_cpus": 1})
   assert ray.is_initialized()
   outcomes = dict(submit(execute_run, cfg, [fed, central], str(tmp_path)))
   assert isinstance(outcomes[fed], ConfigError) and outcomes[fed].field == "num_devices"
@@ -195,15 +235,26 @@ def test_ray_existing_cluster_and_failures_come_back_as_the_workers_exception(tm
   [(step, sim_time, values)] = outcomes[central].rows
   assert step == 72 and sim_time is None and set(values) == {"accuracy", "loss", "client_lr"}
   assert not ray.is_initialized()  # disconnected; the cluster itself keeps running
-  assert backends._resolve_address(ray_head, ray_head) == ray_head
+  assert backends._resolve_address(address, address) == address
+  # `ray start` recorded its address (once its node was up) in its own temp dir, not in Ray's
+  # default folder (ray_default_temp checks that), where --ray.address=auto --ray.temp_dir=...
+  # finds it.
+  with open(os.path.join(head_dir, "ray_current_cluster")) as f:
+    assert f.read().strip().endswith(":" + address.rsplit(":", 1)[1])
 
 
 @pytest.mark.slow
 def test_ray_request_no_node_can_hold_is_an_error_on_a_local_instance():
   ray = pytest.importorskip("ray")
-  with pytest.raises(ConfigError, match="--ray.num_cpus: expected at most"):
-    backends.get("ray", {"num_cpus": 4096})
-  assert not ray.is_initialized()
+  # In a --ray.temp_dir of the user's: Ray's files go there, and stay (for the logs).
+  user_dir = short_temp_dir()
+  try:
+    with pytest.raises(ConfigError, match="--ray.num_cpus: expected at most"):
+      backends.get("ray", {"num_cpus": 4096, "temp_dir": user_dir})
+    assert not ray.is_initialized()
+    assert [d for d in os.listdir(user_dir) if d.startswith("session_2")], os.listdir(user_dir)
+  finally:
+    shutil.rmtree(user_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -279,6 +330,64 @@ def test_malformed_ray_address(address):
     backends.get("ray", {"address": address})
 
 
+class _FakeInit:
+  """Stands in for ``ray.init``: records its arguments and what the temp dir held, then fails."""
+
+  def __init__(self):
+    self.kwargs = None
+
+  def __call__(self, **kwargs):
+    self.kwargs = kwargs
+    self.existed = os.path.isdir(kwargs.get("_temp_dir") or "")
+    raise RuntimeError("no Ray in this test")
+
+
+def test_ray_instance_started_here_gets_its_own_temp_dir_removed_on_failure(monkeypatch,
+                                                                           ray_default_temp):
+  ray = pytest.importorskip("ray")
+  from sweeps import backend_ray
+
+  monkeypatch.delenv("RAY_ADDRESS", raising=False)
+  fake = _FakeInit()
+  monkeypatch.setattr(ray, "init", fake)
+  with pytest.raises(RuntimeError, match="no Ray in this test"):
+    backends.get("ray", {})
+  # A fresh, short folder of its own under $RAY_TMPDIR (not $RAY_TMPDIR/ray, Ray's default),
+  # removed again (ray_default_temp checks that nothing is left).
+  path = fake.kwargs["_temp_dir"]
+  assert fake.kwargs["address"] == "local" and fake.existed
+  assert os.path.dirname(path) == ray_default_temp
+  assert os.path.basename(path).startswith("jaxfl-ray-")
+  assert len(path) <= backend_ray.MAX_TEMP_DIR_LEN and not os.path.exists(path)
+
+
+def test_joining_a_cluster_passes_no_temp_dir(monkeypatch):
+  ray = pytest.importorskip("ray")
+  from sweeps import backend_ray
+
+  fake = _FakeInit()
+  monkeypatch.setattr(ray, "init", fake)
+  monkeypatch.setattr(backend_ray, "_resolve_address", lambda address, *_: address)
+  with pytest.raises(ConfigError, match="--ray.address.*ray.init failed"):
+    backends.get("ray", {"address": "10.0.0.1:6379"})
+  assert fake.kwargs["address"] == "10.0.0.1:6379" and "_temp_dir" not in fake.kwargs
+
+
+def test_auto_address_is_looked_up_in_the_given_temp_dir(monkeypatch):
+  """``auto`` with ``--ray.temp_dir`` reads the address ``ray start --temp-dir`` recorded there."""
+  pytest.importorskip("ray")
+  monkeypatch.delenv("RAY_ADDRESS", raising=False)
+  path = short_temp_dir()
+  try:
+    with open(os.path.join(path, "ray_current_cluster"), "w") as f:
+      f.write(CLOSED)
+    # (Ray rewrites 127.0.0.1 to this machine's address.)
+    with pytest.raises(ConfigError, match="--ray.address.*connecting to .*:1 failed.*refused"):
+      backends.get("ray", {"address": "auto", "temp_dir": path})
+  finally:
+    shutil.rmtree(path)
+
+
 @pytest.mark.parametrize("backend,options,field", [
     ("ray", {"num_cpus": -1}, "--ray.num_cpus"),
     ("ray", {"num_cpus": "two"}, "--ray.num_cpus"),
@@ -286,6 +395,11 @@ def test_malformed_ray_address(address):
     ("ray", {"num_gpus": 1.5}, "--ray.num_gpus"),
     ("ray", {"num_gpus": 0.00001}, "--ray.num_gpus"),
     ("ray", {"adress": CLOSED}, "--ray.adress"),
+    ("ray", {"temp_dir": 7}, "--ray.temp_dir"),
+    ("ray", {"temp_dir": "/tmp/" + "x" * 60}, "--ray.temp_dir"),  # no room for Ray's sockets
+    ("ray", {"temp_dir": os.path.abspath(__file__)}, "--ray.temp_dir"),  # a file
+    # Joining a cluster: its nodes' temp dir is theirs (checked before connecting).
+    ("ray", {"address": CLOSED, "temp_dir": "/tmp/x"}, "--ray.temp_dir"),
     ("slurm", {"cluster": "pbs"}, "--slurm.cluster"),
     ("slurm", {"cluster": "local", "timeout_min": 0}, "--slurm.timeout_min"),
     ("slurm", {"cluster": "local", "timeout_min": 1.5}, "--slurm.timeout_min"),
@@ -354,7 +468,7 @@ def test_options_from_flags():
       "--slurm.mem_gb=16", "--slurm.partition=gpu"])
   assert backends.options_from_flags(fv, "local") == {}
   assert backends.options_from_flags(fv, "ray") == {
-      "address": "10.0.0.1:6379", "num_cpus": 1.0, "num_gpus": 1.0}
+      "address": "10.0.0.1:6379", "num_cpus": 1.0, "num_gpus": 1.0, "temp_dir": ""}
   assert backends.options_from_flags(fv, "slurm") == {
       "cluster": "local", "folder": "", "partition": "gpu", "timeout_min": 120,
       "gpus_per_node": 0, "cpus_per_task": None, "mem_gb": 16.0}
