@@ -103,7 +103,7 @@ several tasks (JAX reads ``SLURM_NTASKS``, ``SLURM_PROCID``, ..., and gives each
 one GPU, ``SLURM_LOCALID``); or Open MPI's ``mpirun``. On one host none of these is set
 and the helper does nothing. The ray and slurm backends run each run as one process on
 one host (using that host's devices through ``num_devices``) and never initialize the
-distributed runtime. ``tests/test_backends.py`` checks two processes on one machine over
+distributed runtime. ``tests/sweeps/test_backends.py`` checks two processes on one machine over
 loopback: the client mesh spans both processes' devices, a client-axis reduction sums
 every client, and a FedAvg sweep launched on both processes writes exactly the rows of
 one process holding all their devices.
