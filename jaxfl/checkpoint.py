@@ -17,8 +17,8 @@ the round can be saved again.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -95,23 +95,49 @@ def _why(e: BaseException) -> str:
   return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _orbax_leftover(unraisable) -> bool:
+  """Whether an unraisable exception is what a failed orbax read leaves behind: one of its
+  read coroutines, collected unfinished, or TensorStore calling back into the event loop
+  orbax has since closed."""
+  obj, exc = unraisable.object, unraisable.exc_value
+  if inspect.iscoroutine(obj):
+    return f"{os.sep}orbax{os.sep}" in obj.cr_code.co_filename
+  return obj is None and isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _WithoutOrbaxLeftovers:
+  """``sys.unraisablehook`` minus :func:`_orbax_leftover`: those tracebacks (one per array
+  of a damaged checkpoint, printed whenever Python collects them, long after the read)
+  would bury the one line of :func:`jaxfl.loop.run_rounds` that says what happened."""
+
+  def __init__(self, hook):
+    self.hook = hook
+
+  def __call__(self, unraisable) -> None:
+    if not _orbax_leftover(unraisable):
+      self.hook(unraisable)
+
+
+def _mute_orbax_leftovers() -> None:
+  """Filter the leftovers of failed reads out of ``sys.unraisablehook`` from now on (kept:
+  they outlive the read, held by TensorStore's threads; everything else still reaches the
+  hook). Filtering beats collecting them on the spot: a full ``gc.collect()`` costs time in
+  proportion to the whole heap, on every restore."""
+  if not isinstance(sys.unraisablehook, _WithoutOrbaxLeftovers):
+    sys.unraisablehook = _WithoutOrbaxLeftovers(sys.unraisablehook)
+
+
 @contextlib.contextmanager
 def _quietly():
-  """Orbax's own reports of a damaged checkpoint off: absl warnings from its metadata
-  readers, and the tracebacks of the read coroutines a failed restore leaves behind
-  (printed when they are collected). The one line of :func:`jaxfl.loop.run_rounds` says
-  what happened instead."""
+  """Orbax's absl warnings from its metadata readers off, for a damaged checkpoint; the one
+  line of :func:`jaxfl.loop.run_rounds` says what happened instead."""
   loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
   levels = [lg.level for lg in loggers]
-  hook = sys.unraisablehook
   for lg in loggers:
     lg.setLevel(logging.CRITICAL + 1)
-  sys.unraisablehook = lambda unraisable: None
   try:
     yield
   finally:
-    gc.collect()  # the leftover coroutines of a failed restore end here, unheard
-    sys.unraisablehook = hook
     for lg, level in zip(loggers, levels):
       lg.setLevel(level)
 
@@ -195,6 +221,7 @@ class Checkpointer:
       return {}
 
   def _restore(self, template, round_: int):
+    _mute_orbax_leftovers()
     recorded = self._recorded(round_)
     # Only a checkpoint recorded as this template's state (or recorded before checksums)
     # is judged damaged when it fails.

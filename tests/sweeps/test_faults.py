@@ -90,6 +90,7 @@ def test_report_refuses_a_broken_results_file_with_one_line(tmp_path, capsys, ho
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # orbax's leftovers
 def test_relaunch_after_a_damaged_latest_checkpoint_resumes_from_the_one_before(tmp_path, capsys):
   """The finding: a truncated latest checkpoint gave an orbax traceback on every relaunch,
   though the previous one was intact. Now the run resumes from round 2 (one line) and ends
