@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfl import progress
+
 #: ``loss_fn(params, x, y)`` or ``loss_fn(params, x, y, key)`` -> mean loss of a batch.
 LossFn = Callable[..., jax.Array]
 
@@ -102,7 +104,8 @@ def local_epochs_to_steps(count: jax.Array, epochs: float, batch_size: int) -> j
 
 
 def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch_size: int,
-                     max_steps: int, mask_steps: bool = True) -> Callable:
+                     max_steps: int, mask_steps: bool = True,
+                     progress_every: int = 0) -> Callable:
   """Build ``local_train(params, data, num_steps, key) -> (params, LocalMetrics)`` for one client.
 
   Args:
@@ -114,6 +117,9 @@ def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch
     mask_steps: ``False`` when every client runs all ``max_steps`` (``num_steps`` is then
       only reported, and should be ``max_steps`` or 0 for a client whose result is
       discarded): skips the per-step select, about 6% of a small model's round on CPU.
+    progress_every: a :func:`jaxfl.progress.tick` every this many steps and at the last
+      (0: none), for one long training such as a centralized baseline; a client's local
+      steps inside a federated round should not tick.
   """
   grad_fn = jax.value_and_grad(keyed_loss(loss_fn))
 
@@ -127,6 +133,8 @@ def make_local_train(loss_fn: LossFn, tx: optax.GradientTransformation, *, batch
       loss, grads = grad_fn(params, data.x[idx], data.y[idx], jax.random.fold_in(key, s))
       updates, new_opt_state = tx.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
+      if progress_every:
+        progress.tick_every(s, progress_every, max_steps, after=loss)
       if not mask_steps:
         return (new_params, new_opt_state), loss
       active = s < num_steps

@@ -96,8 +96,7 @@ def scan_rounds(algorithm, state, inputs, *, num_rounds: int,
     st, metrics = advance(st, n)
     evals = as_dict(evaluate(st))
     if progress_every:  # i is the evaluation's index: unbatched under vmap, so one report
-      last = jnp.logical_or((i + 1) % progress_every == 0, i + 1 == total)
-      jax.lax.cond(last, lambda: progress.tick(i + 1, total, after=evals), lambda: None)
+      progress.tick_every(i, progress_every, total, after=evals)
     return st, (metrics, evals)
 
   full = int(np.sum(lengths == eval_every))  # the leading stretches of eval_every rounds
@@ -192,6 +191,9 @@ def run_rounds(algorithm, state, inputs, *, num_rounds: int,
   Raises:
     DivergenceError: a non-finite training loss, parameters or evaluation loss; the
       message names the last good checkpoint.
+    jaxfl.progress.Interrupted: a stop was requested (:func:`jaxfl.progress.request_stop`,
+      Ctrl-C in :func:`jaxfl.progress.stop_on_signals`); checked before every round. The
+      checkpoints saved so far are kept, so running again resumes.
   """
   round_fn = getattr(algorithm, "jit_round", None) or jax.jit(algorithm.round)
   log_resume = log if log_resume is None else log_resume
@@ -212,6 +214,10 @@ def run_rounds(algorithm, state, inputs, *, num_rounds: int,
   wall0 = time.perf_counter() - (history[-1]["wall_time"] if history else 0.0)
   pending = None  # (round, state) to save once the next round shows it trains finitely
   while done < num_rounds:
+    if progress.stop_requested():  # Ctrl-C: the saved rounds are kept; a round not yet
+      # saved (its successor has not shown it trains) is recomputed on resume.
+      raise progress.Interrupted(f"stopped at round {done} of {num_rounds}; "
+                                 f"{_last_good(checkpointer)}", progress.first_signal())
     state, metrics = round_fn(state, inputs)
     done += 1
     loss = _get(metrics, "loss")

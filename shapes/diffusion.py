@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxfl import progress
 from jaxfl.errors import ConfigError, check_number
 
 
@@ -342,19 +343,22 @@ class TrainState(NamedTuple):
 
 
 def train(config: DenoiserConfig, sched: Schedule, params, make_batch, tx, num_steps: int,
-          key: jax.Array, weights=None):
+          key: jax.Array, weights=None, progress_every: int = 0):
   """``num_steps`` Adam-style steps as one ``lax.scan``; ``make_batch(key) -> z0`` draws a
-  training batch (fresh label noise and slot order). Returns the params and the losses."""
-  def step(state: TrainState, _):
+  training batch (fresh label noise and slot order). Returns the params and the losses.
+  ``progress_every``: a :func:`jaxfl.progress.tick` every this many steps (0: none)."""
+  def step(state: TrainState, i):
     k = jax.random.fold_in(key, state.step)
     k_batch, k_loss = jax.random.split(k)
     z0 = make_batch(k_batch)
     loss, grads = jax.value_and_grad(
         lambda p: loss_fn(config, sched, p, z0, k_loss, weights))(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if progress_every:
+      progress.tick_every(i, progress_every, num_steps, after=loss)
     return TrainState(optax.apply_updates(state.params, updates), opt_state,
                       state.step + 1), loss
 
   state = TrainState(params, tx.init(params), jnp.zeros([], jnp.int32))
-  state, losses = jax.lax.scan(step, state, None, length=num_steps)
+  state, losses = jax.lax.scan(step, state, jnp.arange(num_steps))
   return state.params, losses

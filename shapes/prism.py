@@ -56,6 +56,8 @@ class Pipeline:
     shuffle: shuffle the slot order every batch (a permutation-equivariant denoiser);
       ``False`` keeps slots in label order, which :meth:`decode` then reads back.
     weights: per-channel loss weights ``[dim]`` (``None``: all ones).
+    progress_every: a :func:`jaxfl.progress.tick` every this many training steps (0: none),
+      so a long training reports progress and stops on Ctrl-C within that many steps.
   """
 
   spec: tokens.TokenSpec
@@ -66,6 +68,7 @@ class Pipeline:
   batch_size: int
   shuffle: bool = False
   weights: jax.Array | None = None
+  progress_every: int = 0
 
   def train(self, coeffs, exists, key) -> tuple[dict, jax.Array]:
     """Train from scratch on ``coeffs [N, m, modes]`` / ``exists [N, m]``: the denoiser's
@@ -81,7 +84,7 @@ class Pipeline:
     params = diffusion.init(self.denoiser, jax.random.fold_in(key, KEY_INIT))
     return diffusion.train(self.denoiser, self.schedule, params, make_batch, self.optimizer,
                            self.train_steps, jax.random.fold_in(key, KEY_TRAIN),
-                           weights=self.weights)
+                           weights=self.weights, progress_every=self.progress_every)
 
   def sample(self, params, num: int, key) -> jax.Array:
     """``num`` token sets ``[num, m, dim]`` by ancestral DDPM."""

@@ -27,6 +27,13 @@ client axis shards over every process's devices, and process 0 writes the result
 instead of running. ``--help`` lists the launcher's flags and, given ``--config``, every
 field of that config with its value: each is overridable as ``--config.<field>=<value>``.
 
+Ctrl-C (or SIGTERM) stops the run within a step: the work in progress ends at its next
+progress tick or round, finished runs and written checkpoints are kept, the unfinished
+runs are marked ``interrupted``, and the launcher prints "interrupted; relaunch the same
+command to resume" and exits with 130 (143 for SIGTERM). A second Ctrl-C is ignored with
+a line. Relaunching resumes: done runs are skipped, interrupted ones resume from their
+checkpoints or recompute their family call.
+
 Bad input ends with one line naming the field and what was expected, exit code 2,
 nothing written; a misspelt override names the whole key and the field it was probably
 meant to be (``--config.num_seed=2`` -> "did you mean --config.num_seeds?").
@@ -36,12 +43,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import warnings
 
 from absl import flags
 from ml_collections import config_flags
 
+from jaxfl import progress
 from jaxfl.errors import ConfigError
 from jaxfl.loop import DivergenceError
 from sweeps import configs
@@ -214,7 +223,9 @@ def _grid(path: str) -> list[dict]:
   return list(grid())
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, exits: bool = False) -> int:
+  """The launcher; returns its exit code. ``exits``: the process ends when this returns
+  (``python -m sweeps.launch``), so after a Ctrl-C stop, further ones are ignored."""
   argv = list(sys.argv if argv is None else argv)
   spec = _config_path(argv)
   wants_help = any(a in ("--help", "-h", "--helpfull") for a in argv)
@@ -269,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
       return 0
     options = dict(backend=fv.backend, vmap_seeds=fv.vmap_seeds,
                    backend_options=backends.options_from_flags(fv, fv.backend))
-    if fv.sweep:
-      run_grid(runner, config, _grid(path), fv.workdir, **options)
-    else:
-      run_sweep(runner, config, fv.workdir, **options)
+    with progress.stop_on_signals(ignore_after_stop=exits):  # Ctrl-C: stop at the next step
+      if fv.sweep:
+        run_grid(runner, config, _grid(path), fv.workdir, **options)
+      else:
+        run_sweep(runner, config, fv.workdir, **options)
+  except progress.Interrupted as e:
+    print("interrupted; relaunch the same command to resume", file=sys.stderr)
+    return 128 + (e.signum or signal.SIGINT)
   except ConfigError as e:
     # Flags (--sweep) and grid entries (get_sweep()[...]) are named as they are.
     return fail(str(e) if e.field.startswith("-") or "(" in e.field else f"config.{e}")
@@ -283,4 +298,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(exits=True))

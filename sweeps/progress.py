@@ -48,6 +48,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from jaxfl.progress import Interrupted
+
 
 def _check_count(value: Any, field: str, *, minimum: int) -> int:
   """Return ``value`` as an int, or raise ValueError naming ``field``."""
@@ -347,9 +349,10 @@ class RunProgress:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> None:
-    # An exception ends the run as failed; KeyboardInterrupt (not an Exception) leaves
-    # it unfinished, like a killed sweep, so it is not counted at all.
-    if exc_type is not None and not issubclass(exc_type, Exception):
+    # An exception ends the run as failed; an interrupt (KeyboardInterrupt, or a stop
+    # requested by Ctrl-C) leaves it unfinished, like a killed sweep: not counted at all.
+    if exc_type is not None and (not issubclass(exc_type, Exception)
+                                 or issubclass(exc_type, Interrupted)):
       with self.sweep._lock:
         if not self.closed:
           self._discard()

@@ -5,7 +5,8 @@ metric those runs logged::
 
   runs(id, experiment, variant, method, config_json, config_hash, seed, status, host, pid,
        start_time, end_time, error, attempts, info)
-    UNIQUE(experiment, config_hash, method, seed); status in ('running', 'done', 'failed');
+    UNIQUE(experiment, config_hash, method, seed);
+    status in ('pending', 'running', 'done', 'failed', 'interrupted');
     info: JSON of facts a run reports that are not metrics (backend, device, versions)
   metrics(run_id -> runs.id, step, sim_time, name, value)
     PRIMARY KEY(run_id, step, name); index metrics_by_name(name, run_id, step)
@@ -15,15 +16,18 @@ metric those runs logged::
     the point's overrides, or NULL), so ``python -m sweeps.report`` rebuilds every report
   final_metrics  (view) each run's row at its largest step, per metric name
 
-``PRAGMA user_version`` holds ``SCHEMA_VERSION``; a version-1 file (no ``info``, no
-``reports``) is upgraded in place when opened.
+``PRAGMA user_version`` holds ``SCHEMA_VERSION``; an older file (version 1: no ``info``, no
+``reports``; version 2: no ``pending`` or ``interrupted`` status) is upgraded in place when
+opened.
 
 Semantics a user relies on:
 
 * A run is identified by (experiment, config_hash, method, seed). ``start_run`` on an
   existing identity returns the same id: a ``done`` run is reported so the caller skips it;
-  a ``running`` (crashed, or live in another process: the caller decides from
-  ``status_before``) or ``failed`` run is marked ``running`` again and resumed.
+  a ``pending``, ``running`` (crashed, or live in another process: the caller decides from
+  ``status_before``), ``failed`` or ``interrupted`` run is entered again and resumed. A
+  launch enters its runs as ``pending`` and marks each ``running`` when its computation
+  starts (``begin_runs``), so the table tells the runs under way from those waiting.
 * Metric writes are upserts on (run_id, step, name): a run resumed from a checkpoint that
   logs some steps again ends with exactly the rows of an uninterrupted run.
 * Metric values are finite floats, or ``None`` (stored NULL) for "no value", e.g. a
@@ -189,6 +193,9 @@ class ResultsDB(ResultsQueries):
     if version > SCHEMA_VERSION:
       raise RuntimeError(f"{self.path}: schema version {version} is newer than this code's "
                          f"{SCHEMA_VERSION}; update jaxfl")
+    # An upgrade may rebuild a table that others point at (SQLite's procedure for a changed
+    # constraint): foreign keys off meanwhile (a no-op inside a transaction), checked after.
+    c.execute("PRAGMA foreign_keys = OFF")
     with self._write() as c:
       # Re-read under the write lock: another process may have created it meanwhile.
       found = c.execute("PRAGMA user_version").fetchone()[0]
@@ -199,7 +206,10 @@ class ResultsDB(ResultsQueries):
         for statement in _SCHEMA.split(";"):
           if statement.strip():
             c.execute(statement)
+        if c.execute("PRAGMA foreign_key_check").fetchone() is not None:
+          raise _damaged(self.path, "metrics of runs that are not in the runs table")
         c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # a constant, not data
+    c.execute("PRAGMA foreign_keys = ON")
 
   # -- plumbing
 
@@ -256,7 +266,8 @@ class ResultsDB(ResultsQueries):
   # -- writes
 
   def start_run(self, experiment: str, variant: str | None, method: str,
-                config: Mapping[str, Any], seed: int) -> tuple[int, str | None]:
+                config: Mapping[str, Any], seed: int, *, status: str = "running"
+                ) -> tuple[int, str | None]:
     """Creates a run, or resumes it if it exists and is not done.
 
     Args:
@@ -266,21 +277,25 @@ class ResultsDB(ResultsQueries):
       config: the run's full config (dict or ConfigDict); stored as canonical JSON and
         hashed into the run's identity.
       seed: the run's seed.
+      status: ``"running"`` (starting now: host, pid and start time are stamped) or
+        ``"pending"`` (entered for later: :meth:`begin_runs` starts it).
 
     Returns:
       ``(run_id, status_before)``: ``status_before`` is None for a new run (now
-      ``running``); ``"running"`` or ``"failed"`` for an existing run, now ``running``
-      again with this host, pid and start time (a ``"running"`` run may be a crashed one
-      or one live in another process); ``"done"`` for a finished run, left untouched so
-      the caller can skip it.
+      ``status``); any other status for an existing run, now ``status`` again with this
+      host and pid (a ``"running"`` run may be a crashed one or one live in another
+      process); ``"done"`` for a finished run, left untouched so the caller can skip it.
     """
+    if status not in ("pending", "running"):
+      raise ValueError(f"status: expected 'pending' or 'running', got {status!r}")
     experiment = _text("experiment", experiment)
     variant = _text("variant", variant, optional=True)
     method = _text("method", method)
     seed = _int("seed", seed)
     config_json = canonical_json(config)
     digest = hashlib.sha256(config_json.encode()).hexdigest()[:HASH_CHARS]
-    host, pid, now = socket.gethostname(), os.getpid(), time.time()
+    host, pid = socket.gethostname(), os.getpid()
+    now = time.time() if status == "running" else None
     with self._write() as c:
       row = c.execute(
           "SELECT id, status FROM runs WHERE experiment = ? AND config_hash = ? "
@@ -288,16 +303,30 @@ class ResultsDB(ResultsQueries):
       if row is None:
         cur = c.execute(
             "INSERT INTO runs (experiment, variant, method, config_json, config_hash, seed, "
-            "status, host, pid, start_time) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-            (experiment, variant, method, config_json, digest, seed, host, pid, now))
+            "status, host, pid, start_time, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (experiment, variant, method, config_json, digest, seed, status, host, pid, now,
+             int(status == "running")))
         return cur.lastrowid, None
-      run_id, status = row
-      if status != "done":
+      run_id, before = row
+      if before != "done":
         c.execute(
-            "UPDATE runs SET status = 'running', host = ?, pid = ?, start_time = ?, "
-            "end_time = NULL, error = NULL, attempts = attempts + 1 WHERE id = ?",
-            (host, pid, now, run_id))
-      return run_id, status
+            "UPDATE runs SET status = ?, host = ?, pid = ?, start_time = ?, end_time = NULL, "
+            "error = NULL, attempts = attempts + ? WHERE id = ?",
+            (status, host, pid, now, int(status == "running"), run_id))
+      return run_id, before
+
+  def begin_runs(self, run_ids: Iterable[int]) -> None:
+    """Marks runs ``running`` now, from this host and process (their computation starts;
+    ``attempts`` counts these starts)."""
+    ids = [_int("run_id", r) for r in run_ids]
+    host, pid, now = socket.gethostname(), os.getpid(), time.time()
+    with self._write() as c:
+      for run_id in ids:
+        cur = c.execute("UPDATE runs SET status = 'running', host = ?, pid = ?, "
+                        "start_time = ?, attempts = attempts + 1 WHERE id = ?",
+                        (host, pid, now, run_id))
+        if cur.rowcount == 0:
+          raise ValueError(f"run_id: no run with id {run_id}")
 
   def log_metrics(self, run_id: int, step: int, sim_time: float | None,
                   values: Mapping[str, float | None]) -> None:
@@ -353,7 +382,8 @@ class ResultsDB(ResultsQueries):
           "sim_time = excluded.sim_time, value = excluded.value", params)
 
   def finish_run(self, run_id: int, status: str = "done", error: str | None = None) -> None:
-    """Marks a run ``done`` or ``failed`` (with an error message) and stamps its end time."""
+    """Marks a run ``done``, ``failed`` or ``interrupted`` (with an error message) and
+    stamps its end time."""
     run_id = _int("run_id", run_id)
     if status not in FINISHED:
       raise ValueError(f"status: expected one of {list(FINISHED)}, got {status!r}")

@@ -18,15 +18,18 @@ from typing import Any
 from jaxfl.errors import ConfigError
 
 FILENAME = "results.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HASH_CHARS = 16  # hex chars of sha256 kept: 64 bits, collision-free for any sweep size.
-STATUSES = ("running", "done", "failed")
-FINISHED = ("done", "failed")
+#: A launch enters its runs as ``pending``; each is ``running`` from when its computation
+#: starts, then ``done``, ``failed``, or ``interrupted`` (stopped by Ctrl-C: resumed by the
+#: next launch, as a failed one is).
+STATUSES = ("pending", "running", "done", "failed", "interrupted")
+FINISHED = ("done", "failed", "interrupted")
 
 _INT64 = (-(2**63), 2**63 - 1)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS = """
+CREATE TABLE IF NOT EXISTS {name} (
   id INTEGER PRIMARY KEY,
   experiment TEXT NOT NULL,
   variant TEXT,
@@ -34,7 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
   config_json TEXT NOT NULL,
   config_hash TEXT NOT NULL,
   seed INTEGER NOT NULL,
-  status TEXT NOT NULL CHECK(status IN ('running', 'done', 'failed')),
+  status TEXT NOT NULL CHECK(status IN ({statuses})),
   host TEXT,
   pid INTEGER,
   start_time REAL,
@@ -43,7 +46,9 @@ CREATE TABLE IF NOT EXISTS runs (
   attempts INTEGER NOT NULL DEFAULT 1,
   info TEXT,
   UNIQUE(experiment, config_hash, method, seed)
-);
+)"""
+
+_SCHEMA = _RUNS.format(name="runs", statuses=", ".join(f"'{x}'" for x in STATUSES)) + """;
 CREATE TABLE IF NOT EXISTS metrics (
   run_id INTEGER NOT NULL REFERENCES runs(id),
   step INTEGER NOT NULL,
@@ -72,8 +77,19 @@ CREATE VIEW IF NOT EXISTS final_metrics AS
 
 _RUN_COLUMNS = ("id", "experiment", "variant", "method", "config_json", "config_hash", "seed",
                 "status", "host", "pid", "start_time", "end_time", "error", "attempts", "info")
-# Version-1 files gain what version 2 added; CREATE ... IF NOT EXISTS adds the table.
-_UPGRADES = {1: ["ALTER TABLE runs ADD COLUMN info TEXT"]}
+# Version-1 files gain what version 2 added (CREATE ... IF NOT EXISTS adds the reports
+# table). Version 3 widened the status CHECK constraint, which SQLite cannot alter: the runs
+# table is rebuilt under the same ids (metrics keep pointing at their runs; ResultsDB turns
+# foreign keys off for an upgrade and checks them after), and its view made again (_SCHEMA).
+_UPGRADES = {
+    1: ["ALTER TABLE runs ADD COLUMN info TEXT"],
+    2: ["DROP VIEW IF EXISTS final_metrics",
+        _RUNS.format(name="runs_v3", statuses=", ".join(f"'{x}'" for x in STATUSES)),
+        f"INSERT INTO runs_v3 ({', '.join(_RUN_COLUMNS)}) "
+        f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_v3 RENAME TO runs"],
+}
 
 # ---------------------------------------------------------------------------- validation
 

@@ -40,6 +40,12 @@ every writer on the file's host). Checkpoints live under the workdir, which remo
 workers must share (a cluster file system) for resumption to work. A run that fails is
 recorded as ``failed``; the other runs still finish, then the first failure is raised.
 
+A launch enters its runs as ``pending``; each becomes ``running`` when its computation
+starts. On the local backend (:mod:`sweeps.sweep_local`) a stop request (Ctrl-C under
+the launcher) ends the computation in progress within a tick, marks its runs
+``interrupted`` and raises :class:`jaxfl.progress.Interrupted`; the next launch resumes
+them like failed ones.
+
 Multi-host (``jax.process_count() > 1``, after
 :func:`sweeps.backends.maybe_initialize_distributed`):
 every process runs every run's SPMD program together; process 0 alone reads and writes
@@ -54,17 +60,16 @@ import contextlib
 import functools
 import json
 import os
-import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxfl import progress as jaxfl_progress
 from sweeps import families as families_lib
 from sweeps import report
 from sweeps.progress import Progress
 from sweeps.results import ResultsDB, config_hash, results_path
+from sweeps.sweep_local import _chosen, _Quiet, _run_family, _run_here, execute, run_dir
 
 _fmt = functools.partial(report.fmt, missing="null")  # claims.json spells a missing value null
 
@@ -79,26 +84,6 @@ class RunOutcome(NamedTuple):
 
   rows: list[tuple]
   info: dict | None
-
-
-def run_dir(workdir: str, experiment: str, digest: str, spec: RunSpec) -> str:
-  """Where one run keeps its checkpoints:
-  ``<workdir>/<experiment>/runs/<hash>/<method>-seed<seed>``."""
-  return os.path.join(workdir, experiment, "runs", digest, f"{spec.method}-seed{spec.seed}")
-
-
-class _Quiet:
-  """Progress stand-in for workers and non-zero processes: updates dropped, messages printed."""
-
-  def __init__(self, echo: bool = True):
-    self.echo = echo
-
-  def update(self, *args, **kwargs):
-    del args, kwargs
-
-  def log(self, message: str):
-    if self.echo:
-      print(message, flush=True)
 
 
 def execute_run(config_dict: dict, spec: RunSpec, workdir: str) -> RunOutcome:
@@ -212,10 +197,13 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
       if not writer:
         started[spec] = None
         continue
-      run_id, before = db.start_run(experiment, variant, spec.method, cfg, spec.seed)
+      run_id, before = db.start_run(experiment, variant, spec.method, cfg, spec.seed,
+                                    status="pending")
       if before != "done":  # else finished by a concurrent launcher meanwhile
         started[spec] = run_id
     failures: list[BaseException] = []
+    if submit is not None and writer:
+      db.begin_runs(started.values())  # handed to the backend's workers now
     if submit is not None and fams is not None and not hasattr(runner, "execute"):
       get_submit = lambda: backends.get(backend, backend_options or {})
       failures += _run_tasks(fams, config, started, db, digest, sweep, submit, get_submit, cfg,
@@ -247,47 +235,6 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
   return doc
 
 
-def _run_here(runner, config, spec, ctx, workdir, digest, db, run_id, sweep) -> list:
-  """Execute one run in this process; returns ``[error]`` if it failed, else ``[]``."""
-  if db is None:  # a non-zero process of a multi-host run: compute, log nothing
-    execute(runner, config, spec, ctx, run_dir(workdir, config.experiment, digest, spec),
-            lambda *a: None, _Quiet(echo=False))
-    return []
-
-  def log_metrics(step, sim_time, values):
-    db.log_metrics(run_id, step, sim_time, values)
-
-  try:
-    total = runner.rounds(config, spec) if hasattr(runner, "rounds") else 1
-    with sweep.run(f"{spec.method} seed {spec.seed}", total) as prog:
-      info = execute(runner, config, spec, ctx,
-                     run_dir(workdir, config.experiment, digest, spec), log_metrics, prog)
-  except Exception as e:  # noqa: BLE001 -- recorded, raised once every run has finished
-    db.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
-    return [e]
-  except BaseException as e:  # Ctrl-C: record and stop now
-    db.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
-    raise
-  if info:
-    db.set_info(run_id, info)
-  db.finish_run(run_id, "done")
-  return []
-
-
-def execute(runner, config, spec: RunSpec, ctx, directory: str, log_metrics, progress):
-  """One run in this process: the experiment's ``execute``, or for an experiment of
-  families only, the family call that holds the run (its rows logged)."""
-  if hasattr(runner, "execute"):
-    return runner.execute(config, spec, ctx, directory, log_metrics, progress)
-  fams = runner.families(config, ctx)
-  rows, info = families_lib.execute(fams, config, spec.method, spec.seed, progress.log)
-  for step, sim_time, values in rows:
-    log_metrics(step, sim_time, values)
-  progress.update(1)
-  shared = runner.info(config, ctx) if hasattr(runner, "info") else None
-  return {**(shared or {}), **(info or {})} or None
-
-
 def _vmapped(runner, config, fams, vmap_seeds: bool) -> bool:
   """Whether this launch runs the families as vmapped calls (else run by run)."""
   import jax
@@ -297,35 +244,6 @@ def _vmapped(runner, config, fams, vmap_seeds: bool) -> bool:
   if not hasattr(runner, "execute"):
     return True  # families are the only way it runs
   return vmap_seeds and getattr(runner, "vmappable", lambda c: True)(config)
-
-
-def _run_family(fam, c, started: dict, db, digest: str, sweep, info) -> list:
-  """A family's tuning stage, its selection, then its reported stage; each chunk's runs
-  recorded as it ends. Returns the failures (diverged reported runs)."""
-  todo = {(s.method, s.seed): run_id for s, run_id in started.items()}
-  program = families_lib.Program(fam)
-  failures: list[BaseException] = []
-  tune = families_lib.tuning_runs(fam, c)
-  failures += _run_stage(fam, c, program, tune, todo, db, sweep, info)
-  report = families_lib.reported_runs(fam, c, _chosen(fam, c, db, digest, sweep))
-  failures += _run_stage(fam, c, program, report, todo, db, sweep, info)
-  return failures
-
-
-def _chosen(fam, c, db, digest: str, sweep) -> dict[str, dict[str, float]]:
-  """Each method's point, chosen from the family's tuning runs as the database holds them."""
-  done = {(r["method"], r["seed"]): r["id"] for r in db.runs(c.experiment, status="done")
-          if r["config_hash"] == digest}
-  results = {}
-  for r in families_lib.tuning_runs(fam, c):
-    rows = [(m["step"], m["sim_time"], {m["name"]: m["value"]})
-            for m in db.metrics(done[(r.name, r.seed)])]
-    results[(r.name, r.seed)] = families_lib.finals(rows)
-  chosen = families_lib.choose(fam, c, results)
-  if len(fam.grid) > 1:
-    sweep.log(f"{fam.name}: chosen on tuning seeds {families_lib.tuning_seeds(c)}: " + "; ".join(
-        f"{m} {families_lib.point_name('', p)}" for m, p in chosen.items()))
-  return chosen
 
 
 def _run_tasks(fams, c, started: dict, db, digest: str, sweep, submit, get_submit, cfg: dict,
@@ -356,69 +274,6 @@ def _run_tasks(fams, c, started: dict, db, digest: str, sweep, submit, get_submi
   if submit is not None:  # never used: let it stop what it started (a local Ray instance)
     list(submit(family_tasks.execute_task, cfg, [], workdir))
   return failures
-
-
-def _run_stage(fam, c, program, runs, todo: dict, db, sweep, info) -> list:
-  """Compute the chunks of ``runs`` that hold unfinished runs; record those runs."""
-  from jaxfl.loop import DivergenceError
-
-  failures: list[BaseException] = []
-  for chunk in families_lib.chunks(runs, families_lib.batch_size(fam, c)):
-    mine = [(i, r) for i, r in enumerate(chunk) if (r.name, r.seed) in todo]
-    if not mine:
-      continue
-    seeds = ",".join(map(str, sorted({r.seed for r in chunk})))
-    what = (f"tuning seeds {seeds} x {len(fam.grid)} points" if chunk[0].stage == "tune"
-            else f"seeds {seeds}")
-    name = f"{fam.name} {what} (one vmapped call)"
-    rows = len(fam.steps)  # progress counts the call's logged rows, as jaxfl.progress ticks
-    try:
-      with sweep.run(name, rows, runs=len(mine), unit="row") as prog:
-        if not program.compiled:
-          prog.log(f"{fam.name}: compiling its program (once for both stages)")
-        with jaxfl_progress.reporting(_rows_sink(prog, rows)):
-          outputs = program(chunk, families_lib.batch_size(fam, c))
-        if prog.round < rows:  # a simulate without ticks
-          prog.update(rows)
-    except BaseException as e:
-      for _, r in mine:
-        db.finish_run(todo[(r.name, r.seed)], "failed", error=f"{type(e).__name__}: {e}")
-      raise
-    for r, outcome in families_lib.outcomes(fam, chunk, outputs, info):
-      if (r.name, r.seed) not in todo:
-        continue
-      run_id = todo[(r.name, r.seed)]
-      if isinstance(outcome, DivergenceError):
-        db.finish_run(run_id, "failed", error=f"DivergenceError: {outcome}")
-        sweep.log(f"failed: {outcome}")
-        failures.append(outcome)
-        continue
-      rows, run_info = outcome
-      db.log_metrics_many(run_id, rows)
-      if run_info:
-        db.set_info(run_id, run_info)
-      db.finish_run(run_id, "done")
-  return failures
-
-
-#: Seconds between two progress lines of one family call (its last row always shows).
-ROW_LINES_EVERY_S = 2.0
-
-
-def _rows_sink(prog, rows: int):
-  """A :func:`jaxfl.progress.reporting` sink: ``done`` of ``total`` ticks as rows of the
-  run's progress line, at most one line every :data:`ROW_LINES_EVERY_S` (the first tick
-  shows: it starts the rate). It never raises: it runs inside XLA's callback."""
-  last = [None]
-
-  def sink(done: int, total: int) -> None:
-    with contextlib.suppress(Exception):  # a progress line must never fail the computation
-      now, row = time.monotonic(), min(rows, max(0, round(done * rows / total)))
-      if last[0] is None or now - last[0] >= ROW_LINES_EVERY_S or row == rows:
-        last[0] = now
-        prog.update(row)
-
-  return sink
 
 
 def _record(db, run_id: int, spec: RunSpec, outcome, sweep) -> list:

@@ -8,9 +8,11 @@ not results: every run still computes its own numbers.
 """
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
+import time
 
 # Must precede the first JAX operation anywhere in the test session.
 # LLVM at -O0 halves XLA:CPU compile times (measured 8 s -> 4 s on a simulation's scan) and
@@ -44,3 +46,134 @@ def user_xla(monkeypatch):
 @pytest.fixture
 def key():
   return jax.random.PRNGKey(0)
+
+
+# The two xdist workers take whole files (--dist loadfile, for the module fixtures) from
+# one queue. Longest first, so the short files fill in at the end and both workers finish
+# together (measured: ~30 s of one worker idle otherwise; xdist's own order is by number of
+# tests, which put the one 25 s notebook test last). Seconds per file from
+# `pytest --durations=0`, rounded; files not listed follow in collection order.
+LONGEST_FILES = (
+    "tests/sweeps/test_backends.py",  # 74 s
+    "tests/experiments/test_cocodc.py",  # 51
+    "tests/test_docs.py",  # 36
+    "tests/sweeps/test_launch.py",  # 35
+    "tests/sweeps/test_sweep.py",  # 32
+    "tests/jaxfl/peft/test_peft.py",  # 29
+    "tests/experiments/test_fedlora_and_lm_pretrain.py",  # 29
+    "tests/experiments/test_air_fedga.py",  # 28
+    "tests/jaxfl/algorithms/test_grouped_async.py",  # 27
+    "tests/sweeps/test_sweep_grid.py",  # 27
+    "tests/jaxfl/algorithms/test_base.py",  # 27
+    "tests/test_notebook.py",  # 25
+    "tests/jaxfl/algorithms/test_fedavg.py",  # 20
+    "tests/experiments/test_bench_lm.py",  # 20
+    "tests/jaxfl/algorithms/test_streaming_diloco.py",  # 19
+    "tests/experiments/test_bench_fl.py",  # 18
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  key = lambda item: rank.get(os.path.relpath(str(item.path), root), len(rank))
+  items.sort(key=key)  # stable: a file's tests keep their order
+
+
+def config_flags(config, variant: str = "quick") -> list[str]:
+  """``--config.<path>=<value>`` for every field of ``config`` that differs from its config
+  file's ``variant`` (``sweeps/configs/<experiment>.py``): the launcher's command line for
+  a config a test built."""
+  import importlib
+
+  base = importlib.import_module(f"sweeps.configs.{config.experiment}").get_config(variant)
+
+  def leaves(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from leaves(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", v
+
+  default = dict(leaves(base.to_dict()))
+  return [f"--config.{k}={v}" for k, v in leaves(config.to_dict()) if default.get(k) != v]
+
+
+@pytest.fixture
+def sigint_launch(capsys, caplog):
+  """``run(config, workdir, *flags) -> (argv, {(method, seed): status})``: the launcher
+  in this process, sent a real SIGINT at the first progress tick of a running program
+  (from XLA's callback thread: the main thread is then waiting inside the call), or after
+  the first metric row a host loop logs; checked as :func:`assert_interrupted` says.
+  ``argv``: the launcher's command line, to relaunch."""
+  import signal
+
+  from sweeps import launch, sweep_local
+  from sweeps.results import ResultsDB
+
+  ticks, sent = [], []
+
+  def interrupt():
+    if not sent:
+      sent.append(True)
+      os.kill(os.getpid(), signal.SIGINT)
+      # The kernel hands the signal to the main thread, whose C-level handler writes it to
+      # the wakeup pipe when that thread is next scheduled: give it the time, so the stop
+      # lands at the next tick (the behaviour tested), not at a later one.
+      time.sleep(0.3)
+
+  real_sink, real_log = sweep_local._rows_sink, ResultsDB.log_metrics
+
+  def rows_sink(prog, rows):
+    shown = real_sink(prog, rows)
+
+    def sink(done, total):
+      ticks.append((done, total))
+      shown(done, total)
+      interrupt()
+
+    return sink
+
+  def log_metrics(self, *args, **kwargs):
+    real_log(self, *args, **kwargs)
+    interrupt()
+
+  def run(config, workdir, *extra):
+    capsys.readouterr()
+    argv = ["launch", f"--config=sweeps/configs/{config.experiment}.py:quick",
+            *config_flags(config), f"--workdir={workdir}", *extra]
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(sweep_local, "_rows_sink", rows_sink)
+      patch.setattr(ResultsDB, "log_metrics", log_metrics)
+      code = launch.main(argv)
+    assert sent, "the launch ended before it could be interrupted"
+    # No error logged (JAX logs each failing callback, traceback and all), and no failed
+    # effect token left for the next program or JAX's exit handler to raise.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    jax.effects_barrier()
+    return argv, assert_interrupted(code, capsys.readouterr().err, ticks, workdir)
+
+  return run
+
+
+def statuses(workdir) -> dict[tuple[str, int], str]:
+  """``{(method, seed): status}`` of every run in a workdir's results database."""
+  from sweeps.results import ResultsDB, results_path
+
+  with ResultsDB(results_path(workdir)) as db:
+    return {(r["method"], r["seed"]): r["status"] for r in db.runs()}
+
+
+def assert_interrupted(code, err, ticks, workdir):
+  """What every interrupted launch must show: exit 130 and the one line; the call that was
+  running stopped before its last step; its runs interrupted, none failed or left running."""
+  assert code == 130, err[-3000:]
+  lines = err.strip().splitlines()
+  assert lines[-1] == "interrupted; relaunch the same command to resume", lines[-5:]
+  assert sum(line.startswith("SIGINT: stopping at the next step") for line in lines) == 1
+  if ticks:  # a family call: it ended at a tick before its last
+    assert max(d for d, _ in ticks) < ticks[0][1], ticks
+  got = statuses(workdir)
+  assert "interrupted" in got.values() and not {"failed", "running"} & set(got.values()), got
+  return got

@@ -148,7 +148,8 @@ def _central_train(c, ds, loss_fn, params0, key, lr=None):
   n, steps = len(ds.y_train), _central_steps(c, ds)
   lr = c.client_lr if lr is None else lr
   train = jax.jit(make_local_train(loss_fn, optax.sgd(lr), batch_size=c.batch_size,
-                                   max_steps=steps, mask_steps=False))
+                                   max_steps=steps, mask_steps=False,
+                                   progress_every=max(1, steps // 50)))
   pooled = ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train), jnp.int32(n))
   return train(params0, pooled, jnp.int32(steps), jax.random.fold_in(key, KEY_CENTRAL))[0]
 

@@ -212,9 +212,21 @@ def _simulate_fn(c, ctx: Context, method: str):
     state = fed.init(trainable, jax.random.fold_in(key, KEY_ROUNDS))
     rows = [(state.sim_time[None], jax.tree.map(lambda v: v[None], evaluate(state)),
              jnp.full([1], jnp.nan), jnp.zeros([1]))]
-    for i, n in enumerate(lengths):  # evaluation intervals (all eval_every but perhaps the last)
+    # Rows: the pre-trained model's, then one per evaluation interval (all eval_every but
+    # perhaps the last). The intervals are a scan: its iterations run in order, so the
+    # ticks arrive as the rows are computed (an unrolled loop's may all come at the end).
+    full = int(np.sum(lengths == c.eval_every))
+
+    def interval(state, i):
+      state, out = train_then_evaluate(state, c.eval_every)
+      progress.tick(i + 2, len(lengths) + 1, after=out[0])
+      return state, out
+
+    if full:
+      state, out = jax.lax.scan(interval, state, jnp.arange(full))
+      rows.append(out)
+    for i, n in enumerate(lengths[full:], start=full):
       state, out = train_then_evaluate(state, int(n))
-      # Rows: the pre-trained model's, then one per interval.
       progress.tick(i + 2, len(lengths) + 1, after=out[0])
       rows.append(jax.tree.map(lambda v: v[None], out))
     sim_time = jnp.concatenate([r[0] for r in rows])

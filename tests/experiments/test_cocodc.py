@@ -297,3 +297,11 @@ def test_sigkilled_launch_relaunched_is_bit_identical_to_one_never_stopped(swept
   assert proc.returncode == 0, out[-3000:]
   assert "already done" in out
   assert rows_in(root / "b") == rows_in(root / "a")
+
+
+@pytest.mark.slow
+def test_sigint_stops_the_launch_at_a_tick(swept, sigint_launch):
+  """Ctrl-C during the first vmapped call: exit 130, its runs interrupted, none failed
+  (the contract: conftest.assert_interrupted)."""
+  c, _, root = swept
+  sigint_launch(tiny(c.data_dir, num_steps=64), root / "sigint")

@@ -242,3 +242,10 @@ def test_fedlora_lora_starts_from_the_pretrained_function(dirs):
                              transformer.apply(base_config, base, x), atol=1e-6, rtol=0)
   assert [s.domain for s in corpus_lib.client_domains(4)] == list(ctx.domains)
   assert not set(ctx.domains) & set(corpus_lib.GENERAL_DOMAINS)
+
+
+@pytest.mark.slow
+def test_fedlora_launch_stops_at_a_tick_on_sigint(dirs, tmp_path, sigint_launch):
+  """Ctrl-C during the first vmapped call of a 2-seed run (its tuning call, 4 rounds: a
+  tick after each): exit 130, the call's runs interrupted (conftest.assert_interrupted)."""
+  sigint_launch(tiny_fedlora(dirs, num_seeds=2, num_rounds=4), tmp_path)

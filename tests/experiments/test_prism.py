@@ -237,3 +237,11 @@ def test_bench_matmul_form_agrees_and_run_reports():
   from shapes import metrics
   np.testing.assert_allclose(metrics.pairwise_chamfer(a, a, sq_dists=metrics.matmul_sq_dists),
                              metrics.pairwise_chamfer(a, a), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigint_stops_the_launch_during_training(swept, sigint_launch):
+  """Ctrl-C while PRISM trains its 2 seeds in one call: it stops at a tick of the training
+  scan, exit 130, the runs interrupted (the contract: conftest.assert_interrupted)."""
+  c, _, root = swept
+  sigint_launch(tiny(c.data_dir, train_steps=300), root / "sigint")

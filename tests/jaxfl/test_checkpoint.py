@@ -355,3 +355,28 @@ def test_a_checkpoint_of_another_state_is_not_taken_for_a_damaged_one(tmp_path):
   with Checkpointer(tmp_path, every=1) as ckpt, pytest.raises(ValueError):
     ckpt.restore({"w": jnp.zeros(4)})
   assert (tmp_path / "1").is_dir() and not (tmp_path / "1.unreadable").exists()
+
+
+def test_a_stop_request_ends_run_rounds_before_its_next_round_keeping_its_checkpoints(
+    tmp_path, adder_run):
+  """Ctrl-C (a stop request) during round 5 of 6: Interrupted before round 6, the
+  checkpoint of round 4 kept; running again resumes there and ends bit-identical."""
+  from jaxfl import progress
+
+  folder, states = tmp_path / "ckpt", adder_run[1]
+
+  def stop_in_round_5(record):
+    if record["round"] == 5:
+      progress.request_stop()
+
+  try:
+    with Checkpointer(folder, every=2) as ckpt, pytest.raises(
+        progress.Interrupted, match="stopped at round 5 of 6; last good checkpoint: round 4"):
+      run_rounds(ADDER, adder_state(), STEP, num_rounds=6, checkpointer=ckpt, log=None,
+                 evaluate=lambda s: {"w0": s["w"][0]}, eval_every=1, on_record=stop_in_round_5)
+  finally:
+    progress.clear_stop()
+  lines = []
+  resumed, latest = adder_rounds(folder, 6, log=lines.append)
+  assert lines == ["resumed at round 4"] and latest == 6
+  assert_bit_identical(resumed, states[6])

@@ -1,5 +1,9 @@
 """jaxfl.progress: ticks from inside jitted, vmapped, scanned programs reach the host."""
 
+import os
+import signal
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,3 +85,59 @@ def test_a_stop_request_ends_a_running_call_at_its_next_tick():
     progress.clear_stop()
   assert not progress.stop_requested()
   jax.block_until_ready(jax.jit(jax.vmap(simulate))(jnp.ones((2, 4))))  # runs to the end
+
+
+def long_scan(steps: int):
+  def simulate(x):
+    def step(c, i):
+      c = jnp.tanh(c @ c * 0.01 + 1.0)
+      progress.tick_every(i, 1, steps, after=c)
+      return c, None
+
+    return jax.lax.scan(step, x, jnp.arange(steps))[0]
+
+  return jax.jit(simulate)
+
+
+def test_sigint_while_the_main_thread_is_blocked_in_xla_stops_at_the_next_tick():
+  """The signal arrives while the main thread waits inside the call (Python would run its
+  handler only after the call): the wakeup pipe carries it to the next tick, which stops
+  the call. A second SIGINT is ignored with a line; on exit the handlers are restored."""
+  lines, seen = [], []
+
+  def sink(done, total):
+    seen.append(done)
+    if done == 3:  # from XLA's callback thread, as a terminal's Ctrl-C would arrive
+      os.kill(os.getpid(), signal.SIGINT)
+
+  default = signal.getsignal(signal.SIGINT)
+  with progress.stop_on_signals(say=lines.append):
+    with progress.reporting(sink), pytest.raises(Exception, match="requested at step 4 of"):
+      jax.block_until_ready(long_scan(5000)(jnp.ones((8, 8))))
+    assert seen == [1, 2, 3] and progress.stop_requested()
+    assert progress.first_signal() == signal.SIGINT
+    assert len(lines) == 1 and lines[0].startswith("SIGINT: stopping at the next step")
+    os.kill(os.getpid(), signal.SIGINT)  # the second: no KeyboardInterrupt, one more line
+    for _ in range(100):  # Python runs the handler at its next bytecode boundaries
+      if len(lines) == 2:
+        break
+      time.sleep(0.01)
+    assert lines[1] == "SIGINT ignored: already stopping"
+  assert signal.getsignal(signal.SIGINT) is default and not progress.stop_requested()
+  with pytest.raises(KeyboardInterrupt):  # outside the block: Python's own behaviour again
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+
+
+def test_tick_every_reports_every_nth_step_and_the_last():
+  def step(c, i):
+    progress.tick_every(i, 3, 7, after=c)
+    return c + 1, None
+
+  seen = []
+  with progress.reporting(lambda done, total: seen.append((done, total))):
+    run = jax.jit(jax.vmap(lambda x: jax.lax.scan(step, x, jnp.arange(7))[0]))
+    jax.block_until_ready(run(jnp.zeros(2)))
+  assert seen == [(3, 7), (6, 7), (7, 7)]  # one report per step: the counter is unbatched
+  with pytest.raises(ValueError, match="every: expected a positive integer"):
+    progress.tick_every(0, 0, 7)

@@ -137,9 +137,9 @@ def test_a_call_reports_its_rows_from_inside_the_program(tmp_path, monkeypatch):
   """A simulate that ticks (jaxfl.progress) shows its rows as the call computes them: a
   line per tick (here none is throttled), in order, before the call's summary line."""
   from jaxfl import progress
-  from sweeps import sweep
+  from sweeps import sweep_local
 
-  monkeypatch.setattr(sweep, "ROW_LINES_EVERY_S", 0.0)
+  monkeypatch.setattr(sweep_local, "ROW_LINES_EVERY_S", 0.0)
   c = config(lrs=(0.3,), num_seeds=1)
 
   def simulate(key, inputs, hparams):

@@ -78,8 +78,68 @@ def test_version_1_file_is_upgraded_keeping_its_rows(tmp_path):
     assert db.runs()[0]["info"] == {"backend": "cpu"}
     assert db.reports() == []
   con = _raw(path)
-  assert con.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION == 2
+  assert con.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION == 3
   con.close()
+
+
+_V2_RUNS = _V1_RUNS.replace("status TEXT NOT NULL,", "status TEXT NOT NULL CHECK(status IN "
+                            "('running', 'done', 'failed')),").replace(
+    "attempts INTEGER NOT NULL DEFAULT 1, ", "attempts INTEGER NOT NULL DEFAULT 1, info TEXT, ")
+
+
+def test_version_2_file_is_rebuilt_for_the_new_statuses_keeping_runs_and_metrics(tmp_path):
+  """Version 3 widened the status CHECK (pending, interrupted): SQLite cannot alter one, so
+  the runs table is rebuilt; ids, columns and the metrics that point at them survive."""
+  path = str(tmp_path / "v2.sqlite")
+  con = _raw(path)
+  con.execute(_V2_RUNS)
+  con.execute("CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(id), step INTEGER "
+              "NOT NULL, sim_time REAL, name TEXT NOT NULL, value REAL, "
+              "PRIMARY KEY(run_id, step, name))")
+  con.execute("CREATE VIEW final_metrics AS SELECT run_id FROM metrics")  # v2 had one
+  con.execute("INSERT INTO runs (id, experiment, method, config_json, config_hash, seed, "
+              "status, attempts, info) VALUES (7, 'fedavg', 'fedavg', '{}', 'h', 3, 'failed', 2,"
+              " '{\"device\":\"cpu\"}')")
+  con.execute("INSERT INTO metrics VALUES (7, 10, 1.5, 'accuracy', 0.9)")
+  con.execute("PRAGMA user_version = 2")
+  con.commit()
+  with pytest.raises(sqlite3.IntegrityError):  # what version 2 refused
+    con.execute("UPDATE runs SET status = 'interrupted'")
+  con.close()
+  with ResultsDB(path) as db:
+    (run,) = db.runs()
+    assert (run["id"], run["seed"], run["status"], run["attempts"], run["info"]) == (
+        7, 3, "failed", 2, {"device": "cpu"})
+    assert [(m["step"], m["value"]) for m in db.metrics(7)] == [(10, 0.9)]
+    db.finish_run(7, "interrupted", error="KeyboardInterrupt: ")
+    assert db.runs(status="interrupted")[0]["id"] == 7
+    # the final_metrics view, made again
+    assert db.final_values("fedavg", "accuracy", status=None) == {"fedavg": {3: 0.9}}
+  con = _raw(path)
+  assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+  assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+  con.close()
+
+
+def test_runs_enter_pending_and_run_from_begin_runs(db):
+  run_id, before = db.start_run("fedavg", "quick", "fedavg", {"a": 1}, 0, status="pending")
+  (run,) = db.runs()
+  assert before is None and run["status"] == "pending" and run["start_time"] is None
+  assert run["attempts"] == 0  # attempts count the starts of its computation
+  db.begin_runs([run_id])
+  (run,) = db.runs()
+  assert run["status"] == "running" and run["start_time"] > 0 and run["pid"] == os.getpid()
+  assert run["attempts"] == 1
+  db.finish_run(run_id, "interrupted", error="Interrupted: stopped")
+  again, before = db.start_run("fedavg", "quick", "fedavg", {"a": 1}, 0, status="pending")
+  assert (again, before) == (run_id, "interrupted")  # the next launch resumes it
+  assert db.runs()[0]["attempts"] == 1 and db.runs()[0]["status"] == "pending"
+  db.begin_runs([run_id])
+  assert db.runs()[0]["attempts"] == 2
+  with pytest.raises(ValueError, match="status: expected 'pending' or 'running'"):
+    db.start_run("fedavg", "quick", "fedavg", {"a": 1}, 0, status="done")
+  with pytest.raises(ValueError, match="run_id: no run with id"):
+    db.begin_runs([run_id + 1])
 
 
 def test_info_and_reports(db):

@@ -136,3 +136,38 @@ def test_sigkill_at_several_points_then_relaunch_gives_identical_results(uninter
   assert proc.returncode == 0, out[-3000:]
   assert "resumed at round" in out
   assert metric_rows(workdir) == expected
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_stops_keeps_the_checkpoints_and_the_relaunch_gives_identical_results(
+    uninterrupted, tmp_path):
+  """A terminal's Ctrl-C, twice, 70 metric rows in (the third run, a host loop with
+  checkpoints every 4 rounds): exit 130 with the one line, the second ignored; the finished
+  runs stay done, the one in progress is interrupted, its checkpoints kept; the relaunch
+  finishes the rest and every row equals the uninterrupted sweep's."""
+  workdir = tmp_path / "stopped"
+  proc = launch(workdir)
+  deadline = time.monotonic() + 300
+  while count_metrics(workdir) < 70 and proc.poll() is None:
+    assert time.monotonic() < deadline, "the sweep made no progress"
+    time.sleep(0.05)
+  assert proc.poll() is None, "the sweep finished before it could be interrupted"
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  lines = out.strip().splitlines()
+  assert proc.returncode == 130, out[-3000:]
+  assert lines[-1] == "interrupted; relaunch the same command to resume", lines[-5:]
+  assert "Traceback" not in out  # the second, during the stop or the exit, changed nothing
+  _, runs = metric_rows(workdir)
+  status = [st for _, _, st, _ in runs]
+  assert status.count("interrupted") == 1 and "failed" not in status and "running" not in status
+  assert status.count("done") == 2  # fedavg and centralized of seed 0, finished before
+  (run_dir,) = (workdir / "fedavg" / "runs").iterdir()
+  kept = os.listdir(run_dir / "fedavg-seed1" / "checkpoints")
+  assert kept and all(name.isdigit() and int(name) % 4 == 0 for name in kept), kept
+  proc = launch(workdir)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  assert metric_rows(workdir) == metric_rows(uninterrupted[0])

@@ -167,7 +167,8 @@ def pipeline(c) -> prism_lib.Pipeline:
   return prism_lib.Pipeline(spec=token_spec(c), denoiser=denoiser_config(c),
                             schedule=_schedule(c), optimizer=_optimizer(c),
                             train_steps=c.train_steps, batch_size=c.batch_size,
-                            shuffle=c.slots == "set", weights=_weights(c))
+                            shuffle=c.slots == "set", weights=_weights(c),
+                            progress_every=max(1, c.train_steps // 50))
 
 
 def geometry(c, d: SeedData, points, exists, seed: int, splits=("test",)
