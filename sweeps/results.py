@@ -164,7 +164,8 @@ class ResultsDB(ResultsQueries):
     if version == 0:  # no schema of ours yet: a new (or empty) file, or someone else's
       tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                                         "ORDER BY name LIMIT 4")]
-      if tables:
+      # Another opener may have created the schema between the two reads: ours, then.
+      if tables and c.execute("PRAGMA user_version").fetchone()[0] == 0:
         raise _not_results(self.path, f"an SQLite database with other tables: {tables}")
 
   def _setup(self) -> None:

@@ -24,6 +24,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # made here: removed when this process ends
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxfl-xla-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Every program into that cache, not only those over JAX's default 1 s of compile time: the
+# suite compiles many small programs again in other tests and in launcher subprocesses.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 #: The suite's XLA flags without LLVM -O0 (the optimisation level a user's process has).
 USER_XLA_FLAGS = " ".join(f for f in os.environ["XLA_FLAGS"].split()
                           if f != "--xla_backend_optimization_level=0")
