@@ -54,6 +54,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Sink = Callable[[int, int], None]
@@ -150,8 +151,6 @@ def tick_every(step, every: int, total: int, after=None) -> None:
   Args:
     every: steps between two ticks (static, >= 1).
   """
-  import jax.numpy as jnp
-
   if not isinstance(every, int) or isinstance(every, bool) or every < 1:
     raise ValueError(f"every: expected a positive integer, got {every!r}")
   due = jnp.logical_or((step + 1) % every == 0, step + 1 == total)
