@@ -225,7 +225,8 @@ class Checkpointer:
     recorded = self._recorded(round_)
     # Only a checkpoint recorded as this template's state (or recorded before checksums)
     # is judged damaged when it fails.
-    ours = recorded.get(_SPEC, spec_digest(template)) == spec_digest(template)
+    spec = spec_digest(template)
+    ours = recorded.get(_SPEC, spec) == spec
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
       state = self._manager.restore(round_, args=ocp.args.StandardRestore(abstract))

@@ -106,14 +106,13 @@ def config_flags(config, variant: str = "quick") -> list[str]:
 @pytest.fixture
 def sigint_launch(capsys, caplog):
   """``run(config, workdir, *flags) -> (argv, {(method, seed): status})``: the launcher
-  in this process, sent a real SIGINT at the first progress tick of a running program
-  (from XLA's callback thread: the main thread is then waiting inside the call), or after
-  the first metric row a host loop logs; checked as :func:`assert_interrupted` says.
+  in this process, sent a real SIGINT at the first progress tick of a running family call
+  (from XLA's callback thread: the main thread is then waiting inside the call); checked
+  as :func:`assert_interrupted` says (a host loop's Ctrl-C: tests/sweeps/test_sweep.py).
   ``argv``: the launcher's command line, to relaunch."""
   import signal
 
   from sweeps import launch, sweep_local
-  from sweeps.results import ResultsDB
 
   ticks, sent = [], []
 
@@ -126,7 +125,7 @@ def sigint_launch(capsys, caplog):
       # lands at the next tick (the behaviour tested), not at a later one.
       time.sleep(0.3)
 
-  real_sink, real_log = sweep_local._rows_sink, ResultsDB.log_metrics
+  real_sink = sweep_local._rows_sink
 
   def rows_sink(prog, rows):
     shown = real_sink(prog, rows)
@@ -138,17 +137,12 @@ def sigint_launch(capsys, caplog):
 
     return sink
 
-  def log_metrics(self, *args, **kwargs):
-    real_log(self, *args, **kwargs)
-    interrupt()
-
   def run(config, workdir, *extra):
     capsys.readouterr()
     argv = ["launch", f"--config=sweeps/configs/{config.experiment}.py:quick",
             *config_flags(config), f"--workdir={workdir}", *extra]
     with pytest.MonkeyPatch.context() as patch:
       patch.setattr(sweep_local, "_rows_sink", rows_sink)
-      patch.setattr(ResultsDB, "log_metrics", log_metrics)
       code = launch.main(argv)
     assert sent, "the launch ended before it could be interrupted"
     # No error logged (JAX logs each failing callback, traceback and all), and no failed
@@ -175,8 +169,7 @@ def assert_interrupted(code, err, ticks, workdir):
   lines = err.strip().splitlines()
   assert lines[-1] == "interrupted; relaunch the same command to resume", lines[-5:]
   assert sum(line.startswith("SIGINT: stopping at the next step") for line in lines) == 1
-  if ticks:  # a family call: it ended at a tick before its last
-    assert max(d for d, _ in ticks) < ticks[0][1], ticks
+  assert max(d for d, _ in ticks) < ticks[0][1], ticks  # the call ended before its last tick
   got = statuses(workdir)
   assert "interrupted" in got.values() and not {"failed", "running"} & set(got.values()), got
   return got
