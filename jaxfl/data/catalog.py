@@ -13,36 +13,37 @@ Supported names (:data:`DATASETS`):
   ``data_dir`` on first use from data inside the scikit-learn wheel, never from
   the network, and read from there afterwards; ``download`` is ignored.
 * ``'mnist'``, ``'fashion_mnist'`` (``[N, 28, 28, 1]``, 10 classes),
-  ``'emnist'`` = tfds ``emnist/balanced`` (``[N, 28, 28, 1]``, 47 classes,
-  112,800 train / 18,800 test; the balanced split keeps the class distribution
-  uniform and is 6x smaller than ``byclass``), ``'cifar10'``
-  (``[N, 32, 32, 3]``, 10 classes): the real tfds catalog. They need the network
-  once: pass ``download=True`` to prepare them under ``data_dir``; later loads
-  with the default ``download=False`` read them offline. With ``download=False``
-  and nothing prepared, :class:`~jaxfl.errors.ConfigError` is raised at once
-  (an attempted download with no network hangs for minutes instead).
+  ``'emnist'`` = EMNIST balanced (``[N, 28, 28, 1]``, 47 classes, 112,800 train /
+  18,800 test; the balanced split keeps the class distribution uniform and is 6x
+  smaller than ``byclass``), ``'cifar10'`` (``[N, 32, 32, 3]``, 10 classes): the
+  standard datasets, built by :mod:`jaxfl.data.raw` from their published raw files
+  (no TensorFlow). They need the network once, to download those files (12 MB for
+  MNIST, 31 MB for Fashion-MNIST, 562 MB for EMNIST, 170 MB for CIFAR-10, each
+  checked against its published sha256): run ``python -m jaxfl.data.prepare NAME
+  ... --data_dir DIR`` (:mod:`jaxfl.data.prepare`) or pass ``download=True``; later
+  loads with the default ``download=False`` read them offline. With
+  ``download=False`` and nothing prepared, :class:`~jaxfl.errors.ConfigError` is
+  raised at once, naming the command that prepares it (raw files already under
+  ``DIR/downloads/NAME/`` are used without the network).
 
-Preparing a tfds catalog dataset needs TensorFlow: tfds' MNIST/CIFAR generators
-read their downloads with ``tf.io.gfile`` and encode images with
-``tf.image.encode_png``. Without TensorFlow, ``download=True`` on missing data
-raises ``ConfigError('download', ...)`` before touching the network; either
-``pip install tensorflow`` for the one-off preparation, or run
-``tfds build mnist --file_format=array_record --data_dir=DIR`` on a machine that
-has it and copy ``DIR`` over. Reading decodes the stored PNGs with PIL (or
-OpenCV when installed), about 0.2 ms per image with PIL.
+Data prepared under ``data_dir`` by tensorflow-datasets' own builders (``tfds build
+mnist --file_format=array_record``, which needs TensorFlow; PNG images) is still read
+when this package's builders have prepared nothing there: both key examples by their
+position in the raw files, so the arrays, their order included, are the same (those
+PNGs are decoded with PIL, about 0.2 ms per image).
 
 ``groups_train`` (natural client ids) is ``None`` for every dataset here:
-scikit-learn does not ship the digits' writer ids, and tfds' EMNIST carries no
-writer ids either (the per-writer LEAF/FEMNIST split is not in tfds).
+scikit-learn does not ship the digits' writer ids, and EMNIST's balanced files
+carry none either (the per-writer LEAF/FEMNIST split is not among them).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
+import shlex
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -50,9 +51,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxfl.data import digits as digits_lib
+from jaxfl.data import download as download_lib
+from jaxfl.data import raw as raw_lib
 from jaxfl.errors import ConfigError, check_number
 
 ENV_DATA_DIR = "JAXFL_DATA_DIR"
+PREPARE_COMMAND = "python -m jaxfl.data.prepare"
+"""The command that prepares catalog datasets (:mod:`jaxfl.data.prepare`)."""
 
 
 class Dataset(NamedTuple):
@@ -84,8 +89,8 @@ class Dataset(NamedTuple):
 
 
 class _TfdsEntry(NamedTuple):
-  tfds_name: str
-  # tfds stores EMNIST transposed (as NIST ships it); swap back to upright.
+  tfds_name: str  # tfds' own builder, whose prepared data is still read.
+  # EMNIST is stored transposed (as NIST ships it); swap back to upright.
   transposed: bool = False
 
 
@@ -99,15 +104,16 @@ _TFDS_CATALOG = {
 DATASETS: tuple[str, ...] = tuple(sorted(["digits", *_TFDS_CATALOG]))
 """Names :func:`load_dataset` accepts."""
 
-# Building must never reach for the network. tfds asks GCS for a prepared copy
-# before it looks at the file format, even for local builders; tfds 4.9.10 has
-# GCS switched off globally, but that is a module flag we should not rely on.
+# tfds must never reach for the network itself (raw files come through
+# jaxfl.data.download). It asks GCS for a prepared copy before it looks at the
+# file format, even for local builders; tfds 4.9.10 has GCS switched off
+# globally, but that is a module flag we should not rely on.
 _OFFLINE = tfds.download.DownloadConfig(try_download_gcs=False)
 
 
 @contextlib.contextmanager
 def quiet_tfds():
-  """Silence tfds while it builds an embedded dataset (no network): its progress bars, its
+  """Silence tfds while it builds a dataset from local data: its progress bars, its
   bold "Downloading and preparing" / "downloaded and prepared" lines on stdout and absl's
   INFO and WARNING lines ("Variant folder ... has no dataset_info.json") are noise to a
   user on a first run."""
@@ -153,8 +159,8 @@ def load_dataset(
     name: one of :data:`DATASETS`.
     data_dir: where tfds datasets are prepared and read; defaults to
       :func:`default_data_dir`.
-    download: for the tfds catalog datasets, prepare them under ``data_dir`` if
-      missing (network once, and TensorFlow). Ignored for ``'digits'``, which is
+    download: for the standard datasets, prepare them under ``data_dir`` if
+      missing (downloading their raw files once). Ignored for ``'digits'``, which is
       always built locally.
     validation: the fraction of each class's training samples held out as the
       validation split (:func:`split_validation`); ``0``: none.
@@ -165,10 +171,12 @@ def load_dataset(
 
   Raises:
     ConfigError: unknown ``name`` (field ``dataset``); catalog data missing with
-      ``download=False`` (field ``dataset``); ``download=True`` on missing data
-      without TensorFlow (field ``download``); bad ``data_dir``/``download``
-      types; a ``data_dir`` that cannot be created or written (field ``data_dir``);
-      ``validation`` outside ``[0, 1)`` (field ``validation``).
+      ``download=False`` (field ``dataset``; the message names the command that
+      prepares it); bad ``data_dir``/``download`` types; a ``data_dir`` that cannot
+      be created or written (field ``data_dir``); ``validation`` outside ``[0, 1)``
+      (field ``validation``).
+    jaxfl.data.download.DownloadError: a raw file could not be downloaded, or its
+      size or sha256 is not the published one (the message names the file).
   """
   if not isinstance(name, str) or name not in DATASETS:
     raise ConfigError("dataset", f"one of {list(DATASETS)}", name)
@@ -241,31 +249,53 @@ def _load_digits(data_dir: str) -> Dataset:
   )
 
 
-def _load_tfds(name: str, data_dir: str, download: bool) -> Dataset:
-  """Read (after optionally preparing) a tfds catalog dataset."""
+def prepare_command(names: Sequence[str], data_dir: str) -> str:
+  """The shell command that prepares catalog datasets ``names`` under ``data_dir``."""
+  return " ".join([PREPARE_COMMAND, *names, "--data_dir", shlex.quote(data_dir)])
+
+
+def catalog_builder(name: str, data_dir: str, download: bool) -> tfds.core.DatasetBuilder:
+  """The prepared builder of standard dataset ``name`` under ``data_dir``.
+
+  This package's builder (:data:`jaxfl.data.raw.BUILDERS`) when it has prepared the
+  data; else tfds' own builder when that has; else this package's builder, prepared
+  now when ``download`` or when every raw file is already in its download folder.
+
+  Raises:
+    ConfigError: nothing prepared and ``download=False`` with raw files missing (field
+      ``dataset``; the message names the command that prepares it). Nothing is written.
+  """
   entry = _TFDS_CATALOG[name]
-  # array_record: the only random-access format tfds reads without TensorFlow.
-  # tfds.data_source only defaults to it when no data_dir is given.
-  builder = tfds.builder(
-      entry.tfds_name, data_dir=data_dir, file_format="array_record"
-  )
-  if not builder.is_prepared():
-    if not download:
+  with quiet_tfds():  # Its lines ("Downloading and preparing dataset Unknown size ...",
+    # "Variant folder ... has no dataset_info.json") say nothing here; each real download
+    # is announced on stderr by jaxfl.data.download.
+    # array_record: the only random-access format tfds reads without TensorFlow.
+    builder = raw_lib.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+      return builder
+    legacy = tfds.builder(entry.tfds_name, data_dir=data_dir, file_format="array_record")
+    if legacy.is_prepared():
+      return legacy
+    if not download and raw_lib.missing_files(name, data_dir):
       raise ConfigError(
           "dataset",
-          f"{name!r} prepared under {data_dir!r}: pass download=True once"
-          " (needs the network) to prepare it",
+          f"{name!r} prepared under {data_dir!r}: run `{prepare_command([name], data_dir)}`"
+          " once (needs the network), or pass download=True",
           name,
       )
-    if importlib.util.find_spec("tensorflow") is None:
-      raise ConfigError(
-          "download",
-          f"TensorFlow installed to prepare {name!r} (tfds' builder needs it;"
-          " reading does not), or files prepared elsewhere with `tfds build"
-          f" {entry.tfds_name} --file_format=array_record` under {data_dir!r}",
-          download,
-      )
-    builder.download_and_prepare()
+    # One process at a time (sweep workers may start together on a fresh machine); a
+    # fresh builder once the lock is ours, as another process may have prepared it.
+    with download_lib.exclusive(raw_lib.download_folder(data_dir, name) + ".lock"):
+      builder = raw_lib.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        builder.download_and_prepare(download_config=_OFFLINE)
+  return builder
+
+
+def _load_tfds(name: str, data_dir: str, download: bool) -> Dataset:
+  """Read (after optionally preparing) a standard catalog dataset."""
+  entry = _TFDS_CATALOG[name]
+  builder = catalog_builder(name, data_dir, download)
   train, test = builder.as_data_source(split=["train", "test"])
   splits = []
   for source in (train, test):
@@ -282,7 +312,7 @@ def _load_tfds(name: str, data_dir: str, download: bool) -> Dataset:
       x_test=x_test,
       y_test=y_test,
       num_classes=int(builder.info.features["label"].num_classes),
-      groups_train=None,  # tfds has no writer ids for these.
+      groups_train=None,  # No writer ids in these files.
   )
 
 
