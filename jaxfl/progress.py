@@ -22,9 +22,16 @@ batched): a batched counter calls the sink once per element of the batch; the
 dispatcher drops a report that is not ahead of the last one, so the sink still sees each
 step once. Ticks arrive in order when the steps are ordered (a scan's iterations, or an
 ``after`` value that depends on the previous step); open one :func:`reporting` block per
-call, as a new call's first tick is not ahead of the last call's. Compiled programs
-holding ticks stay in JAX's persistent compilation cache (measured: a second process
-hits it). The sink runs on XLA's callback thread; keep it short and thread-safe.
+call, as a new call's first tick is not ahead of the last call's. The sink runs on
+XLA's callback thread; keep it short and thread-safe.
+
+Compilation: JAX writes no executable holding a host callback to its persistent
+compilation cache (jax 0.10: "Not writing persistent cache entry ... because it uses
+host callbacks"), so a program with ticks compiles again in every process, a relaunch
+included. ``JAXFL_PROGRESS_TICKS=0`` in the environment (:func:`ticks_enabled`, read
+when a program is traced) leaves ticks out: such programs report nothing until they
+return and a stop request waits for the running call to end, but they compile once per
+machine. The values computed are the same either way.
 
 Stopping: after :func:`request_stop` (e.g. from a SIGINT handler), the next tick of any
 running program raises :class:`Stopped` inside the callback, which ends the XLA call
@@ -58,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Sink = Callable[[int, int], None]
+ENV_TICKS = "JAXFL_PROGRESS_TICKS"  # "0": programs traced without ticks
 
 _lock = threading.Lock()
 _sinks: list[list] = []  # a stack of [sink, last done reported]
@@ -114,7 +122,14 @@ def tick(done, total: int, after=None) -> None:
   """
   if not isinstance(total, int) or isinstance(total, bool) or total < 1:
     raise ValueError(f"total: expected a positive integer, got {total!r}")
-  jax.debug.callback(_dispatch, done, np.int32(total), after)
+  if ticks_enabled():
+    jax.debug.callback(_dispatch, done, np.int32(total), after)
+
+
+def ticks_enabled() -> bool:
+  """Whether :func:`tick` puts its callback into the program being traced: unless
+  ``$JAXFL_PROGRESS_TICKS`` is ``0`` (see the module docstring on compilation)."""
+  return os.environ.get(ENV_TICKS, "1") != "0"
 
 
 @contextlib.contextmanager

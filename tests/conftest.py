@@ -27,6 +27,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # made here: removed when thi
 # Every program into that cache, not only those over JAX's default 1 s of compile time: the
 # suite compiles many small programs again in other tests and in launcher subprocesses.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Programs without progress ticks, so that they enter that cache too (JAX caches no
+# executable holding a host callback: jaxfl.progress). The values are the same; the tests
+# of progress and of Ctrl-C turn ticks on (the `ticks` fixture), as do end-to-end runs as a
+# user makes them (`user_xla`).
+os.environ.setdefault("JAXFL_PROGRESS_TICKS", "0")
 #: The suite's XLA flags without LLVM -O0 (the optimisation level a user's process has).
 USER_XLA_FLAGS = " ".join(f for f in os.environ["XLA_FLAGS"].split()
                           if f != "--xla_backend_optimization_level=0")
@@ -39,11 +44,20 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 @pytest.fixture
 def user_xla(monkeypatch):
-  """Child processes started in this test compile at LLVM's default level, as a user's do:
+  """Child processes started in this test compile at LLVM's default level and with
+  progress ticks, as a user's do:
   for an end-to-end run that computes more than it compiles (measured: the notebook 19.8 ->
   14.5 s, the README command 14.0 -> 10.3 s) and whose numbers are compared with nothing
   this process computed (the level may change float rounding)."""
   monkeypatch.setenv("XLA_FLAGS", USER_XLA_FLAGS)
+  monkeypatch.setenv("JAXFL_PROGRESS_TICKS", "1")
+
+
+@pytest.fixture
+def ticks(monkeypatch):
+  """Programs traced in this test (and its child processes) report progress and see stop
+  requests from inside (jaxfl.progress.tick), as they do outside the suite."""
+  monkeypatch.setenv("JAXFL_PROGRESS_TICKS", "1")
 
 
 @pytest.fixture
@@ -104,7 +118,7 @@ def config_flags(config, variant: str = "quick") -> list[str]:
 
 
 @pytest.fixture
-def sigint_launch(capsys, caplog):
+def sigint_launch(capsys, caplog, ticks):
   """``run(config, workdir, *flags) -> (argv, {(method, seed): status})``: the launcher
   in this process, sent a real SIGINT at the first progress tick of a running family call
   (from XLA's callback thread: the main thread is then waiting inside the call); checked

@@ -53,7 +53,7 @@ def test_scan_rounds_without_evaluation_and_under_vmap():
   np.testing.assert_array_equal(metrics["x"], [[1, 2, 3], [9, 8, 7]])
 
 
-def test_scan_rounds_ticks_every_n_evaluations_and_the_last_under_vmap():
+def test_scan_rounds_ticks_every_n_evaluations_and_the_last_under_vmap(ticks):
   """10 rounds evaluated every 2 (5 evaluations), a tick every 2 evaluations and at the
   last: 2, 4, 5 of 5, once each for a batch of 3; the values are those without ticks."""
   from jaxfl import progress

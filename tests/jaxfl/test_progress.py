@@ -12,6 +12,11 @@ import pytest
 from jaxfl import progress
 
 
+@pytest.fixture(autouse=True)
+def _ticks(ticks):
+  """Every test here traces programs with their ticks (the suite leaves them out)."""
+
+
 def program(batched_counter: bool = False):
   def simulate(x):
     def step(c, i):
@@ -41,6 +46,39 @@ def test_a_batched_counter_is_still_one_report_per_step():
   with progress.reporting(lambda done, total: seen.append(done)):
     jax.block_until_ready(program(batched_counter=True)(jnp.arange(5.0)))
   assert seen == [1, 2, 3, 4]
+
+
+def test_without_ticks_a_program_holds_no_callback_computes_the_same_and_is_cached(
+    monkeypatch):
+  """JAXFL_PROGRESS_TICKS=0: no host callback in the program, so JAX's persistent cache
+  keeps it (the suite's cache folder: conftest); with ticks nothing is written there."""
+  cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # shared with the other xdist workers
+  entries = lambda: {f for f in os.listdir(cache) if f.startswith("jit_tick_cache_probe")} \
+      if os.path.isdir(cache) else set()
+
+  def fresh(k):  # a program no other test compiles (k is baked in as a constant)
+    def step(c, i):
+      c = c * k + 1.0
+      progress.tick(i + 1, 2, after=c)
+      return c, c
+
+    def tick_cache_probe(x):
+      return jax.lax.scan(step, x, jnp.arange(2))[1]
+
+    return jax.jit(tick_cache_probe)
+
+  x = jnp.arange(3.0)
+  before = entries()
+  with_ticks = jax.block_until_ready(fresh(1.25)(x))
+  assert entries() == before  # "uses host callbacks": not written
+  monkeypatch.setenv(progress.ENV_TICKS, "0")
+  assert not progress.ticks_enabled()
+  seen = []
+  with progress.reporting(lambda done, total: seen.append(done)):
+    without = jax.block_until_ready(fresh(1.25)(x))
+  assert seen == [] and "callback" not in str(jax.make_jaxpr(fresh(1.25))(x))
+  np.testing.assert_array_equal(without, with_ticks)
+  assert len(entries() - before) == 1  # the program without ticks is cached
 
 
 def test_without_a_sink_ticks_do_nothing_and_blocks_nest():

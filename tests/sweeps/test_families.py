@@ -133,7 +133,7 @@ def test_sweep_tunes_then_reports_the_known_answers(tmp_path, calls):
   assert len(runs) == 16 and all(r["status"] == "done" for r in runs)
 
 
-def test_a_call_reports_its_rows_from_inside_the_program(tmp_path, monkeypatch):
+def test_a_call_reports_its_rows_from_inside_the_program(tmp_path, monkeypatch, ticks):
   """A simulate that ticks (jaxfl.progress) shows its rows as the call computes them: a
   line per tick (here none is throttled), in order, before the call's summary line."""
   from jaxfl import progress
