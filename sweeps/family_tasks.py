@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from sweeps import families as families_lib
+from sweeps import provenance
 
 
 class Task(NamedTuple):
@@ -64,5 +65,5 @@ def execute_task(config_dict: dict, task: Task, workdir: str) -> dict:
   batch = families_lib.batch_size(fam, c)
   chunk = families_lib.chunks(_stage_runs(fam, c, task.stage, task.chosen), batch)[task.index]
   outputs = families_lib.Program(fam)(chunk, batch)
-  info = runner.info(c, ctx) if hasattr(runner, "info") else None
+  info = provenance.with_environment(runner.info(c, ctx) if hasattr(runner, "info") else None)
   return {(r.name, r.seed): out for r, out in families_lib.outcomes(fam, chunk, outputs, info)}

@@ -15,17 +15,8 @@ from typing import Any
 
 from jaxfl.errors import ConfigError
 from sweeps import report
+from sweeps.provenance import point_name
 from sweeps.sweep import run_sweep
-
-
-def point_name(point: Mapping[str, Any]) -> str:
-  """A grid point's folder name: ``alpha=0.1,clients_per_round=5`` (keys sorted)."""
-  text = ",".join(f"{k}={_value_text(v)}" for k, v in sorted(point.items()))
-  return "".join(ch if ch.isalnum() or ch in "=,.-_+" else "_" for ch in text)
-
-
-def _value_text(v) -> str:
-  return "-".join(map(_value_text, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def point_config(config, point: Mapping[str, Any]):

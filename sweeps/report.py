@@ -221,26 +221,60 @@ def reference_band(ax, values: Sequence, *, color=None, label: str | None = None
 def experiment_report(runner, config, db, out: str, digest: str) -> dict:
   """``runner.report`` (claims.json, report.md, figures from the database), then every
   claim marked incomplete (:func:`sweeps.claims.mark_incomplete`) if a reported run of the
-  config is not done (a failed or interrupted run, rebuilt by ``sweeps.report``)."""
+  config is not done (a failed or interrupted run, rebuilt by ``sweeps.report``), and the
+  config's ``config_hash`` and ``provenance`` (:func:`sweeps.provenance.summary`: its
+  overrides, the launches that computed it, the devices) added to both files."""
+  from sweeps import provenance
   from sweeps.families import seeds
 
   doc = runner.report(config, db, out, digest)
+  runs = [r for r in db.runs(config.experiment) if r["config_hash"] == digest]
   wanted = set(seeds(config)) if "num_seeds" in config else None  # None: every seed
-  missing = sorted(f"{r['method']} seed {r['seed']}" for r in db.runs(config.experiment)
-                   if r["config_hash"] == digest and r["status"] != "done"
-                   and (wanted is None or r["seed"] in wanted))
-  if not missing:
-    return doc
+  missing = sorted(f"{r['method']} seed {r['seed']}" for r in runs
+                   if r["status"] != "done" and (wanted is None or r["seed"] in wanted))
   doc = claims_lib.mark_incomplete(doc, missing)
-  extra = {k: v for k, v in doc.items() if k not in ("experiment", "variant", "seeds", "claims")}
-  claims_lib.write_claims(os.path.join(out, "claims.json"), experiment=doc["experiment"],
-                          variant=doc["variant"], seeds=doc["seeds"], claims=doc["claims"],
-                          **extra)
+  facts = provenance.summary(db.launches(config.experiment, digest), runs)
+  if facts["overrides"] is None:  # recorded by no launch (an older database): as now
+    facts["overrides"] = provenance.overrides(config)
+  doc = claims_lib.write_claims(os.path.join(out, "claims.json"),
+                                **{"seeds": [], **doc, "config_hash": digest, "provenance": facts})
+  blocks = []
+  if missing:
+    blocks.append(f"**Incomplete**: {len(missing)} reported runs are not done "
+                  f"({', '.join(missing)}); every claim above is incomplete, not false. "
+                  "Relaunch the same command to finish them.")
+  blocks.append(provenance_markdown(digest, facts))
   with open(os.path.join(out, "report.md"), "a") as f:
-    f.write(f"\n**Incomplete**: {len(missing)} reported runs are not done "
-            f"({', '.join(missing)}); every claim above is incomplete, not false. Relaunch "
-            "the same command to finish them.\n")
+    f.write("\n" + "\n\n".join(blocks) + "\n")
   return doc
+
+
+def provenance_markdown(digest: str, facts: dict) -> str:
+  """The report's provenance section: the config hash and overrides, a row per launch
+  (time, commit, backend, host, key versions) and the devices the runs ran on."""
+  import datetime
+
+  changed = facts["overrides"]
+  said = ("none" if changed == {} else "unknown (no variant config)" if changed is None
+          else ", ".join(f"`{k}={v}`" for k, v in changed.items()))
+  rows = []
+  for la in facts["launches"]:
+    when = datetime.datetime.fromtimestamp(la["time"], datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    sha = la.get("commit")
+    commit = "—" if sha is None else sha[:12] + (" (uncommitted changes)" if la["dirty"] else "")
+    v = la["versions"]
+    dev = la["devices"]
+    rows.append([when + " UTC", commit, la["backend"], la["host"],
+                 f"{dev['devices']} × {dev['device']}", v["jax"], v["flax"], v["optax"],
+                 v["numpy"], v["python"]])
+  devices = "; ".join(f"{d['devices']} × {d['device']} ({d['platform']})"
+                      for d in facts["run_devices"]) or "—"
+  return "\n\n".join([
+      "## Provenance",
+      f"Config hash `{digest}`; overrides against the variant: {said}. Runs computed on: "
+      f"{devices}.",
+      table(["launched", "commit", "backend", "host", "devices", "jax", "flax", "optax",
+             "numpy", "python"], rows) if rows else "No launch recorded (an older database)."])
 
 
 def write_sweep_table(folder: str, points: list[tuple[dict, str, dict]]) -> str:
@@ -315,6 +349,19 @@ def rebuild(workdir: str) -> list[dict]:
       if hasattr(runner, "report_sweep"):
         runner.report_sweep(folder, [(p, c, doc) for p, _, c, doc in points])
   return docs
+
+
+def latest_report(workdir: str, experiment: str) -> str | None:
+  """The folder of the report last registered for ``experiment`` in ``workdir`` (not a
+  sweep's point), or None: where the launch that just ran put its claims.json."""
+  from sweeps.results import ResultsDB, results_path
+
+  path = results_path(workdir)
+  if not os.path.exists(path):
+    return None
+  with ResultsDB(path) as db:
+    outs = [r["out"] for r in db.reports(experiment) if r["sweep"] is None]
+  return os.path.join(workdir, outs[-1]) if outs else None
 
 
 def main(argv: list[str] | None = None) -> int:

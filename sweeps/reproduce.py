@@ -30,7 +30,7 @@ import sys
 
 from sweeps import claims as claims_lib
 from sweeps import configs
-from sweeps.report import fmt
+from sweeps.report import fmt, latest_report
 
 _fmt = functools.partial(fmt, missing="null")  # claims.json spells a missing value null
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,8 +106,9 @@ def _matched(docs: list[dict], reference: list[dict]):
 def _reference_docs(workdir: str, names: list[str]) -> list[dict]:
   docs = []
   for name in names:
-    path = os.path.join(workdir, name, "claims.json")
-    if os.path.exists(path):
+    folder = latest_report(workdir, name)
+    path = folder and os.path.join(folder, "claims.json")
+    if path and os.path.exists(path):
       with open(path) as f:
         docs.append(json.load(f))
   return docs
@@ -150,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"--workdir={args.workdir}",
                             *([] if args.seed is None else [f"--config.seed={args.seed}"])],
                            cwd=ROOT)
-    path = os.path.join(args.workdir, name, "claims.json")
-    if code != 0 or not os.path.exists(path):
+    folder = latest_report(args.workdir, name) if code == 0 else None
+    path = folder and os.path.join(folder, "claims.json")
+    if not path or not os.path.exists(path):
       failed.append(name)
       continue
     with open(path) as f:

@@ -14,10 +14,14 @@ metric those runs logged::
     PRIMARY KEY(experiment, config_hash, out): where a config's report goes (``out``,
     relative to the workdir) and the sweep grid point it belongs to (``sweep``: JSON of
     the point's overrides, or NULL), so ``python -m sweeps.report`` rebuilds every report
+  launches(id, experiment, config_hash, time, facts)
+    one row per launch that computed runs of a config: ``facts`` is JSON of its overrides,
+    git commit, package versions, devices and backend (:mod:`sweeps.provenance`)
   final_metrics  (view) each run's row at its largest step, per metric name
 
 ``PRAGMA user_version`` holds ``SCHEMA_VERSION``; an older file (version 1: no ``info``, no
-``reports``; version 2: no ``pending`` or ``interrupted`` status) is upgraded in place when
+``reports``; version 2: no ``pending`` or ``interrupted`` status; version 3: no
+``launches``) is upgraded in place when
 opened.
 
 Semantics a user relies on:
@@ -192,8 +196,9 @@ class ResultsDB(ResultsQueries):
     if version == SCHEMA_VERSION:
       return
     if version > SCHEMA_VERSION:
-      raise RuntimeError(f"{self.path}: schema version {version} is newer than this code's "
-                         f"{SCHEMA_VERSION}; update jaxfl")
+      raise UnusableResults(self.path, f"a results database of schema version "
+                            f"{SCHEMA_VERSION} or older (update jaxfl, or choose another "
+                            "--workdir)", f"its schema version is {version}")
     # An upgrade may rebuild a table that others point at (SQLite's procedure for a changed
     # constraint): foreign keys off meanwhile (a no-op inside a transaction), checked after.
     c.execute("PRAGMA foreign_keys = OFF")
@@ -423,3 +428,13 @@ class ResultsDB(ResultsQueries):
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(experiment, config_hash, out) DO UPDATE "
                 "SET sweep = excluded.sweep, registered = excluded.registered",
                 (experiment, config_hash, out, point, time.time()))
+
+  def record_launch(self, experiment: str, config_hash: str, facts: Mapping[str, Any]) -> None:
+    """Records a launch that computes runs of ``config_hash``: ``facts`` (a JSON object,
+    :func:`sweeps.provenance.launch_facts`), read back by ``launches``."""
+    experiment, config_hash = _text("experiment", experiment), _text("config_hash", config_hash)
+    if not isinstance(facts, Mapping):
+      raise ValueError(f"facts: expected a mapping, got {type(facts).__name__}")
+    with self._write() as c:
+      c.execute("INSERT INTO launches (experiment, config_hash, time, facts) VALUES (?, ?, ?, ?)",
+                (experiment, config_hash, time.time(), canonical_json(facts)))

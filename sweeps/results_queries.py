@@ -25,6 +25,13 @@ class ResultsQueries:
       r["sweep"] = None if r["sweep"] is None else json.loads(r["sweep"])
     return rows
 
+  def launches(self, experiment: str, config_hash: str) -> list[dict]:
+    """The facts of every launch that computed runs of ``config_hash``, oldest first."""
+    rows = self._read("SELECT facts FROM launches WHERE experiment = ? AND config_hash = ? "
+                      "ORDER BY time, id", (_text("experiment", experiment),
+                                            _text("config_hash", config_hash)))
+    return [json.loads(r["facts"]) for r in rows]
+
   def runs(self, experiment: str | None = None, status: str | None = None, *,
            method: str | None = None, variant: str | None = None) -> list[dict]:
     """Runs matching every given filter, by id; ``config`` is the parsed config dict."""

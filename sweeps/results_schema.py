@@ -18,7 +18,7 @@ from typing import Any
 from jaxfl.errors import ConfigError
 
 FILENAME = "results.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HASH_CHARS = 16  # hex chars of sha256 kept: 64 bits, collision-free for any sweep size.
 #: A launch enters its runs as ``pending``; each is ``running`` from when its computation
 #: starts, then ``done``, ``failed``, or ``interrupted`` (stopped by Ctrl-C: resumed by the
@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS reports (
   registered REAL NOT NULL,
   PRIMARY KEY(experiment, config_hash, out)
 );
+-- One row per launch that computed runs of a config: where its results came from.
+CREATE TABLE IF NOT EXISTS launches (
+  id INTEGER PRIMARY KEY,
+  experiment TEXT NOT NULL,
+  config_hash TEXT NOT NULL,
+  time REAL NOT NULL,
+  facts TEXT NOT NULL
+);
 CREATE VIEW IF NOT EXISTS final_metrics AS
   SELECT r.id AS run_id, r.experiment, r.variant, r.method, r.config_hash, r.seed, r.status,
          m.name, m.step, m.sim_time, m.value
@@ -77,10 +85,11 @@ CREATE VIEW IF NOT EXISTS final_metrics AS
 
 _RUN_COLUMNS = ("id", "experiment", "variant", "method", "config_json", "config_hash", "seed",
                 "status", "host", "pid", "start_time", "end_time", "error", "attempts", "info")
-# Version-1 files gain what version 2 added (CREATE ... IF NOT EXISTS adds the reports
-# table). Version 3 widened the status CHECK constraint, which SQLite cannot alter: the runs
-# table is rebuilt under the same ids (metrics keep pointing at their runs; ResultsDB turns
-# foreign keys off for an upgrade and checks them after), and its view made again (_SCHEMA).
+# Version-1 files gain what version 2 added, and version-3 files what version 4 added
+# (CREATE ... IF NOT EXISTS adds the reports and launches tables). Version 3 widened the
+# status CHECK constraint, which SQLite cannot alter: the runs table is rebuilt under the
+# same ids (metrics keep pointing at their runs; ResultsDB turns foreign keys off for an
+# upgrade and checks them after), and its view made again (_SCHEMA).
 _UPGRADES = {
     1: ["ALTER TABLE runs ADD COLUMN info TEXT"],
     2: ["DROP VIEW IF EXISTS final_metrics",

@@ -66,7 +66,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sweeps import families as families_lib
-from sweeps import report
+from sweeps import provenance, report
 from sweeps.progress import Progress
 from sweeps.results import ResultsDB, config_hash, results_path
 from sweeps.sweep_local import _chosen, _Quiet, _run_family, _run_here, execute, run_dir
@@ -151,7 +151,8 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
     stream: where progress goes (default stderr).
     vmap_seeds: on the local backend, run the families of an experiment that also has
       a per-run ``execute`` as vmapped calls (families-only experiments always do).
-    out: the report's folder relative to ``workdir`` (default: the experiment's name).
+    out: the report's folder relative to ``workdir`` (default:
+      :func:`sweeps.provenance.report_folder`, ``<experiment>/<variant>[,<overrides>]-<hash>``).
     sweep_point: the grid point's overrides, when this config is one.
 
   Returns:
@@ -178,7 +179,7 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
   cfg = config.to_dict()
   digest = config_hash(cfg)
   experiment, variant = config.experiment, config.get("variant")
-  out = os.path.join(workdir, out or experiment)
+  out = os.path.join(workdir, out or provenance.report_folder(cfg, digest))
   writer = _is_writer()
   with contextlib.ExitStack() as stack:
     db = stack.enter_context(ResultsDB(results_path(workdir))) if writer else None
@@ -201,6 +202,8 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
                                     status="pending")
       if before != "done":  # else finished by a concurrent launcher meanwhile
         started[spec] = run_id
+    if started and writer:
+      db.record_launch(experiment, digest, provenance.launch_facts(config, digest, backend))
     failures: list[BaseException] = []
     if submit is not None and writer:
       db.begin_runs(started.values())  # handed to the backend's workers now
@@ -213,7 +216,8 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
         failures += _record(db, started[spec], spec, outcome, sweep)
     else:
       if _vmapped(runner, config, fams, vmap_seeds) and writer:
-        info = runner.info(config, ctx) if hasattr(runner, "info") else None
+        info = provenance.with_environment(runner.info(config, ctx)
+                                           if hasattr(runner, "info") else None)
         for fam in fams:
           failures += _run_family(fam, config, started, db, digest, sweep, info)
       else:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from jaxfl import progress as jaxfl_progress
 from sweeps import families as families_lib
+from sweeps import provenance
 
 if TYPE_CHECKING:
   from sweeps.sweep import RunSpec
@@ -96,14 +97,15 @@ def execute(runner, config, spec: RunSpec, ctx, directory: str, log_metrics, pro
   """One run in this process: the experiment's ``execute``, or for an experiment of
   families only, the family call that holds the run (its rows logged)."""
   if hasattr(runner, "execute"):
-    return runner.execute(config, spec, ctx, directory, log_metrics, progress)
+    return provenance.with_environment(
+        runner.execute(config, spec, ctx, directory, log_metrics, progress))
   fams = runner.families(config, ctx)
   rows, info = families_lib.execute(fams, config, spec.method, spec.seed, progress.log)
   for step, sim_time, values in rows:
     log_metrics(step, sim_time, values)
   progress.update(1)
   shared = runner.info(config, ctx) if hasattr(runner, "info") else None
-  return {**(shared or {}), **(info or {})} or None
+  return provenance.with_environment({**(shared or {}), **(info or {})})
 
 
 def _run_family(fam, c, started: dict, db, digest: str, sweep, info) -> list:

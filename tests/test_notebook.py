@@ -52,7 +52,8 @@ def test_notebook_executes(tmp_path, monkeypatch, user_xla):
   assert "round 3:" in text  # the building-blocks cell ran its rounds
   assert any("image/png" in o.get("data", {}) for o in outputs)  # the accuracy plot
 
-  claims_path = tmp_path / "fedavg" / "claims.json"
+  (out,) = (tmp_path / "fedavg").glob("quick,*")  # the notebook's config: its own folder
+  claims_path = out / "claims.json"
   assert claims_path.is_file()
   doc = json.loads(claims_path.read_text())
   assert [c["id"] for c in doc["claims"]] == ["accuracy_vs_centralized"]
@@ -60,7 +61,7 @@ def test_notebook_executes(tmp_path, monkeypatch, user_xla):
   assert doc["claims"][0]["holds"] is True, doc["claims"][0]
   assert "accuracy_vs_centralized holds at this size" in text
   assert (tmp_path / "results.sqlite").is_file()
-  assert (tmp_path / "fedavg" / "accuracy.png").is_file()
+  assert (out / "accuracy.png").is_file()
 
 
 # ---------------------------------------------------------------------------- install cell

@@ -17,6 +17,7 @@ from sweeps import families, report
 from sweeps.configs.air_fedga import get_config, get_sweep
 from sweeps.experiments import air_fedga
 from sweeps.grid import point_config
+from sweeps.provenance import report_folder
 from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import run_sweep
 
@@ -83,14 +84,14 @@ def test_prepare_groups_every_worker_once_per_method():
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("air_fedga")
-  doc = run_sweep(air_fedga, tiny(beta0_grid=(0.25, 0.5)), str(workdir), stream=io.StringIO())
-  return workdir, doc
+  c = tiny(beta0_grid=(0.25, 0.5))
+  doc = run_sweep(air_fedga, c, str(workdir), stream=io.StringIO())
+  return workdir, doc, workdir / report_folder(c)
 
 
 @pytest.mark.slow
 def test_claims_follow_the_contract_and_rebuild_from_the_database(swept):
-  workdir, doc = swept
-  out = workdir / "air_fedga"
+  workdir, doc, out = swept
   assert json.loads((out / "claims.json").read_text()) == doc
   assert [cl["id"] for cl in doc["claims"]] == [
       "time_to_target_vs_air_fedavg", "time_to_target_vs_fedasync",
@@ -122,7 +123,7 @@ def test_claims_follow_the_contract_and_rebuild_from_the_database(swept):
 
 @pytest.mark.slow
 def test_rows_are_accuracy_on_the_time_grid_then_the_summary(swept):
-  workdir, _ = swept
+  workdir, _, _ = swept
   with ResultsDB(results_path(workdir)) as db:
     runs = db.runs("air_fedga")
     # 6 methods x 2 seeds reported; every method x the same 2 grid points x 1 tuning seed.
@@ -167,7 +168,7 @@ def test_rows_are_accuracy_on_the_time_grid_then_the_summary(swept):
 
 @pytest.mark.slow
 def test_every_method_is_tuned_on_the_same_grid_on_the_tuning_seeds_only(swept):
-  workdir, _ = swept
+  workdir, _, _ = swept
   with ResultsDB(results_path(workdir)) as db:
     t2t = db.final_values("air_fedga", "time_to_target")
     acc = db.final_values("air_fedga", "final_accuracy")
@@ -188,7 +189,7 @@ def test_every_method_is_tuned_on_the_same_grid_on_the_tuning_seeds_only(swept):
 @pytest.mark.slow
 def test_a_run_computed_alone_is_its_vmapped_call_bit_for_bit(swept):
   """The remote-worker path computes the family call holding the run: the same rows."""
-  workdir, _ = swept
+  workdir, _, _ = swept
   c = tiny(beta0_grid=(0.25, 0.5))
   ctx = air_fedga.prepare(c)
   rows, _ = families.execute(air_fedga.families(c, ctx), c, "fedasync", 1)

@@ -20,6 +20,7 @@ from jaxfl.models import MLP, functional
 from sweeps import report
 from sweeps.configs.bench_fl import get_config, get_sweep
 from sweeps.experiments import bench_fl
+from sweeps.provenance import report_folder
 from sweeps.sweep import run_sweep
 
 CLAIM_IDS = {"round_vs_centralized", "round_vs_client_loop", "time_per_client_step_growth"}
@@ -127,7 +128,7 @@ def test_run_writes_claims_and_report(tmp_path):
   c.update(dict(num_seeds=2, num_clients=8, num_devices=2, local_steps=2, warmup=1, repeats=1,
                 matmul_size=64, scaling_clients=(4, 8), scaling_samples_per_client=8))
   doc = run_sweep(bench_fl, c, str(tmp_path), stream=io.StringIO())
-  out = tmp_path / "bench_fl"
+  out = tmp_path / report_folder(c)
   assert json.loads((out / "claims.json").read_text()) == doc
   # Every number is in the database: the report rebuilds identically from it alone.
   (out / "claims.json").unlink()

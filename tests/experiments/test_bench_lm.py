@@ -19,6 +19,7 @@ from jaxfl.models import lora, transformer
 from sweeps import launch, report
 from sweeps.configs.bench_lm import get_config
 from sweeps.experiments import bench_lm
+from sweeps.provenance import report_folder
 from sweeps.sweep import run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -163,7 +164,7 @@ def test_lora_step_trains_only_the_adapters_of_the_same_function(tiny_model):
 def test_run_writes_claims_and_report_that_rebuild_from_the_database(tmp_path):
   c = tiny_config(num_seeds=2)
   doc = run_sweep(bench_lm, c, str(tmp_path), stream=io.StringIO())
-  out = tmp_path / "bench_lm"
+  out = tmp_path / report_folder(c)
   assert json.loads((out / "claims.json").read_text()) == doc
   # Every number is in the database: the report rebuilds identically from it alone.
   (out / "claims.json").unlink()

@@ -29,6 +29,7 @@ from jaxfl.errors import ConfigError
 from sweeps import families, report
 from sweeps.configs import cocodc as cocodc_config
 from sweeps.experiments import cocodc
+from sweeps.provenance import report_folder
 from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import run_sweep
 
@@ -261,7 +262,7 @@ def test_a_rewritten_reported_run_moves_no_target(swept, tmp_path):
 @pytest.mark.slow
 def test_report_rebuilds_from_the_database(swept):
   c, doc, root = swept
-  out = root / "a" / "cocodc"
+  out = root / "a" / report_folder(c)
   for name in ("report.md", "curves.png", "gap.png", "claims.json"):
     assert (out / name).stat().st_size > 0
   text = (out / "report.md").read_text()

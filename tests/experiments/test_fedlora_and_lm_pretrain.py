@@ -20,6 +20,7 @@ from sweeps import families, report
 from sweeps.configs import fedlora as fedlora_config
 from sweeps.configs import lm_pretrain as pretrain_config
 from sweeps.experiments import fedlora, lm_pretrain
+from sweeps.provenance import report_folder
 from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import run_sweep
 
@@ -149,7 +150,7 @@ def test_pretrain_experiment_reports_the_cached_model(dirs, tmp_path):
   assert claim["value"] == pytest.approx(meta["val_loss"])
   assert claim["holds"] == (meta["val_loss"] <= c.target_val_loss)
   assert 2.5 < claim["unigram_loss"] < 4.0  # Python source: ~4.4 bits (3.1 nats) per byte
-  assert os.path.exists(tmp_path / "lm_pretrain" / "loss.png")
+  assert os.path.exists(tmp_path / report_folder(c) / "loss.png")
 
 
 def test_heldout_windows_are_disjoint_equal_and_seeded():
@@ -187,7 +188,8 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
   with ResultsDB(results_path(str(tmp_path))) as db:
     final = db.final_values("fedlora", "downstream_loss")
     uplink = db.final_values("fedlora", "uplink_bytes_per_round")
-    info = {r["method"]: r["info"] for r in db.runs("fedlora") if r["seed"] == 0}
+    info = {r["method"]: {k: v for k, v in r["info"].items() if k != "environment"}
+            for r in db.runs("fedlora") if r["seed"] == 0}
   assert uplink["fedit"][0] == 4 * lora_params * 4  # 4 participants x float32 adapters
   assert info["fedit"] == {"trainable_params": lora_params,
                            "frozen_params": transformer.num_params(base)}
@@ -195,7 +197,7 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
   loss_ratio = final["fedit"][0] / final["full"][0]
   assert claims["downstream_loss_vs_full"]["value"] == pytest.approx(loss_ratio)
   assert claims["downstream_loss_vs_full"]["holds"] == (loss_ratio <= c.max_loss_ratio)
-  with open(tmp_path / "fedlora" / "claims.json") as fh:
+  with open(tmp_path / report_folder(c) / "claims.json") as fh:
     written = json.load(fh)
   # Tuning: each method's 2 grid points on tuning seed 1000, ranked by the final
   # downstream loss on the validation windows; the reported run logs the kept rate.
@@ -204,7 +206,7 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
     diverged = db.final_values("fedlora", "diverged")
     chosen = db.final_values("fedlora", "client_lr")
   ctx = fedlora.prepare(c)
-  md = (tmp_path / "fedlora" / "report.md").read_text()
+  md = (tmp_path / report_folder(c) / "report.md").read_text()
   for m in fedlora.METHODS:
     grid = fedlora.lr_grid(c, m)
     names = [families.point_name(m, p) for p in grid]
@@ -227,7 +229,7 @@ def test_fedlora_claims_follow_from_the_logged_values(dirs, tmp_path):
   assert start["validation"] != start["test"]
   rebuilt = report.rebuild(str(tmp_path))
   assert any(r["experiment"] == "fedlora" for r in rebuilt)
-  with open(tmp_path / "fedlora" / "claims.json") as fh:
+  with open(tmp_path / report_folder(c) / "claims.json") as fh:
     assert json.load(fh) == written
 
 

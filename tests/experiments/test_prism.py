@@ -19,6 +19,7 @@ from sweeps import families
 from sweeps.configs import bench_shapes as bench_config
 from sweeps.configs import prism as prism_config
 from sweeps.experiments import bench_shapes, prism
+from sweeps.provenance import report_folder
 from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import run_sweep
 
@@ -164,7 +165,7 @@ def test_claims_are_recomputed_from_the_logged_values(swept):
       assert final["1nna_cd"][m][s] * 12 == pytest.approx(round(final["1nna_cd"][m][s] * 12))
       assert 0 <= final["pattern_tv"][m][s] <= 1
       assert 0 <= final["violations"][m][s] <= 1
-  with open(os.path.join(root, "a", "prism", "claims.json")) as f:
+  with open(os.path.join(root, "a", report_folder(c), "claims.json")) as f:
     assert json.load(f) == doc
 
 
@@ -189,14 +190,14 @@ def test_claims_use_the_test_references_and_validation_is_beside(swept):
   claims = {cl["id"]: cl for cl in doc["claims"]}
   assert claims["nna_vs_independent"]["baseline_value"] == pytest.approx(
       np.mean([final["1nna_cd"]["independent"][s] for s in prism.seeds(c)]), abs=1e-12)
-  md = (root / "a" / "prism" / "report.md").read_text()
+  md = (root / "a" / report_folder(c) / "report.md").read_text()
   assert "1-NNA-CD, validation refs" in md and "No method has a tuning grid" in md
 
 
 @pytest.mark.slow
 def test_report_has_pictures_and_inpainting_keeps_slots(swept):
   c, _, root = swept
-  out = os.path.join(root, "a", "prism")
+  out = os.path.join(root, "a", report_folder(c))
   for f in ("report.md", "gallery.png", "editing.png"):
     assert os.path.getsize(os.path.join(out, f)) > 0
   with ResultsDB(results_path(str(root / "a"))) as db:
@@ -219,7 +220,9 @@ def test_a_run_computed_alone_is_bit_identical(swept):
       rows, info = families.execute(fams, c, method, c.seed)
       (run,) = [r for r in db.runs("prism", method=method) if r["seed"] == c.seed]
       assert {m["name"]: m["value"] for m in db.metrics(run_id=run["id"])} == rows[0][2]
-      assert info == (run["info"] if method == "prism" else None)
+      assert "host" in run["info"]["environment"]  # where it ran: added by the sweep
+      assert info == ({k: v for k, v in run["info"].items() if k != "environment"} or None)
+      assert (info is None) == (method != "prism")
 
 
 @pytest.mark.slow

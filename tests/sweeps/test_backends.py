@@ -20,7 +20,7 @@ from absl import flags
 
 from jaxfl.errors import ConfigError
 from sweeps import backends, experiments, launch
-from sweeps.results import results_path
+from sweeps.results import ResultsDB, results_path
 from sweeps.sweep import RunSpec, execute_run, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,6 +69,12 @@ def local_rows(tmp_path_factory):
   # centralized: accuracy, loss, client_lr; fedavg: 4 metrics at rounds 2, 4, client_lr at 4
   assert len(rows) == 3 + 2 * 4 + 1
   return rows, runs
+
+
+def environments(workdir):
+  """Each run's ``info["environment"]``: where the sweep says it was computed."""
+  with ResultsDB(results_path(workdir)) as db:
+    return [(r["info"] or {}).get("environment") for r in db.runs()]
 
 
 def descendants(names=("raylet", "gcs_server", "ray::", "plasma", "dashboard")):
@@ -148,6 +154,9 @@ def test_ray_sweep_has_the_local_rows_and_stops_its_ray(tmp_path, local_rows):
   print(f"ray sweep: {time.monotonic() - t0:.1f} s")
   assert metric_rows(tmp_path) == local_rows  # bit-identical values on CPU
   assert "claim accuracy_vs_centralized" in out
+  # Each worker records where it computed its run (here: this host's CPU).
+  assert [(e["host"], e["platform"]) for e in environments(tmp_path)] == \
+      [(socket.gethostname(), "cpu")] * 2
   assert not ray.is_initialized()
   assert_no_ray_processes()
 
@@ -159,6 +168,8 @@ def test_slurm_local_executor_sweep_has_the_local_rows(tmp_path, local_rows):
   sweep(tmp_path, "slurm", {"cluster": "local", "timeout_min": 10})
   print(f"submitit local sweep: {time.monotonic() - t0:.1f} s")
   assert metric_rows(tmp_path) == local_rows
+  assert [(e["host"], e["platform"]) for e in environments(tmp_path)] == \
+      [(socket.gethostname(), "cpu")] * 2
   # Default folder: <workdir>/slurm/<job id>/ with each job's logs and pickles.
   jobs = [j for j in os.listdir(tmp_path / "slurm") if os.listdir(tmp_path / "slurm" / j)]
   assert len(jobs) == 2

@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from sweeps import launch
+from sweeps import launch, report
 
 CONFIG = "sweeps/configs/fedavg.py:quick"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -174,7 +175,9 @@ def test_fedavg_quick_end_to_end(tmp_path, user_xla):
                         text=True, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "[fedavg seeds 0 (one vmapped call)] done" in proc.stdout
-  doc = json.loads((workdir / "fedavg" / "claims.json").read_text())
+  out = Path(report.latest_report(str(workdir), "fedavg"))
+  assert out.name.startswith("quick,num_seeds=1,num_tuning_seeds=1-")
+  doc = json.loads((out / "claims.json").read_text())
   assert doc["experiment"] == "fedavg" and doc["variant"] == "quick"
   assert doc["seeds"] == [0]
   (claim,) = doc["claims"]
@@ -185,7 +188,7 @@ def test_fedavg_quick_end_to_end(tmp_path, user_xla):
   assert claim["holds"] == (claim["value"] >= claim["baseline_value"] - 3.0)
   assert claim["holds"], "FedAvg fell more than 3 points behind centralized training"
   for name in ("report.md", "accuracy.png"):
-    assert (workdir / "fedavg" / name).exists()
+    assert (out / name).exists()
   assert (workdir / "results.sqlite").exists()
 
 

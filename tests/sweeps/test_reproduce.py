@@ -8,6 +8,7 @@ import os
 import pytest
 
 from sweeps import claims, reproduce
+from sweeps.results import ResultsDB, results_path
 
 
 def doc(experiment="fedavg", **claim):
@@ -15,6 +16,16 @@ def doc(experiment="fedavg", **claim):
               value=94.5, holds=True,
               baseline="centralized", baseline_value=96.0, per_seed={"fedavg": [94.0, 95.0]})
   return {"experiment": experiment, "variant": "quick", "claims": [{**base, **claim}]}
+
+
+def write_report(workdir, d, name="quick-0123abcd"):
+  """What a launch leaves: ``d`` as the claims.json of a report folder it registered."""
+  out = os.path.join(d["experiment"], name)
+  os.makedirs(os.path.join(workdir, out), exist_ok=True)
+  with open(os.path.join(workdir, out, "claims.json"), "w") as f:
+    json.dump(d, f)
+  with ResultsDB(results_path(workdir)) as db:
+    db.register_report(d["experiment"], "0123abcd0123abcd", out)
 
 
 def test_table_rows_name_the_baseline_or_the_threshold_and_kinds_count_apart():
@@ -49,8 +60,7 @@ def test_compare_is_bit_equal_only_when_every_number_is_the_same_float():
 def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, capsys):
   now, before = tmp_path / "runs", tmp_path / "before"
   for root, d in ((now, doc(per_seed={"fedavg": [94.0, 95.5]})), (before, doc())):
-    (root / "fedavg").mkdir(parents=True)
-    (root / "fedavg" / "claims.json").write_text(json.dumps(d))
+    write_report(str(root), d)
   launched = []
   monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, cwd: launched.append(cmd) or 0)
   code = reproduce.main(["--quick", "--only", "fedavg", "--workdir", str(now),
@@ -69,8 +79,7 @@ def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, 
 
 
 def test_seed_reaches_every_launch_and_the_title(tmp_path, monkeypatch):
-  (tmp_path / "fedavg").mkdir()
-  (tmp_path / "fedavg" / "claims.json").write_text(json.dumps(doc()))
+  write_report(str(tmp_path), doc())
   launched = []
   monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, cwd: launched.append(cmd) or 0)
   assert reproduce.main(["--quick", "--only", "fedavg", "--seed", "100",
@@ -88,10 +97,7 @@ def test_a_relative_workdir_is_the_callers(tmp_path, monkeypatch, capsys):
 
   def call(cmd, cwd):  # the launch writes where it was told to
     launched.append(cmd)
-    workdir = cmd[-1].removeprefix("--workdir=")
-    os.makedirs(os.path.join(workdir, "fedavg"))
-    with open(os.path.join(workdir, "fedavg", "claims.json"), "w") as f:
-      json.dump(doc(), f)
+    write_report(cmd[-1].removeprefix("--workdir="), doc())
     return 0
 
   monkeypatch.setattr(reproduce.subprocess, "call", call)

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,7 +88,8 @@ def test_relaunch_skips_finished_runs(uninterrupted):
 @pytest.mark.slow
 def test_report_rebuilds_from_database_alone(uninterrupted):
   workdir, _ = uninterrupted
-  out = workdir / "fedavg"
+  out = Path(report.latest_report(str(workdir), "fedavg"))
+  assert out.name.startswith("quick,") and out.parent == workdir / "fedavg"
   original = (out / "claims.json").read_text()
   for name in ("claims.json", "report.md", "accuracy.png"):
     (out / name).unlink()
@@ -110,9 +112,10 @@ def test_a_reported_run_not_done_makes_every_claim_incomplete(uninterrupted, tmp
   (doc,) = report.rebuild(str(workdir))
   (claim,) = doc["claims"]
   assert claim["holds"] is None and claim["incomplete"] == ["centralized seed 1"]
-  assert json.loads((workdir / "fedavg" / "claims.json").read_text())["claims"] == [claim]
+  out = Path(report.latest_report(str(workdir), "fedavg"))
+  assert json.loads((out / "claims.json").read_text())["claims"] == [claim]
   assert "**Incomplete**: 1 reported runs are not done (centralized seed 1)" in (
-      workdir / "fedavg" / "report.md").read_text()
+      out / "report.md").read_text()
   assert "| incomplete |" in report.claims_table(doc)
 
 

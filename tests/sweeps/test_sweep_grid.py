@@ -1,10 +1,13 @@
 """Sweeps in process: vmapped seeds, failures that do not stop the other runs, grids."""
 
 import io
+import json
 import os
+import shutil
 import sqlite3
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,7 +17,8 @@ from sweeps import launch, report
 from sweeps.configs.fedavg import SERVER_LRS, get_config, get_sweep
 from sweeps.experiments import fedavg
 from sweeps.grid import point_config, point_name
-from sweeps.results import ResultsDB, results_path
+from sweeps.provenance import report_folder
+from sweeps.results import ResultsDB, config_hash, results_path
 from sweeps.sweep import RunSpec, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,12 +53,12 @@ def vmapped(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("vmapped")
   stream = io.StringIO()
   run_sweep(fedavg, tiny(), str(workdir), stream=stream)
-  return rows(workdir), stream.getvalue()
+  return rows(workdir), stream.getvalue(), workdir
 
 
 @pytest.mark.slow
 def test_vmapped_seeds_compute_the_one_by_one_rows(vmapped, one_by_one):
-  got_rows, log = vmapped
+  got_rows, log, _ = vmapped
   assert "[fedavg seeds 0,1 (one vmapped call)] done" in log
   assert "runs 4/4" in log
   assert [r[:4] for r in got_rows] == [r[:4] for r in one_by_one]
@@ -75,6 +79,42 @@ def test_vmapped_seeds_compute_the_one_by_one_rows(vmapped, one_by_one):
 def test_vmapped_seeds_are_bit_reproducible(tmp_path, vmapped):
   run_sweep(fedavg, tiny(), str(tmp_path), stream=io.StringIO())
   assert rows(tmp_path) == vmapped[0]
+
+
+@pytest.mark.slow
+def test_two_configs_in_one_workdir_keep_both_reports_and_both_rebuild(vmapped, tmp_path):
+  """Issue 16: a second config launched into a workdir no longer overwrites the first's
+  report; each folder is named from its overrides and hash, and both rebuild."""
+  workdir = tmp_path / "w"
+  shutil.copytree(vmapped[2], workdir)
+  first, second = tiny(), tiny(client_lr_grid=(0.07,))  # the same program, another rate
+  run_sweep(fedavg, second, str(workdir), stream=io.StringIO())
+  outs = [workdir / report_folder(c) for c in (first, second)]
+  names = sorted(p.name for p in (workdir / "fedavg").iterdir() if p.name != "runs")
+  assert names == sorted(o.name for o in outs)
+  assert outs[1].name == ("quick,central_epochs=1,client_lr_grid=0.07,clients_per_round=4,"
+                          f"eval_every=3,num_clients=8,num_rounds=7,num_seeds=2-"
+                          f"{config_hash(second)[:8]}")
+  files = {}
+  for out, c in zip(outs, (first, second)):
+    doc = json.loads((out / "claims.json").read_text())
+    assert doc["config_hash"] == config_hash(c)
+    facts = doc["provenance"]
+    assert facts["overrides"]["client_lr_grid"] == list(c.client_lr_grid)
+    (launch_,) = facts["launches"]  # one launch computed each config's runs
+    assert launch_["versions"]["jax"] == jax.__version__ and launch_["backend"] == "local"
+    assert facts["run_devices"] == [{"platform": "cpu", "device": jax.devices()[0].device_kind,
+                                     "devices": 8}]
+    text = (out / "report.md").read_text()
+    assert "## Provenance" in text and f"Config hash `{config_hash(c)}`" in text
+    files[out] = ((out / "claims.json").read_text(), text)
+  assert report.latest_report(str(workdir), "fedavg") == str(outs[1])  # the newest launch
+  for out in outs:
+    shutil.rmtree(out)
+  assert sorted(d["config_hash"] for d in report.rebuild(str(workdir))) == \
+      sorted(config_hash(c) for c in (first, second))
+  assert {o: ((o / "claims.json").read_text(), (o / "report.md").read_text())
+          for o in outs} == files  # identical, provenance included
 
 
 def _fake_runner(fail_seeds):
@@ -104,7 +144,8 @@ def test_a_failed_run_is_recorded_and_the_others_still_finish(tmp_path):
     runs = {r["seed"]: r for r in db.runs()}
     assert [runs[s]["status"] for s in (0, 1, 2)] == ["failed", "done", "failed"]
     assert runs[0]["error"] == "DivergenceError: seed 0 diverged"
-    assert runs[1]["info"] == {"device": "test"}
+    assert runs[1]["info"]["device"] == "test"  # the run's own, beside where it ran:
+    assert runs[1]["info"]["environment"]["devices"] == 8  # the suite's 8 host devices
     assert [m["value"] for m in db.metrics()] == [0.5]
   # Relaunched with the cause gone: only the failed runs run again.
   run_sweep(_fake_runner(set()), c, str(tmp_path), stream=io.StringIO())
