@@ -237,7 +237,9 @@ def experiment_report(runner, config, db, out: str, digest: str) -> dict:
   if facts["overrides"] is None:  # recorded by no launch (an older database): as now
     facts["overrides"] = provenance.overrides(config)
   doc = claims_lib.write_claims(os.path.join(out, "claims.json"),
-                                **{"seeds": [], **doc, "config_hash": digest, "provenance": facts})
+                                **{"experiment": config.experiment,
+                                   "variant": config.get("variant"), "seeds": [], **doc,
+                                   "config_hash": digest, "provenance": facts})
   blocks = []
   if missing:
     blocks.append(f"**Incomplete**: {len(missing)} reported runs are not done "

@@ -10,7 +10,7 @@ import pytest
 from sweeps import provenance
 from sweeps.configs.fedavg import get_config as fedavg_config
 from sweeps.configs.prism import get_config as prism_config
-from sweeps.results import ResultsDB, UnusableResults, config_hash, results_path
+from sweeps.results import ResultsDB, config_hash, results_path
 
 
 def test_an_unchanged_variant_is_named_by_its_variant_and_hash():
@@ -101,17 +101,3 @@ def test_summary_lists_launches_and_the_devices_of_done_runs():
   assert got == {"overrides": {"num_seeds": 2}, "launches": [{"commit": "abc", "time": 1.0}],
                  "run_devices": [{"platform": "cpu", "device": "cpu", "devices": 8}]}
   assert provenance.summary([], [])["overrides"] is None
-
-
-def test_a_database_of_a_newer_schema_is_refused_in_one_line(tmp_path):
-  import sqlite3
-
-  path = results_path(tmp_path)
-  with ResultsDB(path):
-    pass
-  con = sqlite3.connect(path)
-  con.execute("PRAGMA user_version = 99")
-  con.close()
-  with pytest.raises(UnusableResults, match=r"--workdir: expected a results database of schema "
-                     r"version 4 or older .*\(its schema version is 99\)"):
-    ResultsDB(path)

@@ -76,9 +76,9 @@ def test_version_1_file_is_upgraded_keeping_its_rows(tmp_path):
     assert (run["seed"], run["status"], run["config"], run["info"]) == (3, "done", {"a": 1}, None)
     db.set_info(run["id"], {"backend": "cpu"})
     assert db.runs()[0]["info"] == {"backend": "cpu"}
-    assert db.reports() == []
+    assert db.reports() == [] and db.launches("fedavg", "h") == []
   con = _raw(path)
-  assert con.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION == 3
+  assert con.execute("PRAGMA user_version").fetchone()[0] == results.SCHEMA_VERSION == 4
   con.close()
 
 
@@ -115,8 +115,10 @@ def test_version_2_file_is_rebuilt_for_the_new_statuses_keeping_runs_and_metrics
     assert db.runs(status="interrupted")[0]["id"] == 7
     # the final_metrics view, made again
     assert db.final_values("fedavg", "accuracy", status=None) == {"fedavg": {3: 0.9}}
+    db.record_launch("fedavg", "h", {"commit": None})  # version 4's table, added
+    assert db.launches("fedavg", "h") == [{"commit": None}]
   con = _raw(path)
-  assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+  assert con.execute("PRAGMA user_version").fetchone()[0] == 4
   assert con.execute("PRAGMA foreign_key_check").fetchall() == []
   con.close()
 
@@ -164,7 +166,9 @@ def test_newer_schema_refused(tmp_path):
   con = _raw(path)
   con.execute(f"PRAGMA user_version = {results.SCHEMA_VERSION + 1}")
   con.close()
-  with pytest.raises(RuntimeError, match="newer"):
+  with pytest.raises(results.UnusableResults,
+                     match=r"^--workdir: expected a results database of schema version 4 or "
+                     r"older \(update jaxfl, .*\(its schema version is 5\)$"):
     ResultsDB(path)
 
 
