@@ -102,7 +102,7 @@ class FakeRun:
 
 
 def pip_install(root):
-  return [sys.executable, "-m", "pip", "install", "-q", "-e", str(root)]
+  return [sys.executable, "-m", "pip", "install", "-q", "-e", f"{root}[experiments]"]
 
 
 def test_install_cell_on_colab_without_a_source_says_what_to_set(cell, tmp_path):
