@@ -71,22 +71,22 @@ def key():
 # tests, which put the one 25 s notebook test last). Seconds per file from
 # `pytest --durations=0`, rounded; files not listed follow in collection order.
 LONGEST_FILES = (
-    "tests/sweeps/test_backends.py",  # 74 s
-    "tests/experiments/test_cocodc.py",  # 51
-    "tests/test_docs.py",  # 36
-    "tests/sweeps/test_launch.py",  # 35
-    "tests/sweeps/test_sweep.py",  # 32
-    "tests/jaxfl/peft/test_peft.py",  # 29
-    "tests/experiments/test_fedlora_and_lm_pretrain.py",  # 29
-    "tests/experiments/test_air_fedga.py",  # 28
-    "tests/jaxfl/algorithms/test_grouped_async.py",  # 27
-    "tests/sweeps/test_sweep_grid.py",  # 27
-    "tests/jaxfl/algorithms/test_base.py",  # 27
+    "tests/sweeps/test_backends.py",  # 62 s
+    "tests/experiments/test_cocodc.py",  # 41
+    "tests/sweeps/test_sweep.py",  # 34
+    "tests/sweeps/test_launch.py",  # 31
+    "tests/test_docs.py",  # 28
+    "tests/experiments/test_fedlora_and_lm_pretrain.py",  # 26
+    "tests/experiments/test_air_fedga.py",  # 26
     "tests/test_notebook.py",  # 25
-    "tests/jaxfl/algorithms/test_fedavg.py",  # 20
-    "tests/experiments/test_bench_lm.py",  # 20
-    "tests/jaxfl/algorithms/test_streaming_diloco.py",  # 19
-    "tests/experiments/test_bench_fl.py",  # 18
+    "tests/jaxfl/algorithms/test_base.py",  # 25
+    "tests/test_install.py",  # 21
+    "tests/jaxfl/algorithms/test_grouped_async.py",  # 21
+    "tests/jaxfl/peft/test_peft.py",  # 21
+    "tests/sweeps/test_sweep_grid.py",  # 18
+    "tests/experiments/test_prism.py",  # 18
+    "tests/jaxfl/algorithms/test_streaming_diloco.py",  # 17
+    "tests/experiments/test_bench_lm.py",  # 16
 )
 
 
