@@ -7,6 +7,7 @@ client's update. All chain with optax and with each other.
 
 from jaxfl.transforms._aggregate import WeightedMeanState, delta_aggregator, weighted_mean
 from jaxfl.transforms.aircomp import AirCompState, aircomp_aggregate, aircomp_mean
+from jaxfl.transforms.coverage import CoverageState, coverage_mean, depth_trained
 from jaxfl.transforms.delay_comp import (
                                              CoCoDCState,
                                              DCASGDState,
@@ -28,3 +29,4 @@ __all__ += ["AirCompState", "aircomp_aggregate", "aircomp_mean"]
 __all__ += ["LoraAggregateState", "fedit_mean", "ffa_mean", "flex_svd", "stack_merge"]
 __all__ += ["CoCoDCState", "DCASGDState", "cocodc_correction", "cocodc_merge", "dc_asgd"]
 __all__ += ["SkipInactiveState", "skip_inactive"]
+__all__ += ["CoverageState", "coverage_mean", "depth_trained"]
