@@ -114,6 +114,23 @@ def _reference_docs(workdir: str, names: list[str]) -> list[dict]:
   return docs
 
 
+def launch(cmd: list[str], cwd: str) -> int:
+  """Run one launch and return its exit code. On Ctrl-C the terminal has sent SIGINT to the
+  launch too, which stops at its next step, marks its runs interrupted and exits 130: wait
+  for that (``subprocess.call`` would SIGKILL it), then raise KeyboardInterrupt."""
+  proc = subprocess.Popen(cmd, cwd=cwd)
+  interrupted = False
+  while True:
+    try:
+      code = proc.wait()
+      break
+    except KeyboardInterrupt:  # a later Ctrl-C: the launch ignores it too, and is stopping
+      interrupted = True
+  if interrupted:
+    raise KeyboardInterrupt
+  return code
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m sweeps.reproduce",
                                    description=__doc__.split("\n")[0])
@@ -146,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
   docs, failed = [], []
   for name in only or names:
     print(f"== {name}:{variant}", flush=True)
-    code = subprocess.call([sys.executable, "-m", "sweeps.launch",
-                            f"--config={os.path.join(configs.FOLDER, name)}.py:{variant}",
-                            f"--workdir={args.workdir}",
-                            *([] if args.seed is None else [f"--config.seed={args.seed}"])],
-                           cwd=ROOT)
+    try:
+      code = launch([sys.executable, "-m", "sweeps.launch",
+                     f"--config={os.path.join(configs.FOLDER, name)}.py:{variant}",
+                     f"--workdir={args.workdir}",
+                     *([] if args.seed is None else [f"--config.seed={args.seed}"])], ROOT)
+    except KeyboardInterrupt:
+      print("interrupted; relaunch the same command to resume", file=sys.stderr)
+      return 130
     folder = latest_report(args.workdir, name) if code == 0 else None
     path = folder and os.path.join(folder, "claims.json")
     if not path or not os.path.exists(path):

@@ -4,6 +4,7 @@ test_launch.py; here the launch step is replaced by claims.json files already in
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, 
   for root, d in ((now, doc(per_seed={"fedavg": [94.0, 95.5]})), (before, doc())):
     write_report(str(root), d)
   launched = []
-  monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, cwd: launched.append(cmd) or 0)
+  monkeypatch.setattr(reproduce, "launch", lambda cmd, cwd: launched.append(cmd) or 0)
   code = reproduce.main(["--quick", "--only", "fedavg", "--workdir", str(now),
                          "--compare", str(before)])
   assert code == 0
@@ -81,7 +82,7 @@ def test_main_tabulates_and_compares_the_claims_in_place(tmp_path, monkeypatch, 
 def test_seed_reaches_every_launch_and_the_title(tmp_path, monkeypatch):
   write_report(str(tmp_path), doc())
   launched = []
-  monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, cwd: launched.append(cmd) or 0)
+  monkeypatch.setattr(reproduce, "launch", lambda cmd, cwd: launched.append(cmd) or 0)
   assert reproduce.main(["--quick", "--only", "fedavg", "--seed", "100",
                          "--workdir", str(tmp_path)]) == 0
   assert launched[0][-1] == "--config.seed=100"
@@ -100,7 +101,7 @@ def test_a_relative_workdir_is_the_callers(tmp_path, monkeypatch, capsys):
     write_report(cmd[-1].removeprefix("--workdir="), doc())
     return 0
 
-  monkeypatch.setattr(reproduce.subprocess, "call", call)
+  monkeypatch.setattr(reproduce, "launch", call)
   assert reproduce.main(["--quick", "--only", "fedavg", "--workdir", "rel"]) == 0
   assert launched[0][-1] == f"--workdir={tmp_path / 'rel'}"
   assert "Failed to run" not in (tmp_path / "rel" / "REPRODUCTION.md").read_text()
@@ -121,3 +122,40 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, field):
   assert code == 2 and len(err.splitlines()) == 1
   assert err.startswith(f"error: {field}: expected")
   assert not (tmp_path / "runs").exists()
+
+
+class _Child:
+  """A launch as ``subprocess.Popen`` gives it: its wait is interrupted by ``ctrl_c``
+  Ctrl-Cs (KeyboardInterrupt in the parent), then it ends with ``code``."""
+
+  def __init__(self, ctrl_c, code):
+    self.ctrl_c, self.code, self.waits, self.killed = ctrl_c, code, 0, False
+
+  def __call__(self, cmd, cwd):
+    self.cmd = cmd
+    return self
+
+  def wait(self):
+    self.waits += 1
+    if self.waits <= self.ctrl_c:
+      raise KeyboardInterrupt
+    return self.code
+
+  def kill(self):
+    self.killed = True
+
+
+@pytest.mark.parametrize("ctrl_c", [1, 2])
+def test_ctrl_c_waits_for_the_launch_to_stop_itself_then_exits_130(tmp_path, monkeypatch,
+                                                                  capsys, ctrl_c):
+  child = _Child(ctrl_c, code=130)
+  monkeypatch.setattr(reproduce.subprocess, "Popen", child)
+  code = reproduce.main(["--quick", "--only", "fedavg,prism", "--workdir", str(tmp_path)])
+  assert code == 130 and not child.killed and child.waits == ctrl_c + 1
+  assert capsys.readouterr().err.strip() == "interrupted; relaunch the same command to resume"
+  assert child.cmd[-1] == f"--workdir={tmp_path}"  # fedavg's; prism never launched
+  assert not (tmp_path / "REPRODUCTION.md").exists()
+
+
+def test_a_launch_returns_its_exit_code():
+  assert reproduce.launch([sys.executable, "-c", "raise SystemExit(3)"], reproduce.ROOT) == 3
