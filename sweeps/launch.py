@@ -7,8 +7,9 @@
 
 Parses the config (ml_collections ``config_flags``: ``get_config(variant)`` plus
 ``--config.key=value`` overrides), validates it, and runs the experiment named by
-``config.experiment``. Results go to ``<workdir>/results.sqlite``, reports under
-``<workdir>/<experiment>/``. ``--sweep`` runs every point of the config file's
+``config.experiment``. Results go to ``<workdir>/results.sqlite``, each config's report
+under ``<workdir>/<experiment>/<variant>[,<overrides>]-<hash>/``
+(:mod:`sweeps.provenance`). ``--sweep`` runs every point of the config file's
 ``get_sweep()`` grid instead (a point's values override the command line's), each
 reported under ``<experiment>/sweep/<point>/``, with ``sweep.md`` over all points.
 On the local backend an experiment's method families run as vmapped calls over seeds
