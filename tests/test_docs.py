@@ -29,7 +29,7 @@ def modules_with_examples() -> list[str]:
 MODULES = [m for m in modules_with_examples() if not m.startswith("jaxfl.transforms")]
 # Examples that compile and train a model (2-7 s each on 2 cores): the full tier only.
 SLOW = {"shapes.prism", "shapes.diffusion", "jaxfl.algorithms.fedpeft", "jaxfl.models.quant",
-        "jaxfl.models.transformer", "jaxfl.peft.expand"}
+        "jaxfl.models.transformer", "jaxfl.peft.expand", "jaxfl.peft.memory"}
 
 
 def test_the_collection_finds_the_examples():

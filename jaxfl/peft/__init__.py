@@ -10,7 +10,7 @@
   :func:`jaxfl.transforms.skip_inactive`);
 * :mod:`~jaxfl.peft.expand` -- identity-initialised block expansion;
 * :mod:`~jaxfl.peft.memory` -- bytes of trainable params, optimizer state and saved
-  activations, measured from JAX.
+  activations, measured from JAX (and, cached, of every LoRA depth with int8-stored blocks).
 """
 
 from jaxfl.models import lora, quant
@@ -23,10 +23,10 @@ from jaxfl.models.quant import (
 )
 from jaxfl.peft import expand, layerdrop, memory
 from jaxfl.peft.layerdrop import drop_rates, layer_index_tree, sample_keep
-from jaxfl.peft.memory import Footprint, footprint
+from jaxfl.peft.memory import Footprint, depth_footprint, footprint
 
 __all__ = ["expand", "layerdrop", "lora", "memory", "quant"]
 __all__ += ["ResidualBytes", "dequantize_rows", "quantize_rows", "quantized_remat",
             "saved_residual_bytes"]
 __all__ += ["drop_rates", "layer_index_tree", "sample_keep"]
-__all__ += ["Footprint", "footprint"]
+__all__ += ["Footprint", "depth_footprint", "footprint"]
