@@ -65,5 +65,5 @@ def execute_task(config_dict: dict, task: Task, workdir: str) -> dict:
   batch = families_lib.batch_size(fam, c)
   chunk = families_lib.chunks(_stage_runs(fam, c, task.stage, task.chosen), batch)[task.index]
   outputs = families_lib.Program(fam)(chunk, batch)
-  info = provenance.with_environment(runner.info(c, ctx) if hasattr(runner, "info") else None)
+  info = provenance.run_info(runner, c, ctx)
   return {(r.name, r.seed): out for r, out in families_lib.outcomes(fam, chunk, outputs, info)}

@@ -169,6 +169,13 @@ def with_environment(info: Mapping[str, Any] | None) -> dict[str, Any]:
   return {**(info or {}), "environment": {"host": socket.gethostname(), **devices()}}
 
 
+def run_info(runner, config, ctx, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """What a run stores as its ``info``: the experiment's shared ``info(config, ctx)`` (if
+  it has one), then ``info`` (the run's own), with :func:`with_environment`."""
+  shared = runner.info(config, ctx) if hasattr(runner, "info") else None
+  return with_environment({**(shared or {}), **(info or {})})
+
+
 def launch_facts(config, digest: str, backend: str) -> dict[str, Any]:
   """What a launch records (the ``launches`` table): hash, overrides, commit, versions,
   the launching process's devices, backend and time."""

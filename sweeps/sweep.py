@@ -216,8 +216,7 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
         failures += _record(db, started[spec], spec, outcome, sweep)
     else:
       if _vmapped(runner, config, fams, vmap_seeds) and writer:
-        info = provenance.with_environment(runner.info(config, ctx)
-                                           if hasattr(runner, "info") else None)
+        info = provenance.run_info(runner, config, ctx)
         for fam in fams:
           failures += _run_family(fam, config, started, db, digest, sweep, info)
       else:

@@ -104,8 +104,7 @@ def execute(runner, config, spec: RunSpec, ctx, directory: str, log_metrics, pro
   for step, sim_time, values in rows:
     log_metrics(step, sim_time, values)
   progress.update(1)
-  shared = runner.info(config, ctx) if hasattr(runner, "info") else None
-  return provenance.with_environment({**(shared or {}), **(info or {})})
+  return provenance.run_info(runner, config, ctx, info)
 
 
 def _run_family(fam, c, started: dict, db, digest: str, sweep, info) -> list:
