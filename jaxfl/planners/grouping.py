@@ -89,16 +89,23 @@ def idle_time(groups: list[np.ndarray], compute_time: np.ndarray) -> float:
   return float(sum(np.sum(compute_time[g].max() - compute_time[g]) for g in groups))
 
 
-def label_divergence(groups: list[np.ndarray], label_hist: np.ndarray) -> float:
-  """:math:`\\sum_g \\mathrm{KL}(p_g \\| p)` of the groups' label distributions to the
-  population's."""
+def group_divergences(groups: list[np.ndarray], label_hist: np.ndarray) -> np.ndarray:
+  """:math:`\\mathrm{KL}(p_g \\| p)` of each group's label (or domain) distribution, from
+  the members' summed counts, to the population's."""
+  label_hist = np.asarray(label_hist)
   total = label_hist.sum(0) / label_hist.sum()
-  kl = 0.0
+  out = []
   for g in groups:
     p = label_hist[g].sum(0) / max(label_hist[g].sum(), 1)
     nz = p > 0
-    kl += float(np.sum(p[nz] * np.log(p[nz] / np.maximum(total[nz], 1e-12))))
-  return kl
+    out.append(float(np.sum(p[nz] * np.log(p[nz] / np.maximum(total[nz], 1e-12)))))
+  return np.array(out)
+
+
+def label_divergence(groups: list[np.ndarray], label_hist: np.ndarray) -> float:
+  """:math:`\\sum_g \\mathrm{KL}(p_g \\| p)` of the groups' label distributions to the
+  population's (:func:`group_divergences`)."""
+  return float(sum(group_divergences(groups, label_hist).tolist()))
 
 
 @jax.jit

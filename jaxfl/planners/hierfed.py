@@ -37,6 +37,10 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxfl.errors import ConfigError, check_number
+from jaxfl.planners.grouping import group_divergences, label_divergence
+
+__all__ = ["GroupPlan", "frequency_and_depth", "group_divergences", "mix_divergence",
+           "near_iid_groups"]
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -49,15 +53,9 @@ def _mix(hist: np.ndarray) -> np.ndarray:
   return hist / total if total > 0 else np.full(hist.shape, 1.0 / hist.size)
 
 
-def group_divergences(groups: list[np.ndarray], hist: np.ndarray) -> np.ndarray:
-  r""":math:`\delta_g = \mathrm{KL}(P_g \| P)` of each group's mix to the population's."""
-  hist = np.asarray(hist, np.float64)
-  population = _mix(hist.sum(0))
-  return np.array([_kl(_mix(hist[g].sum(0)), population) for g in groups])
-
-
 def mix_divergence(groups: list[np.ndarray], hist: np.ndarray) -> float:
-  """The grouping objective: the mean of :func:`group_divergences`."""
+  r"""The grouping objective: the mean over groups of :math:`\delta_g = \mathrm{KL}(P_g \|
+  P)` (:func:`jaxfl.planners.grouping.group_divergences`)."""
   return float(np.mean(group_divergences(groups, hist)))
 
 
@@ -122,7 +120,7 @@ def near_iid_groups(hist, num_groups: int, speed=None, *, max_passes: int = 20
     members[g].append(i)
     sums[g] += hist[i]
   groups = [np.array(m) for m in members]
-  cost = lambda gs: sum(_kl(_mix(hist[g].sum(0)), population) for g in gs)
+  cost = lambda gs: label_divergence(gs, hist)
   current = cost(groups)
   for _ in range(max_passes):
     improved = False
