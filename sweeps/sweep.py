@@ -198,15 +198,14 @@ def run_sweep(runner, config, workdir: str, *, backend: str = "local",
       if not writer:
         started[spec] = None
         continue
+      # On a remote backend every run is handed to the workers now: running from the start.
       run_id, before = db.start_run(experiment, variant, spec.method, cfg, spec.seed,
-                                    status="pending")
+                                    status="pending" if submit is None else "running")
       if before != "done":  # else finished by a concurrent launcher meanwhile
         started[spec] = run_id
     if started and writer:
       db.record_launch(experiment, digest, provenance.launch_facts(config, digest, backend))
     failures: list[BaseException] = []
-    if submit is not None and writer:
-      db.begin_runs(started.values())  # handed to the backend's workers now
     if submit is not None and fams is not None and not hasattr(runner, "execute"):
       get_submit = lambda: backends.get(backend, backend_options or {})
       failures += _run_tasks(fams, config, started, db, digest, sweep, submit, get_submit, cfg,
